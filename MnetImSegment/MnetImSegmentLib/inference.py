@@ -1,0 +1,178 @@
+"""Inference: CT volume in, CTV mask (and optionally its probability map) out, on the CT's own grid.
+
+Pipeline: locate ROI -> crop + resample in-plane -> normalise -> 5-slice windows over the ROI's
+slices only -> network in batches (``torch.inference_mode``; autocast on CUDA) -> sigmoid ->
+paste-back onto the original grid -> threshold -> largest connected component (optional).
+
+Progress is reported through ``progress(fraction, message)``; ``cancel()`` returning True stops the
+run between batches with :class:`Cancelled` and nothing is returned or written. Deterministic on CPU
+(same input, weights and device -> same output): no random ops, fixed batch composition.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from .errors import Cancelled, InputError, MnetImError
+from .roi import Roi, crop, locate_roi, paste
+from .volume import Volume
+from .windows import make_windows, normalise
+
+ProgressCallback = Callable[[float, str], None]
+
+
+def resolve_device(device: str = "auto") -> str:
+    """'auto' -> 'cuda' when a GPU is usable, else 'cpu'; 'cuda' without a GPU is an error."""
+    import torch
+
+    device = (device or "auto").lower()
+    if device == "gpu":
+        device = "cuda"
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            raise MnetImError("CUDA was requested but no CUDA GPU is available to PyTorch; use --device cpu or auto.")
+        return device
+    if device == "cpu":
+        return device
+    raise MnetImError(f"Unknown device '{device}': use auto, cpu or cuda.")
+
+
+def check_ct(volume: Volume) -> None:
+    """Refuse inputs the network cannot meaningfully segment, with one clear sentence."""
+    arr = volume.array
+    if min(arr.shape) < 1 or arr.size == 0:
+        raise InputError("The image is empty.")
+    if arr.shape[1] < 16 or arr.shape[2] < 16:
+        raise InputError(f"The image is {arr.shape[2]} x {arr.shape[1]} voxels in-plane: too small to be a CT of the pelvis.")
+    if arr.dtype.kind == "f" and not np.isfinite(arr).all():
+        raise InputError("The image contains NaN or infinite voxel values; it is not a valid CT.")
+    lo, hi = float(arr.min()), float(arr.max())
+    if lo > -500 or hi < 0 or lo < -10000 or hi > 40000:
+        raise InputError(
+            f"Voxel values range from {lo:g} to {hi:g}, which does not look like CT in Hounsfield units "
+            "(expected air near -1000 HU and soft tissue near 0-100 HU); is this an MR or a rescaled image?"
+        )
+
+
+@dataclass
+class SegmentationResult:
+    """What a run produced; ``mask`` and ``probability`` share the input's geometry."""
+
+    mask: Volume
+    probability: Optional[Volume]
+    threshold: float
+    roi: Roi
+    device: str
+    seconds: dict = field(default_factory=dict)
+    model: str = ""
+
+    @property
+    def volume_ml(self) -> float:
+        return float(self.mask.array.sum()) * float(np.prod(self.mask.geometry.spacing)) / 1000.0
+
+
+def threshold_mask(probability: np.ndarray, threshold: float, largest_component: bool) -> np.ndarray:
+    """Binary CTV from a probability map; optionally keep the largest 3D connected component."""
+    mask = (probability >= threshold).astype(np.uint8)
+    if largest_component and mask.any():
+        import SimpleITK as sitk
+
+        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask)), sortByObjectSize=True)
+        mask = (sitk.GetArrayViewFromImage(cc) == 1).astype(np.uint8)
+    return mask
+
+
+class Segmenter:
+    """A loaded model ready to segment CTs; build once, call :meth:`segment` many times.
+
+    Args:
+        weights: A weights folder (default: the shipped demo weights).
+        device: 'auto', 'cpu' or 'cuda'.
+        batch_size: Windows per forward pass.
+        amp: Mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU.
+        channels_last: Memory format for CPU convolutions (faster with oneDNN).
+    """
+
+    def __init__(self, weights=None, device: str = "auto", batch_size: int = 16, amp: bool = True,
+                 channels_last: bool = True, model=None, card=None):
+        import torch
+
+        from .weights import default_weights_dir, load_weights
+
+        self.device = resolve_device(device)
+        if model is None:
+            folder = Path(weights) if weights is not None else default_weights_dir()
+            model, card = load_weights(folder, device="cpu")
+        self.card = card
+        self.batch_size = int(batch_size)
+        self.amp = bool(amp) and self.device.startswith("cuda")
+        self.channels_last = channels_last
+        model = model.eval().to(self.device)
+        if channels_last:
+            model = model.to(memory_format=torch.channels_last)
+        self.model = model
+
+    def predict_roi(self, stack: np.ndarray, progress: Optional[ProgressCallback] = None,
+                    cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, span: float = 1.0) -> np.ndarray:
+        """Probabilities (slices, H, W) for a normalised ROI stack; every slice is a window centre."""
+        import torch
+
+        n = stack.shape[0]
+        out = np.empty(stack.shape, np.float32)
+        w = self.card.input_spec.slices_per_window
+        amp_dtype = torch.bfloat16 if (self.amp and torch.cuda.is_bf16_supported()) else torch.float16
+        with torch.inference_mode():
+            for b0 in range(0, n, self.batch_size):
+                if cancel is not None and cancel():
+                    raise Cancelled("Segmentation cancelled; nothing was written.")
+                centers = np.arange(b0, min(b0 + self.batch_size, n))
+                x = torch.from_numpy(make_windows(stack, centers, w)).to(self.device)
+                if self.channels_last:
+                    x = x.contiguous(memory_format=torch.channels_last)
+                with torch.autocast("cuda", dtype=amp_dtype, enabled=self.amp):
+                    logits = self.model(x)
+                out[centers] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
+                if progress is not None:
+                    progress(start + span * (centers[-1] + 1) / n, f"network: {centers[-1] + 1}/{n} slices")
+        return out
+
+    def segment(self, volume: Volume, threshold: Optional[float] = None, largest_component: Optional[bool] = None,
+                keep_probability: bool = False, progress: Optional[ProgressCallback] = None,
+                cancel: Optional[Callable[[], bool]] = None, roi_center=None) -> SegmentationResult:
+        """Segment the CTV of one CT volume (HU). See the module docstring for the pipeline."""
+        t0 = time.perf_counter()
+        report = progress or (lambda f, m: None)
+        check_ct(volume)
+        threshold = self.card.threshold if threshold is None else float(threshold)
+        if not 0.0 < threshold < 1.0:
+            raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
+        largest_component = self.card.largest_component if largest_component is None else largest_component
+        roi_spec = self.card.roi_spec
+        report(0.0, "locating region of interest")
+        roi = locate_roi(volume, roi_spec, center=roi_center)
+        t1 = time.perf_counter()
+        cropped = crop(volume, roi, roi_spec)
+        stack = normalise(cropped.array, self.card.input_spec)
+        t2 = time.perf_counter()
+        prob_roi = self.predict_roi(stack, progress, cancel, start=0.05, span=0.85)
+        t3 = time.perf_counter()
+        if cancel is not None and cancel():
+            raise Cancelled("Segmentation cancelled; nothing was written.")
+        report(0.92, "pasting back onto the CT grid")
+        prob = paste(cropped.with_array(prob_roi), volume.geometry, volume.shape)
+        mask = threshold_mask(prob, threshold, largest_component)
+        t4 = time.perf_counter()
+        report(1.0, "done")
+        seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3, "total": t4 - t0}
+        return SegmentationResult(
+            mask=volume.with_array(mask),
+            probability=volume.with_array(prob) if keep_probability else None,
+            threshold=threshold, roi=roi, device=self.device, seconds=seconds, model=self.card.label,
+        )

@@ -1,0 +1,282 @@
+"""The training loop of the paper, resumable and seeded.
+
+Recipe (Huang et al. 2023, "Training Details"): Adam, initial learning rate 1e-3 "decayed by a
+factor of 0.1 for each of the first three epochs" (``lr_milestones``: the epochs after which the
+rate is multiplied by ``lr_gamma``; the paper's reading is (1, 2, 3)), deep-supervision loss with
+alpha 0.1 / beta 0.9, early stopping on the validation volumetric Dice, and the binarisation
+threshold chosen where the validation volumetric Dice is best.
+
+An "epoch" here is ``windows_per_epoch`` sampled windows (the paper's epoch is one pass over 3770
+slices); the default of 0 means one pass over the training slices that lie inside the ROIs.
+
+A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``checkpoint.pt`` (last state,
+for ``resume``), ``best.safetensors`` (best validation Dice) and, once finished, ``weights/`` (the
+exported weights folder with its model card) and ``summary.json``. A finished run folder is never
+overwritten.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ..errors import DatasetError
+from ..roi import RoiSpec
+from ..windows import InputSpec
+from .data import PreparedScan, WindowSampler, prepare_scan, read_manifest, split_records
+
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (written to ``config.json`` and the model card)."""
+
+    model: str = "Mnet_Im"
+    model_overrides: dict = field(default_factory=dict)
+    epochs: int = 30
+    windows_per_epoch: int = 0
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_milestones: tuple = (1, 2, 3)
+    lr_gamma: float = 0.1
+    patience: int = 5
+    alpha: float = 0.1
+    beta: float = 0.9
+    scale_weights: Optional[tuple] = None
+    positive_fraction: float = 0.7
+    jitter_px: int = 16
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+    max_minutes: float = 0.0
+    roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
+    input: dict = field(default_factory=lambda: InputSpec().to_dict())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: lr * gamma ** (number of milestones <= epoch)."""
+    return config.lr * config.lr_gamma ** sum(1 for m in config.lr_milestones if epoch >= m)
+
+
+def dice(a: np.ndarray, b: np.ndarray) -> float:
+    """Volumetric Dice; 1.0 when both are empty (nothing to find, nothing found)."""
+    a, b = a.astype(bool), b.astype(bool)
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def predict_prepared(model, scan: PreparedScan, size_px, input_spec: InputSpec, device: str,
+                     batch_size: int = 16) -> np.ndarray:
+    """Probabilities on the centre crop of a prepared scan (all its ROI slices)."""
+    import torch
+
+    from ..windows import make_windows
+
+    h, w = int(size_px[1]), int(size_px[0])
+    H, W = scan.image.shape[1:]
+    oy, ox = (H - h) // 2, (W - w) // 2
+    stack = scan.image[:, oy:oy + h, ox:ox + w].astype(np.float32)
+    out = np.empty(stack.shape, np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for b0 in range(0, len(stack), batch_size):
+            c = np.arange(b0, min(b0 + batch_size, len(stack)))
+            x = torch.from_numpy(make_windows(stack, c, input_spec.slices_per_window)).to(device)
+            out[c] = torch.sigmoid(model(x).float())[:, 0].cpu().numpy()
+    return out
+
+
+def validate(model, scans: list[PreparedScan], size_px, input_spec: InputSpec, device: str) -> dict:
+    """Mean volumetric Dice over scans for each candidate threshold; the best one."""
+    h, w = int(size_px[1]), int(size_px[0])
+    per_t = {t: [] for t in THRESHOLDS}
+    for scan in scans:
+        prob = predict_prepared(model, scan, size_px, input_spec, device)
+        H, W = scan.mask.shape[1:]
+        truth = scan.mask[:, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]
+        for t in THRESHOLDS:
+            per_t[t].append(dice(prob >= t, truth))
+    means = {t: float(np.mean(v)) for t, v in per_t.items()}
+    best = max(means, key=lambda t: (means[t], -abs(t - 0.5)))
+    return {"dice": means[best], "threshold": best, "dice_at_0.5": means[0.5]}
+
+
+class Trainer:
+    """Train one model on a manifest into a run folder (see module docstring)."""
+
+    def __init__(self, manifest, run_dir, config: TrainConfig, progress: bool = True):
+        self.manifest = Path(manifest)
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.progress = progress
+
+    # -- run folder -------------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> Optional[dict]:
+        d = self.run_dir
+        if (d / "summary.json").exists():
+            raise DatasetError(f"'{d}' holds a finished training run; choose a new run folder (nothing was overwritten).")
+        if (d / "checkpoint.pt").exists():
+            if not resume:
+                raise DatasetError(f"'{d}' holds an unfinished run; pass --resume to continue it or choose a new folder.")
+            saved = json.loads((d / "config.json").read_text())
+            if saved != json.loads(json.dumps(self.config.to_dict())):
+                raise DatasetError(f"'{d}' was started with another configuration; resume with the same options.")
+            return saved
+        if d.exists() and any(d.iterdir()):
+            raise DatasetError(f"'{d}' is not empty and holds no training run; choose a new run folder.")
+        return None
+
+    def run(self, resume: bool = False) -> dict:
+        import torch
+
+        from ..losses import DeepSupervisionLoss
+        from ..models import build_model, model_config
+        from ..inference import resolve_device
+
+        cfg = self.config
+        self._check_run_dir(resume)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        device = resolve_device(cfg.device)
+        roi_spec, input_spec = RoiSpec.from_dict(cfg.roi), InputSpec.from_dict(cfg.input)
+
+        records = read_manifest(self.manifest)
+        splits = split_records(records, seed=cfg.seed)
+        if not splits["train"] or not splits["val"]:
+            raise DatasetError("Training needs at least one training and one validation scan.")
+        t_prep = time.perf_counter()
+        prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]] for s in ("train", "val")}
+        t_prep = time.perf_counter() - t_prep
+        sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
+                                cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0])
+        n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
+        windows_per_epoch = cfg.windows_per_epoch or n_train_slices
+        steps = max(1, windows_per_epoch // cfg.batch_size)
+
+        model = build_model(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        loss_fn = DeepSupervisionLoss(cfg.alpha, cfg.beta, cfg.scale_weights)
+        use_amp = cfg.amp and device.startswith("cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        rng = np.random.default_rng(cfg.seed)
+        state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "best_threshold": 0.5, "bad_epochs": 0,
+                 "seconds": 0.0}
+        ckpt = self.run_dir / "checkpoint.pt"
+        if resume and ckpt.exists():
+            saved = torch.load(ckpt, map_location=device, weights_only=False)
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            state = saved["state"]
+            rng.bit_generator.state = saved["rng"]
+            torch.set_rng_state(saved["torch_rng"])
+
+        log_path = self.run_dir / "log.csv"
+        new_log = not log_path.exists()
+        log = open(log_path, "a", newline="")
+        writer = csv.writer(log)
+        if new_log:
+            writer.writerow(["epoch", "lr", "train_loss", "val_dice", "val_threshold", "val_dice_at_0.5", "seconds"])
+        started = time.perf_counter() - state["seconds"]
+        bar = _progress_bar(cfg.epochs, state["epoch"], self.progress)
+        stopped = "epochs"
+        while state["epoch"] < cfg.epochs:
+            epoch = state["epoch"]
+            lr = lr_at(cfg, epoch)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            model.train()
+            losses = []
+            for _ in range(steps):
+                x, y = sampler.batch(rng, cfg.batch_size)
+                x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                optimiser.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    outputs = model(x)
+                loss = loss_fn(outputs, y)
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+                losses.append(loss.item())
+            val = validate(model, prepared["val"], roi_spec.size_px, input_spec, device)
+            state["epoch"] = epoch + 1
+            state["seconds"] = time.perf_counter() - started
+            improved = val["dice"] > state["best_dice"]
+            if improved:
+                state.update(best_dice=val["dice"], best_epoch=epoch + 1, best_threshold=val["threshold"], bad_epochs=0)
+                _save_tensors(model, self.run_dir / "best.safetensors")
+            else:
+                state["bad_epochs"] += 1
+            writer.writerow([epoch + 1, f"{lr:.3g}", f"{np.mean(losses):.5f}", f"{val['dice']:.4f}",
+                             val["threshold"], f"{val['dice_at_0.5']:.4f}", f"{state['seconds']:.1f}"])
+            log.flush()
+            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state,
+                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt)
+            bar.update(1)
+            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
+            if state["bad_epochs"] >= cfg.patience:
+                stopped = "early stopping"
+                break
+            if cfg.max_minutes and state["seconds"] > 60 * cfg.max_minutes:
+                stopped = "time budget"
+                break
+        bar.close()
+        log.close()
+
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(self.run_dir / "best.safetensors"), device=device))
+        summary = {
+            "stopped_by": stopped, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+            "val_dice": round(state["best_dice"], 4), "threshold": state["best_threshold"],
+            "train_seconds": round(state["seconds"], 1), "prepare_seconds": round(t_prep, 1),
+            "steps_per_epoch": steps, "batch_size": cfg.batch_size,
+            "scans": {s: [r.scan_id for r in splits[s]] for s in splits},
+            "train_slices_in_roi": n_train_slices, "device": device,
+            "model_config": model_config(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "cpu_threads": torch.get_num_threads()},
+        }
+        self.model = model.eval()
+        self.splits = splits
+        return summary
+
+
+def _save_tensors(model, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tmp = path.with_suffix(".tmp")
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    os.replace(tmp, path)
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="epochs", unit="epoch", disable=not enabled, dynamic_ncols=True)
