@@ -16,6 +16,8 @@ from pathlib import Path
 
 from .errors import Cancelled, InputError, MnetImError, OutputError
 
+DICOM_FORMATS = ("rtstruct", "dicom-seg")
+
 
 # --------------------------------------------------------------------------- segment
 def _output_kind(path: Path) -> str:
@@ -50,14 +52,31 @@ def cmd_segment(args) -> int:
     t0 = time.perf_counter()
     if args.batch or (inp.is_dir() and not _looks_like_series(inp)):
         return _segment_batch(args, inp, out)
-    _output_kind(out)
-    if out.exists() and not args.overwrite:
-        raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
+    dicom_out = args.format in DICOM_FORMATS
+    if dicom_out:
+        if not inp.is_dir():
+            raise InputError(f"--format {args.format} needs a DICOM CT series folder as input (the export references its images).")
+    elif args.format not in (None, "auto"):
+        raise OutputError(f"Unknown --format '{args.format}' for one CT: use rtstruct, dicom-seg, or let the output suffix decide.")
+    else:
+        _output_kind(out)
+        if out.exists() and not args.overwrite:
+            raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
     volume = read_image(inp, series_uid=args.series)
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size)
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
                                keep_probability=args.probability is not None)
-    write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None)
+    if dicom_out:
+        from .dicom import write_segmentation_dicom
+
+        out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
+                                       overwrite=args.overwrite)
+        if args.probability:
+            from .io import write_image
+
+            write_image(result.probability, Path(args.probability), overwrite=args.overwrite)
+    else:
+        write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None)
     report = {"input": str(inp), "output": str(out), "ctv_ml": round(result.volume_ml, 2),
               "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
               "threshold": result.threshold, "model": result.model, "roi": result.roi.to_dict(),
@@ -95,7 +114,10 @@ def _segment_batch(args, inp: Path, out: Path) -> int:
     if not cases:
         raise InputError(f"'{inp}' holds no image files or series folders to segment.")
     out.mkdir(parents=True, exist_ok=True)
-    ext = args.format if args.format.startswith(".") else "." + args.format
+    fmt = args.format or ".seg.nrrd"
+    if fmt in DICOM_FORMATS:
+        raise OutputError("Batch mode writes .seg.nrrd or labelmaps; export DICOM RT one series at a time.")
+    ext = fmt if fmt.startswith(".") else "." + fmt
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size)
     results, failures = [], []
     for path, stem in tqdm(cases, desc="CTs", unit="CT", disable=args.json):
@@ -129,13 +151,13 @@ def _write_one_phantom(job) -> dict:
     ph = make_phantom(seed, matrix=matrix, slice_mm=slice_mm)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    write_image(ph.ct, folder / f"image{fmt}", overwrite=True)
+    write_image(ph.ct, folder / f"image{fmt}", overwrite=True)  # phantoms are regenerated, not user data
     write_labelmap(ph.labels, folder / f"label{fmt}", overwrite=True)
     (folder / "phantom.json").write_text(json.dumps(ph.params, indent=1))
     if dicom:
         from .dicom import write_ct_series
 
-        write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{seed:04d}")
+        write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{seed:04d}", overwrite=True)
     return {"seed": seed, "folder": str(folder), "shape": ph.ct.shape}
 
 
@@ -233,7 +255,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--probability", help="also write the probability map to this image file")
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several CT series")
     s.add_argument("--batch", action="store_true", help="treat INPUT as a folder of CTs")
-    s.add_argument("--format", default=".seg.nrrd", help="batch output format (.seg.nrrd, .nii.gz, ...)")
+    s.add_argument("--format", help="rtstruct or dicom-seg (OUTPUT is then a folder; INPUT a DICOM series); "
+                   "in batch mode the file format (.seg.nrrd default, .nii.gz, ...); else the OUTPUT suffix decides")
     s.add_argument("--batch-size", type=int, default=16, help="windows per network pass")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--json", action="store_true", help="print one JSON object")
@@ -282,6 +305,14 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--resume", action="store_true")
     t.add_argument("--json", action="store_true")
     t.set_defaults(func=cmd_train)
+
+    # Commands that live with their own layer (DICOM RT import, evaluation, experiments).
+    from . import rt_import
+
+    rt_import.add_commands(sub)
+    from . import evaluation
+
+    evaluation.add_commands(sub)
     return p
 
 

@@ -84,9 +84,37 @@ def threshold_mask(probability: np.ndarray, threshold: float, largest_component:
     if largest_component and mask.any():
         import SimpleITK as sitk
 
-        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask)), sortByObjectSize=True)
-        mask = (sitk.GetArrayViewFromImage(cc) == 1).astype(np.uint8)
+        # Components only within the mask's bounding box: the CTV is a few % of a 512^2 x 120 CT.
+        nz = np.argwhere(mask)
+        box = tuple(slice(a, b + 1) for a, b in zip(nz.min(0), nz.max(0)))
+        cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask[box])), sortByObjectSize=True)
+        mask[box] = (sitk.GetArrayViewFromImage(cc) == 1).astype(np.uint8)
     return mask
+
+
+def fold_batchnorm(model):
+    """Fold every eval-mode BatchNorm2d into the convolution before it (inference only).
+
+    y = gamma * (conv(x) - mean) / sqrt(var + eps) + beta is itself a convolution, so the
+    normalisation costs nothing at inference; outputs agree with the unfolded model to float
+    rounding (~1e-6).
+    """
+    import torch
+    from torch import nn
+    from torch.nn.utils.fusion import fuse_conv_bn_eval
+
+    model.eval()
+    with torch.no_grad():
+        for module in model.modules():
+            if not isinstance(module, nn.Sequential):
+                continue
+            children = list(module.children())
+            for i in range(len(children) - 1):
+                conv, bn = children[i], children[i + 1]
+                if isinstance(conv, nn.Conv2d) and isinstance(bn, nn.BatchNorm2d):
+                    module[i] = fuse_conv_bn_eval(conv, bn)
+                    module[i + 1] = nn.Identity()
+    return model
 
 
 class Segmenter:
@@ -98,10 +126,11 @@ class Segmenter:
         batch_size: Windows per forward pass.
         amp: Mixed precision (bf16/fp16 autocast) on CUDA; ignored on CPU.
         channels_last: Memory format for CPU convolutions (faster with oneDNN).
+        fold_bn: Fold batch norm into the convolutions (same result to float rounding, less work).
     """
 
     def __init__(self, weights=None, device: str = "auto", batch_size: int = 16, amp: bool = True,
-                 channels_last: bool = True, model=None, card=None):
+                 channels_last: bool = True, fold_bn: bool = True, model=None, card=None):
         import torch
 
         from .weights import default_weights_dir, load_weights
@@ -115,6 +144,9 @@ class Segmenter:
         self.amp = bool(amp) and self.device.startswith("cuda")
         self.channels_last = channels_last
         model = model.eval().to(self.device)
+        self.folded = bool(fold_bn)
+        if fold_bn:
+            model = fold_batchnorm(model)
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model

@@ -61,10 +61,10 @@ def read_image(path, series_uid: Optional[str] = None) -> Volume:
         if dim == 2:
             raise InputError(f"'{path}' is a 2D image; a 3D CT volume is needed.")
         image = reader.Execute()
-    except RuntimeError as exc:
-        first = str(exc).strip().splitlines()
-        detail = next((ln for ln in first if "rror" in ln or "nable" in ln), first[-1] if first else "")
-        raise InputError(f"'{path}' is not a readable image volume ({detail.strip()[:160]}).") from None
+    except RuntimeError:
+        # ITK's own message names C++ classes and addresses: no help to a clinical user.
+        raise InputError(f"'{path}' is not a readable image volume (unknown format, truncated or corrupt).") from None
+    _check_complete(path, image)
     if image.GetDimension() == 4 and image.GetSize()[3] == 1:
         image = image[:, :, :, 0]
     if image.GetDimension() != 3:
@@ -72,6 +72,32 @@ def read_image(path, series_uid: Optional[str] = None) -> Volume:
     if image.GetNumberOfComponentsPerPixel() != 1:
         raise InputError(f"'{path}' has {image.GetNumberOfComponentsPerPixel()} values per voxel (colour or vector image); a scalar CT is needed.")
     return Volume.from_sitk(image)
+
+
+def _check_complete(path: Path, image) -> None:
+    """Refuse truncated files: ITK fills a short data block silently instead of failing."""
+    import gzip
+    import zlib
+
+    expected = int(np.prod(image.GetSize())) * image.GetNumberOfComponentsPerPixel() * image.GetSizeOfPixelComponent()
+    name = path.name.lower()
+    if name.endswith(".gz"):
+        try:
+            with gzip.open(path, "rb") as f:
+                total = 0
+                while chunk := f.read(1 << 22):
+                    total += len(chunk)
+        except (EOFError, OSError, zlib.error):
+            total = -1
+        if total < expected:
+            raise InputError(f"'{path}' is truncated or corrupt (its compressed data ends early).")
+        return
+    head = path.read_bytes()[:4096] if path.stat().st_size else b""
+    text = head.decode("latin-1").lower()
+    compressed = ("encoding: gz" in text or "encoding: gzip" in text or "encoding: bz" in text
+                  or "compresseddata = true" in text)
+    if not compressed and name.endswith((".nii", ".nrrd", ".mha")) and path.stat().st_size < expected:
+        raise InputError(f"'{path}' is truncated: it holds fewer bytes than its header announces.")
 
 
 def list_dicom_series(folder) -> list[dict]:
@@ -168,15 +194,21 @@ def atomic_path(path, overwrite: bool = False):
     if not os.access(parent, os.W_OK):
         raise OutputError(f"The output folder '{parent}' is not writable.")
     suffix = suffix_of(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
-    os.close(fd)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
+        os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"Cannot write in '{parent}' ({exc.strerror}).") from None
     try:
         yield Path(tmp)
         os.replace(tmp, path)
-    except BaseException:
+    except OSError as exc:
+        raise OutputError(f"Writing '{path}' failed ({exc.strerror or exc}); nothing was written.") from None
+    except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
+        raise OutputError(f"Writing '{path}' failed ({str(exc).strip().splitlines()[-1][:160]}); nothing was written.") from None
+    finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
-        raise
 
 
 def write_labelmap(mask: Volume, path, overwrite: bool = False) -> Path:

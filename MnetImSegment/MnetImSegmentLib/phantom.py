@@ -129,6 +129,7 @@ class Layer:
     label: int = 0
     edge_mm: float = 1.0
     metal: bool = False
+    streak: tuple = ()  # metal only: (ray frequency, modulation frequency, phase), fixed per part
     clears_label: bool = False  # packing displaces tissue: no CTV inside it
 
 
@@ -213,7 +214,7 @@ class PhantomAnatomy:
         # It is brighter than its surroundings by only a few HU.
         ctv_center = os_point + axis * u(10, 18) + np.array([u(-3, 3), u(-3, 3), 0])
         ctv = Blob.make(rng, ctv_center, [u(22, 32), u(16, 24), u(20, 34)], _frame_from_axis(axis) @ rotation_matrix(0, 0, u(-15, 15)), bumps=5, bump_amp=0.15)
-        ctv_delta = u(4, 14)
+        ctv_delta = u(6, 16)
         p.update(ctv_contrast_hu=ctv_delta)
         layers.append(Layer(ctv, soft + 8 + ctv_delta, label=LABELS["CTV"], edge_mm=2.0))
 
@@ -248,11 +249,13 @@ class PhantomAnatomy:
         else:
             app_parts.append(Torus(os_point - axis * u(2, 6), axis, u(14, 20), u(3.5, 5)))
         for part in app_parts:
-            layers.append(Layer(part, hu_app, edge_mm=0.5, metal=metal))
+            # Streak pattern fixed per metal part, so it is coherent from slice to slice as on a scanner.
+            streak = (int(rng.integers(6, 14)), int(rng.integers(3, 7)), float(u(0, 2 * np.pi)))
+            layers.append(Layer(part, hu_app, edge_mm=0.5, metal=metal, streak=streak))
         if not metal:  # plastic tandems are hollow: an air-filled source channel
             layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
         self.metal_parts = app_parts if metal else []
-        p.update(streak_hu=u(150, 600) if metal else 0.0, noise_hu=u(8, 22))
+        p.update(streak_hu=u(80, 350) if metal else 0.0, noise_hu=u(8, 20))
 
         self.layers = layers
         self.body_center = body_center
@@ -327,9 +330,9 @@ class PhantomAnatomy:
                 elif layer.clears_label:
                     label[window][inside] = 0
                 if layer.metal:
-                    metal_points.append(win_phys[inside].mean(0))
+                    metal_points.append((win_phys[inside].mean(0), layer.streak))
             if metal_points:
-                img += self._streaks(pts_phys, metal_points, rng)
+                img += self._streaks(pts_phys, metal_points)
             noise = rng.normal(0.0, noise_sigma, (ny, nx)).astype(np.float32)
             noise = (noise + np.roll(noise, 1, 0) + np.roll(noise, 1, 1) + np.roll(noise, (1, 1), (0, 1))) / 2
             body = img > -900
@@ -340,20 +343,20 @@ class PhantomAnatomy:
                       direction=list(geometry.direction))
         return Phantom(Volume(ct, geometry), Volume(lab, geometry), params)
 
-    def _streaks(self, pts, metal_points, rng) -> np.ndarray:
+    def _streaks(self, pts, metal_points) -> np.ndarray:
         """Metal artefacts: bright/dark rays from each metal piece, dark bands between pieces."""
         amp = self.params["streak_hu"]
         out = np.zeros(pts.shape[:2], np.float32)
         plane_pts = pts[..., :2]
-        for m in metal_points:
+        for m, (n_rays, n_mod, phase) in metal_points:
             rel = plane_pts - m[:2]
             r = np.sqrt((rel**2).sum(-1)) + 1.0
             phi = np.arctan2(rel[..., 1], rel[..., 0])
-            rays = np.cos(rng.integers(6, 14) * phi + rng.uniform(0, 2 * np.pi)) * np.cos(rng.integers(3, 7) * phi)
+            rays = np.cos(n_rays * phi + phase) * np.cos(n_mod * phi)
             out += amp * 0.5 * rays / (1.0 + r / 25.0)
         for a in range(len(metal_points)):
             for b in range(a + 1, len(metal_points)):
-                p0, p1 = metal_points[a][:2], metal_points[b][:2]
+                p0, p1 = metal_points[a][0][:2], metal_points[b][0][:2]
                 seg = p1 - p0
                 length = np.linalg.norm(seg)
                 if length < 1:

@@ -184,7 +184,18 @@ def crop(volume: Volume, roi: Roi, spec: RoiSpec, default: float = -1024.0) -> V
     import SimpleITK as sitk
 
     geom, size = roi_geometry(volume.geometry, roi, spec)
-    image = Volume(volume.array.astype(np.float32, copy=False), volume.geometry).to_sitk()
+    # Resample from the sub-box of the image that the ROI grid touches (+1 voxel for interpolation),
+    # not from the whole CT: a 512 x 512 x 120 volume would otherwise be copied twice for nothing.
+    nx, ny, nz = size
+    corners = np.array([[i, j, k] for i in (0, nx - 1) for j in (0, ny - 1) for k in (0, nz - 1)], float)
+    idx = volume.geometry.physical_to_index(geom.index_to_physical(corners))
+    full = np.array(volume.shape[::-1])
+    lo = np.clip(np.floor(idx.min(0)).astype(int) - 1, 0, full - 1)
+    hi = np.clip(np.ceil(idx.max(0)).astype(int) + 2, 1, full)
+    sub = volume.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    sub_geom = Geometry(volume.geometry.spacing, volume.geometry.index_to_physical(lo.astype(float)),
+                        volume.geometry.direction)
+    image = Volume(np.ascontiguousarray(sub, dtype=np.float32), sub_geom).to_sitk()
     out = sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, geom.origin, geom.spacing,
                         geom.direction, float(default), sitk.sitkFloat32)
     return Volume.from_sitk(out)

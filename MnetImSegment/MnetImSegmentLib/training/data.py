@@ -16,6 +16,7 @@ patients already vary in pose.
 from __future__ import annotations
 
 import csv
+import warnings
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -123,16 +124,46 @@ class PreparedScan:
     spacing_mm: tuple[float, float, float]  # of the crop, (x, y, z)
 
 
+def ctv_mask(labels: np.ndarray, label_value: int = 1) -> np.ndarray:
+    """The CTV of a mask file as booleans: ``== label_value`` in a multi-label map, else ``> 0``."""
+    return (labels == label_value) if labels.max() > 1 else (labels > 0)
+
+
+class DatasetWarning(UserWarning):
+    """Data that can be used but deserves a look (a scan without CTV, a CTV cut by the ROI)."""
+
+
+# Below this share of the CTV volume inside the training crop, the ROI location probably failed.
+MIN_CTV_INSIDE_CROP = 0.9
+
+
 def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, jitter_px: int = 16,
                  label_value: int = 1) -> PreparedScan:
+    """Crop, normalise and binarise one scan (see the module docstring).
+
+    A scan without CTV is kept (its windows are negative examples) with a :class:`DatasetWarning`;
+    so is a scan whose CTV lies partly outside the crop, since that points at a failed ROI location.
+    """
     image, mask = read_volume_pair(record)
     roi = locate_roi(image, roi_spec)
     padded = replace(roi_spec, size_px=(roi_spec.size_px[0] + 2 * jitter_px, roi_spec.size_px[1] + 2 * jitter_px))
     img = crop(image, roi, padded)
-    target = (mask.array == label_value) if mask.array.max() > 1 else (mask.array > 0)
+    target = ctv_mask(mask.array, label_value)
     msk = crop(mask.with_array(target.astype(np.float32)), roi, padded, default=0.0)
-    return PreparedScan(record.scan_id, normalise(img.array, input_spec).astype(np.float16),
-                        (msk.array >= 0.5).astype(np.uint8), roi, img.geometry.spacing)
+    binary = (msk.array >= 0.5).astype(np.uint8)
+    if not target.any():
+        warnings.warn(f"Scan '{record.scan_id}': the mask '{record.mask}' holds no CTV; the scan is kept as a "
+                      "negative example.", DatasetWarning, stacklevel=2)
+    else:
+        # Compare physical volumes: the crop is resampled in-plane, so voxel counts differ.
+        ml_all = float(target.sum()) * float(np.prod(mask.geometry.spacing))
+        ml_kept = float(binary.sum()) * float(np.prod(msk.geometry.spacing))
+        if ml_kept < MIN_CTV_INSIDE_CROP * ml_all:
+            warnings.warn(f"Scan '{record.scan_id}': only {100 * ml_kept / ml_all:.0f}% of the CTV lies inside the "
+                          f"training crop around the located ROI (method '{roi.method}'); check the ROI location "
+                          "or enlarge the ROI.", DatasetWarning, stacklevel=2)
+    return PreparedScan(record.scan_id, normalise(img.array, input_spec).astype(np.float16), binary, roi,
+                        img.geometry.spacing)
 
 
 class WindowSampler:
@@ -162,7 +193,8 @@ class WindowSampler:
             self.index_pos += [(s_i, z) for z in np.flatnonzero(has)]
             self.index_neg += [(s_i, z) for z in np.flatnonzero(~has)]
         if not self.index_pos:
-            raise DatasetError("No training slice contains any CTV: check the masks and the label value.")
+            raise DatasetError("No training slice contains any CTV (inside the ROI crops): a dataset without CTV "
+                               "cannot train; check the masks, the label value and the ROI.")
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size

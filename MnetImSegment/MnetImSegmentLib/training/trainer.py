@@ -68,6 +68,19 @@ class TrainConfig:
         d["lr_milestones"] = list(self.lr_milestones)
         return d
 
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The configuration a run folder's ``config.json`` holds."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise DatasetError(f"Unknown training option(s) {', '.join(unknown)} (written by a newer MnetImSegment?).")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+        if d.get("scale_weights") is not None:
+            d["scale_weights"] = tuple(d["scale_weights"])
+        return cls(**d)
+
 
 def seed_everything(seed: int) -> None:
     import torch
@@ -126,13 +139,24 @@ def validate(model, scans: list[PreparedScan], size_px, input_spec: InputSpec, d
 
 
 class Trainer:
-    """Train one model on a manifest into a run folder (see module docstring)."""
+    """Train one model on a manifest into a run folder (see module docstring).
 
-    def __init__(self, manifest, run_dir, config: TrainConfig, progress: bool = True):
+    Args:
+        manifest: The CSV manifest (see ``data.py``).
+        run_dir: The run folder: new, or holding an unfinished run of the same configuration (resume).
+        config: What to train.
+        progress: Show a progress bar.
+        tensorboard: Also write TensorBoard scalars to ``run_dir/tensorboard``. ``None`` (default):
+            when the ``tensorboard`` package is installed. Logging only; the training is the same.
+    """
+
+    def __init__(self, manifest, run_dir, config: TrainConfig, progress: bool = True,
+                 tensorboard: Optional[bool] = None):
         self.manifest = Path(manifest)
         self.run_dir = Path(run_dir)
         self.config = config
         self.progress = progress
+        self.tensorboard = tensorboard
 
     # -- run folder -------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Optional[dict]:
@@ -142,29 +166,59 @@ class Trainer:
         if (d / "checkpoint.pt").exists():
             if not resume:
                 raise DatasetError(f"'{d}' holds an unfinished run; pass --resume to continue it or choose a new folder.")
-            saved = json.loads((d / "config.json").read_text())
-            if saved != json.loads(json.dumps(self.config.to_dict())):
-                raise DatasetError(f"'{d}' was started with another configuration; resume with the same options.")
-            return saved
+            return self._same_config_or_fail()
+        if (d / "config.json").exists() and set(p.name for p in d.iterdir()) <= _EARLY_FILES:
+            # The run stopped before finishing its first epoch: nothing of value to keep, restart it.
+            if not resume:
+                raise DatasetError(f"'{d}' holds a run that stopped before its first epoch ended; pass --resume "
+                                   "to start it again or choose a new folder.")
+            self._same_config_or_fail()
+            return None
         if d.exists() and any(d.iterdir()):
             raise DatasetError(f"'{d}' is not empty and holds no training run; choose a new run folder.")
         return None
 
-    def run(self, resume: bool = False) -> dict:
+    def _same_config_or_fail(self) -> dict:
+        saved = json.loads((self.run_dir / "config.json").read_text())
+        if saved != json.loads(json.dumps(self.config.to_dict())):
+            raise DatasetError(f"'{self.run_dir}' was started with another configuration; resume with the same options.")
+        return saved
+
+    def run(self, resume: bool = False) -> Optional[dict]:
+        """Train; return the summary (on rank 0; ``None`` on the other ranks of a torchrun job).
+
+        Args:
+            resume: Continue the unfinished run in ``run_dir`` (same configuration required).
+
+        Raises:
+            DatasetError: The run folder holds a finished run, another configuration, or unrelated
+                files; the manifest or the data are unusable.
+        """
         import torch
 
         from ..losses import DeepSupervisionLoss
         from ..models import build_model, model_config
-        from ..inference import resolve_device
+        from . import distributed as dist_
 
         cfg = self.config
-        self._check_run_dir(resume)
-        self.run_dir.mkdir(parents=True, exist_ok=True)
-        (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        ctx = dist_.setup(cfg.device)
+        main = ctx.is_main
+        problem = None
+        if main:
+            try:
+                self._check_run_dir(resume)
+            except DatasetError as exc:
+                problem = str(exc)
+        problem = dist_.broadcast_object(ctx, problem)  # every rank fails with rank 0's message
+        if problem:
+            raise DatasetError(problem)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
-        device = resolve_device(cfg.device)
+        device = ctx.device
         roi_spec, input_spec = RoiSpec.from_dict(cfg.roi), InputSpec.from_dict(cfg.input)
 
         records = read_manifest(self.manifest)
@@ -172,20 +226,26 @@ class Trainer:
         if not splits["train"] or not splits["val"]:
             raise DatasetError("Training needs at least one training and one validation scan.")
         t_prep = time.perf_counter()
-        prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]] for s in ("train", "val")}
+        # Only rank 0 validates, so only it needs the validation scans.
+        prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]]
+                    for s in (("train", "val") if main else ("train",))}
         t_prep = time.perf_counter() - t_prep
+        if main and not any(s.mask.any() for s in prepared["val"]):
+            raise DatasetError("No validation scan contains CTV (inside its ROI crop): the threshold and early "
+                               "stopping would be chosen on nothing; put scans with CTV in the validation split.")
         sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
                                 cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0])
         n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
-        steps = max(1, windows_per_epoch // cfg.batch_size)
+        steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))
 
         model = build_model(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         loss_fn = DeepSupervisionLoss(cfg.alpha, cfg.beta, cfg.scale_weights)
         use_amp = cfg.amp and device.startswith("cuda")
         scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
-        rng = np.random.default_rng(cfg.seed)
+        # Each rank draws its own windows; rank 0 draws what a one-process run draws.
+        rng = np.random.default_rng(cfg.seed + ctx.rank)
         state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "best_threshold": 0.5, "bad_epochs": 0,
                  "seconds": 0.0}
         ckpt = self.run_dir / "checkpoint.pt"
@@ -194,60 +254,100 @@ class Trainer:
             model.load_state_dict(saved["model"])
             optimiser.load_state_dict(saved["optimiser"])
             state = saved["state"]
-            rng.bit_generator.state = saved["rng"]
+            rng_states = saved.get("rng_ranks") or [saved["rng"]]
+            if ctx.rank < len(rng_states) and len(rng_states) == ctx.world_size:
+                rng.bit_generator.state = rng_states[ctx.rank]
+            elif ctx.rank == 0:
+                rng.bit_generator.state = saved["rng"]
+            else:  # resumed with more processes than saved: a fresh, still distinct stream
+                rng = np.random.default_rng([cfg.seed + ctx.rank, state["epoch"]])
             torch.set_rng_state(saved["torch_rng"])
 
-        log_path = self.run_dir / "log.csv"
-        new_log = not log_path.exists()
-        log = open(log_path, "a", newline="")
-        writer = csv.writer(log)
-        if new_log:
-            writer.writerow(["epoch", "lr", "train_loss", "val_dice", "val_threshold", "val_dice_at_0.5", "seconds"])
+        net = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
+
+        log = writer = board = None
+        if main:
+            log_path = self.run_dir / "log.csv"
+            new_log = not log_path.exists()
+            log = open(log_path, "a", newline="")
+            writer = csv.writer(log)
+            if new_log:
+                writer.writerow(["epoch", "lr", "train_loss", "val_dice", "val_threshold", "val_dice_at_0.5", "seconds"])
+            board = _tensorboard_writer(self.run_dir / "tensorboard", self.tensorboard)
         started = time.perf_counter() - state["seconds"]
-        bar = _progress_bar(cfg.epochs, state["epoch"], self.progress)
-        stopped = "epochs"
-        while state["epoch"] < cfg.epochs:
+        bar = _progress_bar(cfg.epochs, state["epoch"], self.progress and main)
+        stopped = state.get("stopped_by", "epochs")
+        while state["epoch"] < cfg.epochs and "stopped_by" not in state:
             epoch = state["epoch"]
             lr = lr_at(cfg, epoch)
             for group in optimiser.param_groups:
                 group["lr"] = lr
-            model.train()
+            net.train()
             losses = []
+            t_epoch = time.perf_counter()
             for _ in range(steps):
                 x, y = sampler.batch(rng, cfg.batch_size)
                 x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
                 optimiser.zero_grad(set_to_none=True)
                 with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
-                    outputs = model(x)
+                    outputs = net(x)
                 loss = loss_fn(outputs, y)
                 scaler.scale(loss).backward()
                 scaler.step(optimiser)
                 scaler.update()
                 losses.append(loss.item())
-            val = validate(model, prepared["val"], roi_spec.size_px, input_spec, device)
-            state["epoch"] = epoch + 1
-            state["seconds"] = time.perf_counter() - started
-            improved = val["dice"] > state["best_dice"]
-            if improved:
-                state.update(best_dice=val["dice"], best_epoch=epoch + 1, best_threshold=val["threshold"], bad_epochs=0)
-                _save_tensors(model, self.run_dir / "best.safetensors")
-            else:
-                state["bad_epochs"] += 1
-            writer.writerow([epoch + 1, f"{lr:.3g}", f"{np.mean(losses):.5f}", f"{val['dice']:.4f}",
-                             val["threshold"], f"{val['dice_at_0.5']:.4f}", f"{state['seconds']:.1f}"])
-            log.flush()
-            torch.save({"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state,
-                        "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}, ckpt)
-            bar.update(1)
-            bar.set_postfix(loss=f"{np.mean(losses):.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
-            if state["bad_epochs"] >= cfg.patience:
-                stopped = "early stopping"
-                break
-            if cfg.max_minutes and state["seconds"] > 60 * cfg.max_minutes:
-                stopped = "time budget"
+            train_loss = dist_.mean_over_ranks(ctx, float(np.mean(losses)))
+            rng_states = dist_.gather_objects(ctx, rng.bit_generator.state) if ctx.distributed else None
+            decision = None
+            if main:
+                # The unwrapped model: a DDP forward on one rank alone would wait for the others.
+                val = validate(model, prepared["val"], roi_spec.size_px, input_spec, device)
+                state["epoch"] = epoch + 1
+                state["seconds"] = time.perf_counter() - started
+                improved = val["dice"] > state["best_dice"]
+                if improved:
+                    state.update(best_dice=val["dice"], best_epoch=epoch + 1, best_threshold=val["threshold"], bad_epochs=0)
+                    _save_tensors(model, self.run_dir / "best.safetensors",
+                                  {"epoch": epoch + 1, "val_dice": val["dice"], "threshold": val["threshold"]})
+                else:
+                    state["bad_epochs"] += 1
+                writer.writerow([epoch + 1, f"{lr:.3g}", f"{train_loss:.5f}", f"{val['dice']:.4f}",
+                                 val["threshold"], f"{val['dice_at_0.5']:.4f}", f"{state['seconds']:.1f}"])
+                log.flush()
+                if board is not None:
+                    _board_epoch(board, epoch + 1, lr, train_loss, val, state, time.perf_counter() - t_epoch)
+                if state["bad_epochs"] >= cfg.patience:
+                    decision = "early stopping"
+                elif cfg.max_minutes and state["seconds"] > 60 * cfg.max_minutes:
+                    decision = "time budget"
+                if decision:
+                    # Kept in the checkpoint so a resumed run does not train past its stop.
+                    state["stopped_by"] = decision
+                ckpt_data = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state,
+                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                if rng_states is not None:
+                    ckpt_data["rng_ranks"] = rng_states
+                torch.save(ckpt_data, ckpt)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
+            # All ranks leave the loop at the same epoch, on rank 0's decision.
+            decision, state_epoch = dist_.broadcast_object(ctx, (decision, state["epoch"]))
+            state["epoch"] = state_epoch
+            if decision:
+                stopped = decision
                 break
         bar.close()
+        if not main:
+            self.model = model.eval()
+            self.splits = splits
+            return None
         log.close()
+        if board is not None:
+            board.close()
 
         from safetensors.torch import load_file
 
@@ -263,17 +363,51 @@ class Trainer:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_threads": torch.get_num_threads()},
         }
+        if ctx.distributed:
+            summary["distributed"] = ctx.to_dict()
         self.model = model.eval()
         self.splits = splits
         return summary
 
 
-def _save_tensors(model, path: Path) -> None:
+# Files a run writes before its first checkpoint; a folder holding only these can be restarted.
+_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard"}
+
+
+def _save_tensors(model, path: Path, info: Optional[dict] = None) -> None:
+    """Write the weights atomically; ``info`` (epoch, Dice, threshold) goes into the file's metadata."""
     from safetensors.torch import save_file
 
     tmp = path.with_suffix(".tmp")
-    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp))
+    metadata = {k: str(v) for k, v in (info or {}).items()} or None
+    save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
     os.replace(tmp, path)
+
+
+def _tensorboard_writer(folder: Path, wanted: Optional[bool]):
+    """A SummaryWriter, or None when not wanted or (for the default ``None``) not installed."""
+    if wanted is False:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if wanted:
+            raise DatasetError("TensorBoard logging was requested but the 'tensorboard' package is not installed "
+                               "(pip install tensorboard).") from None
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _board_epoch(board, epoch: int, lr: float, train_loss: float, val: dict, state: dict, seconds: float) -> None:
+    """The scalars of one epoch: the columns of log.csv plus the best-so-far Dice."""
+    board.add_scalar("train/loss", train_loss, epoch)
+    board.add_scalar("train/lr", lr, epoch)
+    board.add_scalar("train/epoch_seconds", seconds, epoch)
+    board.add_scalar("val/dice", val["dice"], epoch)
+    board.add_scalar("val/threshold", val["threshold"], epoch)
+    board.add_scalar("val/dice_at_0.5", val["dice_at_0.5"], epoch)
+    board.add_scalar("val/best_dice", state["best_dice"], epoch)
+    board.flush()
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):

@@ -1,0 +1,527 @@
+"""3D Slicer module: contour the cervical-cancer brachytherapy CTV on CT with Mnet_Im.
+
+GUI only: the module description, the widget (which maps GUI <-> parameter node <-> logic and does
+nothing else) and the self-test. Everything that touches voxels or geometry lives in
+``MnetImSegmentLib.logic`` (the MRML bridge) and the engine below it.
+"""
+
+import enum
+import queue
+import threading
+from pathlib import Path
+from typing import Annotated, Optional
+
+import numpy as np
+import qt
+import vtk
+
+import slicer
+from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer.i18n import tr as _
+from slicer.i18n import translate
+from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MnetImSegmentLib.errors import Cancelled, MnetImError
+from MnetImSegmentLib.logic import MAX_THRESHOLD, MIN_THRESHOLD
+from MnetImSegmentLib.logic import MnetImSegmentLogic as MRMLBridgeLogic
+
+PAPER_CITATION = (
+    "Huang M, Feng C, Sun D, Cui M, Zhao D. Segmentation of Clinical Target Volume From CT Images for "
+    "Cervical Cancer Using Deep Learning. Technol Cancer Res Treat. 2023;22. doi:10.1177/15330338221139164"
+)
+
+
+#
+# Module
+#
+class MnetImSegment(ScriptedLoadableModule):
+    """Module description shown in Slicer's module list and help panel."""
+
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = _("MnetImSegment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MnetImSegment developers"]
+        self.parent.helpText = _(
+            "Contours the clinical target volume (CTV) of cervical-cancer brachytherapy on CT with the "
+            "Mnet_Im network of Huang et al. 2023 ({citation}).<br><br>"
+            "<b>Intended use:</b> research and the development of institution-specific models; the result "
+            "is a draft that a qualified person must review and edit (Segment Editor) before any use.<br>"
+            "<b>The shipped demo weights are trained on synthetic phantoms only and are NOT for clinical "
+            "use.</b> For clinical work, train weights on your institution's own CT and structure sets with "
+            "the <code>mnetim train</code> command and select that weights folder here.<br><br>"
+            "Select the CT, click <i>Segment CTV</i>. Inference runs in the background (Cancel stops it and "
+            "leaves the scene unchanged); the threshold slider re-thresholds the last result instantly. "
+            "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export."
+        ).format(citation=PAPER_CITATION)
+        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.acknowledgementText = _(
+            "The Mnet_Im architecture is described in {citation}. This module is an independent "
+            "implementation; it is not affiliated with the authors. Built on 3D Slicer, PyTorch, "
+            "SimpleITK and safetensors."
+        ).format(citation=PAPER_CITATION)
+
+
+#
+# Parameter node
+#
+class Device(enum.Enum):
+    """Where the network runs."""
+
+    AUTO = "auto"
+    CPU = "cpu"
+    GPU = "cuda"
+
+    def label(self) -> str:
+        return {
+            Device.AUTO: _("Auto (GPU if available)"),
+            Device.CPU: _("CPU"),
+            Device.GPU: _("GPU (CUDA)"),
+        }[self]
+
+
+@parameterNodeWrapper
+class MnetImSegmentParameterNode:
+    """The module's state, saved with the scene.
+
+    inputVolume: The CT to segment.
+    outputSegmentation: None (the default) creates a new segmentation at every run.
+    weightsFolder: A folder with model.json + model.safetensors ('.' means the shipped demo weights).
+    device: Where the network runs.
+    threshold: Probability threshold for the next run and for live re-thresholding of the last result.
+    largestComponent: Keep only the largest connected component of the CTV.
+    keepProbability: Also add the probability map to the scene as a volume.
+    resultSegmentation: The last result; the threshold slider re-thresholds it.
+    thresholdWeightsFolder: The weights whose card threshold last initialised ``threshold`` (so a
+        user's threshold survives a scene reload, and a new model starts from its own).
+    """
+
+    inputVolume: vtkMRMLScalarVolumeNode
+    outputSegmentation: vtkMRMLSegmentationNode
+    weightsFolder: Path
+    device: Device = Device.AUTO
+    threshold: Annotated[float, WithinRange(MIN_THRESHOLD, MAX_THRESHOLD)] = 0.5
+    largestComponent: bool = True
+    keepProbability: bool = False
+    resultSegmentation: vtkMRMLSegmentationNode
+    thresholdWeightsFolder: str = ""
+
+
+def _isDefaultWeights(folder) -> bool:
+    return folder is None or str(folder).strip() in ("", ".")
+
+
+#
+# Dependencies
+#
+def ensureDependencies(logic: MRMLBridgeLogic) -> None:
+    """Install what the network needs, with the user's consent, on first use (never at import).
+
+    PyTorch comes from the PyTorch extension when it is installed (it picks a CUDA build that suits
+    the driver), otherwise from pip; safetensors from pip.
+
+    Raises:
+        MnetImError: The user declined, or the installation failed.
+    """
+    missing = logic.missingDependencies()
+    if not missing:
+        return
+    if "torch" in missing:
+        try:
+            import PyTorchUtils
+        except ImportError:
+            PyTorchUtils = None
+        if PyTorchUtils is not None:
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
+            if torch is None:
+                raise MnetImError(_("PyTorch is needed to run the network and was not installed (declined or "
+                                    "failed). Install it from the PyTorch Utils module, then try again."))
+        else:
+            if not slicer.util.confirmOkCancelDisplay(
+                    _("MnetImSegment needs PyTorch, which is not installed. Download and install it now with pip "
+                      "(about 1-3 GB, a few minutes)?\n\nTip: the PyTorch extension (Extensions Manager) installs "
+                      "a build matched to your GPU driver."),
+                    windowTitle=_("Install PyTorch")):
+                raise MnetImError(_("PyTorch is needed to run the network; installation was declined."))
+            try:
+                slicer.util.pip_install("torch")
+            except Exception as exc:
+                raise MnetImError(_("Installing PyTorch with pip failed: {error}").format(error=exc)) from exc
+    rest = [name for name in logic.missingDependencies() if name != "torch"]
+    if rest:
+        if not slicer.util.confirmOkCancelDisplay(
+                _("MnetImSegment needs the Python package(s) {names}. Install now with pip?").format(names=", ".join(rest)),
+                windowTitle=_("Install Python packages")):
+            raise MnetImError(_("The package(s) {names} are needed; installation was declined.").format(names=", ".join(rest)))
+        try:
+            slicer.util.pip_install(" ".join(rest))
+        except Exception as exc:
+            raise MnetImError(_("Installing {names} with pip failed: {error}").format(names=", ".join(rest), error=exc)) from exc
+    logic.checkDependencies()
+
+
+#
+# Background run
+#
+class SegmentationJob:
+    """One network run on a worker thread. The main thread polls ``messages``; MRML is never touched here.
+
+    Messages: ``("progress", fraction, text)``, then exactly one ``("done", EngineRun)`` or
+    ``("error", exception)``.
+    """
+
+    def __init__(self, logic, prepared, inputVolume, outputSegmentation, keepProbability, engineArguments):
+        self.logic = logic
+        self.prepared = prepared
+        self.inputVolume = inputVolume
+        self.outputSegmentation = outputSegmentation
+        self.keepProbability = keepProbability
+        self.engineArguments = engineArguments
+        self.cancelEvent = threading.Event()
+        self.messages = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="MnetImSegment inference", daemon=True)
+
+    def start(self) -> None:
+        self.thread.start()
+
+    def cancel(self) -> None:
+        self.cancelEvent.set()
+
+    def _run(self) -> None:
+        try:
+            run = self.logic.runEngine(self.prepared, progressCallback=self._progress, cancel=self.cancelEvent,
+                                       **self.engineArguments)
+            self.messages.put(("done", run))
+        except BaseException as exc:  # handed to the main thread, which reports it
+            self.messages.put(("error", exc))
+
+    def _progress(self, fraction: float, text: str) -> None:
+        self.messages.put(("progress", float(fraction), str(text)))
+
+
+#
+# Widget
+#
+class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    """Maps GUI <-> parameter node <-> logic; holds no segmentation code of its own."""
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job: Optional[SegmentationJob] = None
+        self._weightsShown = None
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MnetImSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+
+        self.logic = MnetImSegmentLogic()
+
+        # The worker thread cannot touch Qt; a timer on the main thread drains its messages.
+        self._pollTimer = qt.QTimer()
+        self._pollTimer.setInterval(100)
+        self._pollTimer.timeout.connect(self._pollJob)
+        # Dragging the slider emits many values; re-threshold once it settles.
+        self._rethresholdTimer = qt.QTimer()
+        self._rethresholdTimer.setSingleShot(True)
+        self._rethresholdTimer.setInterval(150)
+        self._rethresholdTimer.timeout.connect(self._applyRethreshold)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.defaultWeightsButton.connect("clicked(bool)", self.onDefaultWeightsButton)
+        self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
+        self.ui.progressBar.hide()
+
+        self.initializeParameterNode()
+
+    def cleanup(self) -> None:
+        self._cancelJob()
+        self._pollTimer.stop()
+        self._rethresholdTimer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self._cancelJob()
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    # ------------------------------------------------------------------ parameter node
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        p = self._parameterNode
+        if not p.inputVolume:
+            # Labelmaps and vector volumes are scalar-volume subclasses too; only a plain one can be a CT.
+            plain = [node for node in slicer.util.getNodesByClass("vtkMRMLScalarVolumeNode")
+                     if node.GetClassName() == "vtkMRMLScalarVolumeNode"]
+            if plain:
+                p.inputVolume = plain[0]
+        if _isDefaultWeights(p.weightsFolder):
+            try:
+                p.weightsFolder = self.logic.resolveWeights(None)
+            except MnetImError as exc:
+                self.ui.modelInfoLabel.text = str(exc)
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateGui)
+            self._updateGui()
+
+    def _updateGui(self, caller=None, event=None) -> None:
+        running = self._job is not None
+        p = self._parameterNode
+        if running:
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the segmentation; the scene stays as it was.")
+            self.ui.applyButton.enabled = not self._job.cancelEvent.is_set()
+        else:
+            self.ui.applyButton.text = _("Segment CTV")
+            ready = bool(p and p.inputVolume)
+            self.ui.applyButton.toolTip = _("Contour the CTV of the selected CT.") if ready else _("Select the input CT first.")
+            self.ui.applyButton.enabled = ready
+        for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.weightsPathLineEdit,
+                       self.ui.defaultWeightsButton, self.ui.deviceComboBox, self.ui.largestComponentCheckBox,
+                       self.ui.keepProbabilityCheckBox):
+            widget.enabled = not running
+        if p is not None and str(p.weightsFolder) != self._weightsShown:
+            self._weightsChanged()
+
+    def _weightsChanged(self) -> None:
+        """Describe the selected weights under the selector; a new model starts from its own threshold."""
+        p = self._parameterNode
+        folder = str(p.weightsFolder)
+        self._weightsShown = folder
+        try:
+            card = self.logic.modelCard(None if _isDefaultWeights(folder) else folder)
+        except MnetImError as exc:
+            self.ui.modelInfoLabel.text = str(exc)
+            return
+        self.ui.modelInfoLabel.text = _("{label} ({architecture}), threshold {threshold:.2f}. Intended use: {use}").format(
+            label=card.label, architecture=card.architecture, threshold=card.threshold,
+            use=card.raw.get("intended_use", "?"))
+        if p.thresholdWeightsFolder != folder and self._job is None:
+            # Another model's probabilities mean something else: the slider stops steering the
+            # previous result, and starts at the threshold this model was validated with.
+            with slicer.util.NodeModify(p):
+                p.thresholdWeightsFolder = folder
+                p.resultSegmentation = None
+                p.threshold = min(max(card.threshold, MIN_THRESHOLD), MAX_THRESHOLD)
+
+    # ------------------------------------------------------------------ GUI events
+    def onDefaultWeightsButton(self) -> None:
+        with slicer.util.tryWithErrorDisplay(_("The shipped demo weights are not available."), waitCursor=True):
+            self._parameterNode.weightsFolder = self.logic.resolveWeights(None)
+
+    def onThresholdChanged(self, value) -> None:
+        p = self._parameterNode
+        if p is None or self._job is not None or not p.resultSegmentation:
+            return
+        self._rethresholdTimer.start()
+
+    def _applyRethreshold(self) -> None:
+        p = self._parameterNode
+        node = p.resultSegmentation if p else None
+        if node is None or not self.logic.hasProbability(node):
+            return
+        try:
+            with slicer.util.tryWithErrorDisplay(_("Re-thresholding failed."), waitCursor=True):
+                voxels = self.logic.rethreshold(node, p.threshold)
+                self.ui.statusLabel.text = _("Threshold {threshold:.2f}: {voxels} CTV voxels in '{name}'.").format(
+                    threshold=p.threshold, voxels=voxels, name=node.GetName())
+        except MnetImError:
+            # Shown once; the slider no longer steers this node (e.g. the user edited the CTV).
+            p.resultSegmentation = None
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._cancelJob()
+            return
+        p = self._parameterNode
+        with slicer.util.tryWithErrorDisplay(_("Segment CTV could not start."), waitCursor=True):
+            ensureDependencies(self.logic)
+            prepared = self.logic.prepareInput(p.inputVolume)
+            weights = self.logic.resolveWeights(None if _isDefaultWeights(p.weightsFolder) else p.weightsFolder)
+            self.logic.resolveDevice(p.device.value)  # a GPU request without a GPU fails here, before any work
+            self._job = SegmentationJob(
+                self.logic, prepared, p.inputVolume, p.outputSegmentation, p.keepProbability,
+                dict(weights=weights, device=p.device.value, threshold=p.threshold, largestComponent=p.largestComponent))
+            self._job.start()
+            self.ui.progressBar.value = 0
+            self.ui.progressBar.show()
+            self.ui.statusLabel.text = _("Starting...")
+            self._pollTimer.start()
+            self._updateGui()
+
+    def _cancelJob(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = _("Cancelling...")
+            self._updateGui()
+
+    def _pollJob(self) -> None:
+        job = self._job
+        if job is None:
+            self._pollTimer.stop()
+            return
+        while True:
+            try:
+                message = job.messages.get_nowait()
+            except queue.Empty:
+                return
+            if message[0] == "progress":
+                self.ui.progressBar.value = int(round(100 * message[1]))
+                if not job.cancelEvent.is_set():
+                    self.ui.statusLabel.text = message[2]
+                continue
+            self._pollTimer.stop()
+            self._job = None
+            self.ui.progressBar.hide()
+            self._updateGui()
+            if message[0] == "done" and not job.cancelEvent.is_set():
+                self._finishJob(job, message[1])
+            elif message[0] == "done" or isinstance(message[1], Cancelled):
+                self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+            else:
+                self.ui.statusLabel.text = _("Segmentation failed; the scene was not changed.")
+                with slicer.util.tryWithErrorDisplay(_("Segmentation failed; the scene was not changed.")):
+                    raise message[1]
+            return
+
+    def _finishJob(self, job: SegmentationJob, run) -> None:
+        """Create the output on the main thread, only now that the network has finished."""
+        with slicer.util.tryWithErrorDisplay(_("Could not add the CTV to the scene."), waitCursor=True):
+            segmentation = self.logic.createOutput(job.inputVolume, run, job.outputSegmentation,
+                                                   keepProbability=job.keepProbability)
+            self._parameterNode.resultSegmentation = segmentation
+            text = _("CTV {volume:.1f} ml in '{name}': {seconds:.1f} s on {device} ({model}).").format(
+                volume=run.result.volume_ml, name=segmentation.GetName(), seconds=run.seconds,
+                device=run.device.upper(), model=run.card.label)
+            for warning in run.warnings:
+                text += "\n" + warning
+            self.ui.statusLabel.text = text
+            slicer.util.setSliceViewerLayers(background=job.inputVolume)
+
+
+#
+# Logic
+#
+class MnetImSegmentLogic(ScriptedLoadableModuleLogic, MRMLBridgeLogic):
+    """Slicer's module logic: the MRML bridge of ``MnetImSegmentLib.logic`` plus the parameter node.
+
+    ``slicer.util.getModuleLogic("MnetImSegment").process(volumeNode)`` segments from the console.
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        MRMLBridgeLogic.__init__(self)
+
+    def getParameterNode(self):
+        return MnetImSegmentParameterNode(super().getParameterNode())
+
+
+#
+# Self-test
+#
+class MnetImSegmentTest(ScriptedLoadableModuleTest):
+    """Runs in Slicer (Developer mode -> Reload and Test, or ctest): seconds on a CPU."""
+
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_PhantomCTV()
+        self.setUp()
+        self.test_CancelLeavesSceneUnchanged()
+
+    def _requireDependencies(self, logic):
+        if not logic.missingDependencies():
+            return
+        if slicer.app.testingEnabled():  # unattended: no installation dialogs
+            self.skipTest(f"missing Python packages: {', '.join(logic.missingDependencies())}")
+        ensureDependencies(logic)
+
+    def _phantomVolume(self, seed=11):
+        from MnetImSegmentLib.logic import ijkToRASFromGeometry
+        from MnetImSegmentLib.phantom import make_phantom, rotation_matrix
+
+        # A slightly oblique, small grid: fast, and a misregistered contour would show up in the Dice.
+        phantom = make_phantom(seed=seed, matrix=160, slice_mm=2.5, z_extent_mm=90, direction=rotation_matrix(0, 0, 12))
+        volume = slicer.util.addVolumeFromArray(phantom.ct.array, ijkToRASFromGeometry(phantom.ct.geometry),
+                                                name="MnetImSegment phantom CT")
+        return phantom, volume
+
+    def test_PhantomCTV(self):
+        self.delayDisplay("Segmenting a synthetic brachytherapy CT")
+        logic = MnetImSegmentLogic()
+        self._requireDependencies(logic)
+        phantom, volume = self._phantomVolume()
+        before = slicer.util.arrayFromVolume(volume).copy()
+        matrixBefore = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrixBefore)
+
+        segmentation = logic.process(volume, device="cpu")
+        segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("CTV")
+        self.assertTrue(segmentId)
+        self.assertIs(segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()), volume)
+        predicted = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
+        truth = phantom.mask("CTV").array > 0
+        dice = 2.0 * np.logical_and(predicted, truth).sum() / (predicted.sum() + truth.sum())
+        self.delayDisplay(f"Dice against the phantom truth: {dice:.3f}")
+        self.assertGreaterEqual(dice, 0.8)
+
+        np.testing.assert_array_equal(slicer.util.arrayFromVolume(volume), before)
+        matrixAfter = vtk.vtkMatrix4x4()
+        volume.GetIJKToRASMatrix(matrixAfter)
+        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(matrixAfter),
+                                   slicer.util.arrayFromVTKMatrix(matrixBefore))
+
+        low = logic.rethreshold(segmentation, 0.2)
+        high = logic.rethreshold(segmentation, 0.8)
+        self.assertGreaterEqual(low, high)
+        self.assertGreater(low, 0)
+        self.delayDisplay("Test passed")
+
+    def test_CancelLeavesSceneUnchanged(self):
+        self.delayDisplay("Cancelling a run")
+        logic = MnetImSegmentLogic()
+        self._requireDependencies(logic)
+        _, volume = self._phantomVolume(seed=12)
+        nodesBefore = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(Cancelled):
+            logic.process(volume, device="cpu", cancel=lambda: True)
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodesBefore)
+        self.delayDisplay("Test passed")

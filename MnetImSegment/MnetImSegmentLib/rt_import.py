@@ -1,0 +1,455 @@
+"""Importing clinical CT + RTSTRUCT exports as training data: one scan, or a whole folder tree.
+
+``import_rt`` turns one CT series + one RTSTRUCT into a mask on the CT grid. ``import_dataset`` walks a
+tree of many patients (CT series and RTSTRUCTs in any nesting), pairs each structure set with its CT,
+rasterises the ROI matched by a name pattern, and writes ``images/``, ``masks/``, the training
+``manifest.csv`` (``training.data.write_manifest``) and ``import_report.json`` listing every scan
+imported or skipped and why. A bad case never stops the batch.
+
+Pairing: a structure set belongs to the CT series that shares its Frame of Reference (the coordinate
+system its contours are in). Among several such series, the one it references by Series Instance
+UID, else the one whose images its contours reference; otherwise the case is skipped as ambiguous:
+guessing would put contours on the wrong images. Several structure sets for one CT: the newest is
+used, the others are reported as superseded.
+
+Privacy: patient names, birth dates and the like are never read into reports. Patient ids in the
+manifest, file names and report are a SHA-256 prefix of the PatientID (keyed with ``id_salt`` when
+given), and UIDs and file paths in messages are replaced by neutral references, unless ``keep_ids``
+is set. ``key_file`` (optional, meant to be kept apart from the dataset) maps references back to files.
+"""
+
+from __future__ import annotations
+
+import csv
+import hashlib
+import hmac
+import json
+import re
+import sys
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional
+
+from .errors import DatasetError, InputError, MnetImError, OutputError
+from .rtstruct import DEFAULT_ROI_PATTERN, StructureSet
+
+REPORT_NAME = "import_report.json"
+MANIFEST_NAME = "manifest.csv"
+# UIDs (and other long dotted numbers); short ones like a version "0.1.0" are left alone.
+_UID_RE = re.compile(r"\b\d+(?:\.\d+){2,}\b")
+
+
+# --------------------------------------------------------------------------- identifiers
+def anonymous_id(value: str, salt: Optional[str] = None, length: int = 12) -> str:
+    """A stable pseudonym for an identifier: SHA-256 (HMAC-SHA-256 with ``salt``) hex prefix.
+
+    Without a salt, short numeric ids can be recovered by trying every number: pass a secret salt
+    (kept by the data owner) when the PatientIDs are not already anonymised.
+    """
+    data = (value or "").encode("utf-8")
+    if salt:
+        digest = hmac.new(salt.encode("utf-8"), data, hashlib.sha256).hexdigest()
+    else:
+        digest = hashlib.sha256(data).hexdigest()
+    return digest[:length]
+
+
+def _safe_name(text: str) -> str:
+    out = re.sub(r"[^A-Za-z0-9._-]+", "_", text or "").strip("._")
+    return out[:64] or "unknown"
+
+
+class _Privacy:
+    """Decides what ids, references and messages may say."""
+
+    def __init__(self, root: Path, keep_ids: bool, salt: Optional[str]):
+        self.root, self.keep_ids, self.salt = root, keep_ids, salt
+
+    def patient(self, patient_id: str) -> str:
+        if self.keep_ids:
+            return _safe_name(patient_id)
+        return "p" + anonymous_id(patient_id or "", self.salt)
+
+    def scan(self, patient: str, series_uid: str) -> str:
+        return f"{patient}_{anonymous_id(series_uid, self.salt, 8)}"
+
+    def rel(self, path: Path) -> str:
+        try:
+            return Path(path).relative_to(self.root).as_posix()
+        except ValueError:
+            return Path(path).name
+
+    def ref(self, path: Path) -> str:
+        """How reports name a file: its path with --keep-ids, else a hash of it."""
+        rel = self.rel(path)
+        return rel if self.keep_ids else "file-" + anonymous_id(rel, None, 10)
+
+    def scrub(self, message: str, paths=(), secrets=()) -> str:
+        """Remove paths, UIDs and given identifiers from a message (unless ids are kept)."""
+        if self.keep_ids:
+            return message
+        for p in paths:
+            for text in sorted({str(p), str(Path(p).resolve()), self.rel(p), Path(p).name}, key=len, reverse=True):
+                if text and len(text) > 2:
+                    message = message.replace(text, "<file>")
+        for s in secrets:
+            if s and len(s) > 2:
+                message = message.replace(s, "<id>")
+        return _UID_RE.sub(lambda m: "<uid>" if len(m.group(0)) >= 10 else m.group(0), message)
+
+
+# --------------------------------------------------------------------------- pairing
+def pair_structure_set(ss: StructureSet, ct_series: dict):
+    """The CT series (``dicom.CtSeries``) a structure set was drawn on.
+
+    Raises:
+        InputError: No series shares its frame of reference, or several do and it does not tell which.
+    """
+    series = list(ct_series.values())
+    if ss.frame_of_reference_uids:
+        candidates = [s for s in series if s.frame_of_reference_uid in ss.frame_of_reference_uids]
+    else:
+        candidates = [s for s in series if s.series_instance_uid in ss.referenced_series_uids]
+    if not candidates:
+        return _no_match(ss, series)
+    if len(candidates) == 1:
+        return candidates[0]
+    named = [s for s in candidates if s.series_instance_uid in ss.referenced_series_uids]
+    if len(named) == 1:
+        return named[0]
+    overlap = [len(ss.referenced_image_uids.intersection(s.sop_instance_uids)) for s in candidates]
+    best = max(overlap)
+    if best > 0 and overlap.count(best) == 1:
+        return candidates[overlap.index(best)]
+    raise InputError(f"{len(candidates)} CT series share the structure set's frame of reference and it does not "
+                     "reference one of them; keep only the planning CT series beside it, or import this case on its own.")
+
+
+def _no_match(ss: StructureSet, series: list):
+    if not series:
+        raise InputError("No CT series was found to pair the structure set with.")
+    if not ss.frame_of_reference_uids and not ss.referenced_series_uids:
+        raise InputError("The structure set names neither a frame of reference nor a CT series, so it cannot be paired.")
+    raise InputError(f"The structure set's frame of reference matches none of the {len(series)} CT series found "
+                     "(its CT was not exported, or it belongs to another image).")
+
+
+# --------------------------------------------------------------------------- one scan
+def _write_mask(mask, path: Path, overwrite: bool, model: str = "") -> None:
+    from .io import SEGMENTATION_SUFFIX, suffix_of, write_labelmap, write_segmentation
+
+    if suffix_of(path) == SEGMENTATION_SUFFIX:
+        write_segmentation(mask, path, model=model, overwrite=overwrite)
+    else:
+        write_labelmap(mask, path, overwrite=overwrite)
+
+
+def import_rt(ct_dir, rtstruct, output, pattern: str = DEFAULT_ROI_PATTERN, name_map=None, union: bool = False,
+              overwrite: bool = False, image_output=None, max_spread_mm: float = 10.0) -> dict:
+    """Rasterise the ROI matched by ``pattern`` of one RTSTRUCT onto its CT and write the mask.
+
+    Args:
+        ct_dir: Folder holding the CT series (subfolders searched; the series is paired by frame of reference).
+        rtstruct: The RTSTRUCT file.
+        output: Mask file: ``.nii.gz``/``.nii``/``.nrrd``/``.mha`` labelmap (1 = ROI) or ``.seg.nrrd``.
+        pattern: Case-insensitive regular expression for the whole ROI name.
+        name_map: Dict or JSON (file or text) mapping ROI names to canonical names before matching.
+        union: Merge several matching ROIs instead of refusing.
+        overwrite: Replace existing outputs.
+        image_output: Optionally also write the CT volume there.
+        max_spread_mm: Skip contours spread more than this across slices.
+
+    Returns:
+        A summary dict (output, roi, volume_ml, and the rasterisation report): no identifiers.
+
+    Raises:
+        InputError, OutputError: With one sentence saying what is wrong.
+    """
+    from .dicom import scan_tree
+    from .io import suffix_of, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, write_image
+    from .rtstruct import load_name_map, rasterize_structure_set, read_structure_set
+
+    t0 = time.perf_counter()
+    output = Path(output)
+    if suffix_of(output) not in LABELMAP_SUFFIXES + (SEGMENTATION_SUFFIX,):
+        raise OutputError(f"Cannot tell the mask format from '{output}': use .nii.gz, .nii, .nrrd, .mha or .seg.nrrd.")
+    for out in (output, Path(image_output) if image_output else None):
+        if out is not None and out.exists() and not overwrite:
+            raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
+    names = load_name_map(name_map) if not isinstance(name_map, dict) else name_map
+    ss = read_structure_set(rtstruct)
+    tree = scan_tree(ct_dir)
+    series = pair_structure_set(ss, tree.ct_series)
+    geometry, shape = series.grid()
+    mask, report = rasterize_structure_set(ss, geometry, shape, pattern, names, union, max_spread_mm=max_spread_mm)
+    if image_output:
+        write_image(series.read_volume(), image_output, overwrite=overwrite)
+    _write_mask(mask, output, overwrite)
+    return {"output": str(output), "image": str(image_output) if image_output else None, "roi": report.rois,
+            "volume_ml": round(report.volume_ml, 3), "shape_zyx": list(shape), "report": report.to_dict(),
+            "seconds": round(time.perf_counter() - t0, 3)}
+
+
+# --------------------------------------------------------------------------- a whole tree
+@dataclass
+class DatasetImportResult:
+    """What ``import_dataset`` wrote and skipped."""
+
+    output: Path
+    manifest: Optional[Path]
+    report: Path
+    imported: list = field(default_factory=list)
+    skipped: list = field(default_factory=list)
+    unreadable_files: int = 0
+
+    def to_dict(self) -> dict:
+        return {"output": str(self.output), "manifest": str(self.manifest) if self.manifest else None,
+                "report": str(self.report), "imported": len(self.imported), "skipped": len(self.skipped),
+                "unreadable_files": self.unreadable_files}
+
+
+def _inside(child: Path, parent: Path) -> bool:
+    try:
+        child.resolve().relative_to(parent.resolve())
+        return True
+    except ValueError:
+        return False
+
+
+def import_dataset(tree, out_dir, pattern: str = DEFAULT_ROI_PATTERN, name_map=None, union: bool = False,
+                   keep_ids: bool = False, id_salt: Optional[str] = None, key_file=None, image_format: str = ".nii.gz",
+                   overwrite: bool = False, max_spread_mm: float = 10.0, progress: bool = False,
+                   log=None) -> DatasetImportResult:
+    """Import every (CT, RTSTRUCT) pair under ``tree`` as a training dataset in ``out_dir``.
+
+    Args:
+        tree: Root folder of the export (any nesting, any file names; non-DICOM files are ignored).
+        out_dir: Output folder (created; must not be inside ``tree``): ``images/``, ``masks/``,
+            ``manifest.csv`` (image, mask, patient_id, scan_id, split; paths relative to it) and
+            ``import_report.json``.
+        pattern, name_map, union, max_spread_mm: ROI choice and rasterisation, as in :func:`import_rt`.
+        keep_ids: Use the real PatientIDs and file paths in ids and reports (default: pseudonyms).
+        id_salt: Secret key for the pseudonyms (HMAC); same salt -> same ids across imports.
+        key_file: Optional CSV mapping each reference and scan id to its source files and real PatientID;
+            it holds identifiers, so it must be outside ``out_dir``.
+        image_format: ``.nii.gz`` (default), ``.nrrd`` or ``.mha`` for images and masks.
+        overwrite: Allow writing into an output that already holds a manifest.
+        progress: Show a progress bar on stderr.
+        log: Callable taking one line per skipped case (default: print to stderr).
+
+    Returns:
+        DatasetImportResult.
+
+    Raises:
+        DatasetError: The tree or output folder cannot be used, or the tree holds no RTSTRUCT.
+    """
+    from .dicom import scan_tree
+    from .io import atomic_path
+    from .rtstruct import compile_roi_pattern, load_name_map, read_structure_set, select_rois
+    from .training.data import write_manifest
+
+    root, out_dir = Path(tree), Path(out_dir)
+    if not root.is_dir():
+        raise DatasetError(f"'{root}' is not a folder.")
+    if _inside(out_dir, root):
+        raise DatasetError("The output folder must not be inside the input tree (the input is never written to).")
+    fmt = image_format if image_format.startswith(".") else "." + image_format
+    if fmt not in (".nii.gz", ".nii", ".nrrd", ".mha"):
+        raise DatasetError(f"Image format '{image_format}' is not one of .nii.gz, .nii, .nrrd, .mha.")
+    if (out_dir / MANIFEST_NAME).exists() and not overwrite:
+        raise DatasetError(f"'{out_dir}' already holds a dataset ({MANIFEST_NAME}); choose a new folder or pass --overwrite.")
+    if key_file is not None and _inside(Path(key_file), out_dir):
+        raise DatasetError("The key file holds identifiers: write it outside the dataset folder.")
+    names = load_name_map(name_map) if not isinstance(name_map, dict) else name_map
+    compile_roi_pattern(pattern)  # a bad pattern is one error up front, not one per case
+    if log is None:
+        from tqdm import tqdm as _tqdm
+
+        def log(line):  # through tqdm, so lines do not tear the progress bar
+            _tqdm.write(line, file=sys.stderr)
+    privacy = _Privacy(root, keep_ids, id_salt)
+
+    index = scan_tree(root)
+    if not index.rtstructs:
+        raise DatasetError(f"No RT structure set was found under '{root}' ({len(index.ct_series)} CT series, "
+                           f"{len(index.unreadable)} non-DICOM or unreadable files).")
+    try:
+        (out_dir / "images").mkdir(parents=True, exist_ok=True)
+        (out_dir / "masks").mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise DatasetError(f"Cannot create the output folder '{out_dir}' ({exc.strerror or exc}).") from None
+
+    skipped, keys, candidates = [], [], []
+
+    def skip(path, reason, patient="", secrets=(), stage="structure set"):
+        entry = {"ref": privacy.ref(path), "patient_id": patient, "stage": stage,
+                 "reason": privacy.scrub(reason, [path, root], secrets)}
+        skipped.append(entry)
+        keys.append({"ref": entry["ref"], "scan_id": "", "rtstruct": privacy.rel(path), "ct_series": "",
+                     "patient_id": patient, "original_patient_id": secrets[0] if secrets else ""})
+        log(f"skipped {entry['ref']}: {entry['reason']}")
+
+    # Phase 1: read, pair and choose ROIs (cheap), so superseded structure sets can be told apart.
+    from tqdm import tqdm
+
+    for path in tqdm(sorted(index.rtstructs), desc="structure sets", unit="RS", disable=not progress):
+        secrets: tuple = ()
+        patient = ""
+        try:
+            ss = read_structure_set(path)
+            secrets = (ss.patient_id,)
+            patient = privacy.patient(ss.patient_id)
+            series = pair_structure_set(ss, index.ct_series)
+            rois = select_rois(ss, pattern, names, union)
+            candidates.append((path, ss, series, rois, patient))
+        except MnetImError as exc:
+            skip(path, str(exc), patient, secrets)
+        except Exception as exc:  # a bug or an exotic file must not stop the batch
+            skip(path, f"unexpected error ({type(exc).__name__}: {exc})", patient, secrets)
+
+    by_series: dict[str, list] = {}
+    for c in candidates:
+        by_series.setdefault(c[2].series_instance_uid, []).append(c)
+    chosen = []
+    for items in by_series.values():
+        items.sort(key=lambda c: (c[1].date_time, c[1].sop_instance_uid), reverse=True)
+        chosen.append(items[0])
+        for c in items[1:]:
+            skip(c[0], "Another structure set for the same CT series is newer; this one is superseded.",
+                 c[4], (c[1].patient_id,), "structure set")
+
+    # Phase 2: rasterise, read the CT, write image and mask.
+    records, imported = [], []
+    for path, ss, series, rois, patient in tqdm(sorted(chosen, key=lambda c: str(c[0])), desc="scans", unit="scan",
+                                                 disable=not progress):
+        scan_id = privacy.scan(patient, series.series_instance_uid)
+        image_path, mask_path = out_dir / "images" / f"{scan_id}{fmt}", out_dir / "masks" / f"{scan_id}{fmt}"
+        try:
+            entry, record = _import_one(ss, series, rois, patient, scan_id, image_path, mask_path, overwrite,
+                                        max_spread_mm, pattern, names, union)
+        except MnetImError as exc:
+            skip(path, str(exc), patient, (ss.patient_id,), "import")
+            continue
+        except Exception as exc:
+            skip(path, f"unexpected error ({type(exc).__name__}: {exc})", patient, (ss.patient_id,), "import")
+            continue
+        entry["ref"] = privacy.ref(path)
+        entry["notes"] = [privacy.scrub(n, [path], (ss.patient_id,)) for n in entry["notes"]]
+        imported.append(entry)
+        records.append(record)
+        keys.append({"ref": entry["ref"], "scan_id": scan_id, "rtstruct": privacy.rel(path),
+                     "ct_series": privacy.rel(Path(series.files[0]).parent), "patient_id": patient,
+                     "original_patient_id": ss.patient_id})
+
+    manifest = None
+    if records:
+        manifest = out_dir / MANIFEST_NAME
+        with atomic_path(manifest, overwrite=True) as tmp:
+            write_manifest(tmp, records)
+    unreadable: dict[str, int] = {}
+    for _, reason in index.unreadable:
+        unreadable[reason] = unreadable.get(reason, 0) + 1
+    used = {c[2].series_instance_uid for c in chosen}
+    report = {
+        "tree": str(root) if keep_ids else "<tree>",
+        "roi_pattern": pattern, "name_map": bool(names), "union": union, "ids": "kept" if keep_ids else "pseudonymised",
+        "imported": imported, "skipped": skipped,
+        "unreadable_files": {"count": len(index.unreadable), "reasons": unreadable},
+        "other_dicom_files": index.other, "structure_sets": len(index.rtstructs),
+        "ct_series": len(index.ct_series), "ct_series_unused": len(set(index.ct_series) - used),
+    }
+    report_path = out_dir / REPORT_NAME
+    with atomic_path(report_path, overwrite=True) as tmp:
+        tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    if key_file is not None:
+        with atomic_path(Path(key_file), overwrite=True) as tmp:
+            with open(tmp, "w", newline="", encoding="utf-8") as f:
+                w = csv.DictWriter(f, fieldnames=["ref", "scan_id", "patient_id", "original_patient_id", "rtstruct",
+                                                  "ct_series"], lineterminator="\n")
+                w.writeheader()
+                w.writerows(keys)
+    return DatasetImportResult(out_dir, manifest, report_path, imported, skipped, len(index.unreadable))
+
+
+def _import_one(ss, series, rois, patient, scan_id, image_path, mask_path, overwrite, max_spread_mm, pattern, names,
+                union):
+    from .io import write_image, write_labelmap
+    from .rtstruct import rasterize_structure_set
+    from .training.data import ScanRecord
+    from .volume import Volume
+
+    geometry, shape = series.grid()
+    mask, report = rasterize_structure_set(ss, geometry, shape, pattern, names, union, max_spread_mm=max_spread_mm)
+    volume = series.read_volume()
+    if not volume.geometry.allclose(mask.geometry, atol=1e-3):
+        raise InputError("The CT volume's geometry differs from its headers' (internal check).")
+    if image_path.exists() and not overwrite:
+        raise OutputError("Its image already exists in the output folder; pass --overwrite to replace it.")
+    write_image(volume, image_path, overwrite=overwrite)
+    write_labelmap(Volume(mask.array, volume.geometry), mask_path, overwrite=overwrite)
+    entry = {"scan_id": scan_id, "patient_id": patient, "roi": report.rois, "volume_ml": round(report.volume_ml, 3),
+             "slices": report.slices, "shape_zyx": list(shape), "spacing_mm": [round(s, 4) for s in geometry.spacing],
+             "notes": list(report.notes), "counts": {k: v for k, v in report.to_dict().items() if k not in ("notes", "rois")}}
+    return entry, ScanRecord(image_path, mask_path, patient, scan_id)
+
+
+# --------------------------------------------------------------------------- command line
+def add_commands(subparsers) -> None:
+    """Register ``import-rt`` on the ``mnetim`` argparse subparsers (sets ``func``)."""
+    p = subparsers.add_parser(
+        "import-rt",
+        help="rasterise an RTSTRUCT ROI onto its CT (one scan), or import a whole tree as a training dataset",
+        description="One scan: mnetim import-rt CT_DIR RTSTRUCT -o MASK. Dataset: mnetim import-rt --dataset TREE -o OUT_DIR. "
+                    "ROIs are chosen by a case-insensitive regular expression on the whole ROI name "
+                    f"(default '{DEFAULT_ROI_PATTERN}': CTV, HR-CTV, CTV_HR, ...). Ids are pseudonymised unless --keep-ids.")
+    p.add_argument("ct_dir", nargs="?", help="CT series folder (one-scan mode)")
+    p.add_argument("rtstruct", nargs="?", help="RTSTRUCT file (one-scan mode)")
+    p.add_argument("--dataset", metavar="TREE", help="import every CT + RTSTRUCT pair under TREE")
+    p.add_argument("-o", "--output", required=True, help="mask file (.nii.gz, .nrrd, .mha, .seg.nrrd) or, with --dataset, a folder")
+    p.add_argument("--roi", default=DEFAULT_ROI_PATTERN, metavar="PATTERN", help="ROI name regular expression (whole name, any case)")
+    p.add_argument("--name-map", metavar="JSON", help="JSON file or text mapping ROI names to canonical names before matching")
+    p.add_argument("--union", action="store_true", help="merge several matching ROIs instead of refusing")
+    p.add_argument("--image", metavar="PATH", help="one-scan mode: also write the CT volume there")
+    p.add_argument("--format", default=".nii.gz", help="dataset mode: image/mask format (.nii.gz, .nrrd, .mha)")
+    p.add_argument("--keep-ids", action="store_true", help="use real PatientIDs and paths in ids and reports")
+    p.add_argument("--id-salt", metavar="SECRET", help="secret key for pseudonymous ids (or env MNETIM_ID_SALT)")
+    p.add_argument("--key-file", metavar="CSV", help="dataset mode: write the reference -> source key there (holds identifiers)")
+    p.add_argument("--max-spread-mm", type=float, default=10.0, help="skip contours spread more than this across slices")
+    p.add_argument("--overwrite", action="store_true", help="replace existing outputs")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.set_defaults(func=cmd_import_rt)
+
+
+def cmd_import_rt(args) -> int:
+    import os
+
+    if args.dataset:
+        if args.ct_dir or args.rtstruct:
+            raise InputError("Give either --dataset TREE or CT_DIR RTSTRUCT, not both.")
+        result = import_dataset(args.dataset, args.output, pattern=args.roi, name_map=args.name_map, union=args.union,
+                                keep_ids=args.keep_ids, id_salt=args.id_salt or os.environ.get("MNETIM_ID_SALT"),
+                                key_file=args.key_file, image_format=args.format, overwrite=args.overwrite,
+                                max_spread_mm=args.max_spread_mm, progress=not args.json,
+                                log=(lambda line: None) if args.json else None)
+        if args.json:
+            print(json.dumps(result.to_dict()))
+        else:
+            where = result.manifest or "no manifest"
+            print(f"{len(result.imported)} scan(s) imported, {len(result.skipped)} skipped -> {where} "
+                  f"(report: {result.report})")
+        return 0 if result.imported else 1
+    if not (args.ct_dir and args.rtstruct):
+        raise InputError("Give CT_DIR and RTSTRUCT (one scan) or --dataset TREE (a whole folder tree).")
+    summary = import_rt(args.ct_dir, args.rtstruct, args.output, pattern=args.roi, name_map=args.name_map,
+                        union=args.union, overwrite=args.overwrite, image_output=args.image,
+                        max_spread_mm=args.max_spread_mm)
+    if args.json:
+        print(json.dumps(summary))
+    else:
+        r = summary["report"]
+        print(f"{', '.join(summary['roi'])}: {summary['volume_ml']:.1f} ml, {r['used']} contour(s) on {r['slices']} "
+              f"slice(s) -> {summary['output']}")
+        for note in r["notes"]:
+            print(f"  note: {note}")
+    return 0

@@ -1,0 +1,264 @@
+"""Benchmark: one clinical-size CT end to end, the network against this machine's GEMM rate, and
+the optimised path against a naive reference path, all measured in ONE run so ratios are fair.
+
+    python benchmarks/benchmark.py [--weights DIR] [--slices 120] [--matrix 512] [--out FILE.json]
+
+Prints one JSON object (and writes it with --out). Figures:
+* ``cli``: wall seconds of ``mnetim segment CT -o OUT.seg.nrrd`` in a fresh process (process start,
+  imports, read, ROI, network, paste-back, write), its per-stage seconds and its peak RSS;
+* ``network``: slices/s at the model's input size, GFLOP per slice counted with torch's FLOP counter,
+  achieved GFLOP/s, this machine's fp32 GEMM GFLOP/s (2048^3 matmul, same threads) and their ratio;
+* ``reference``: a naive path in the same process (eager, batch 1, NCHW, every slice of the volume)
+  with its seconds, the speed-up of the optimised path and the Dice between the two masks;
+* ``levers``: network seconds with each lever on/off (batch size, channels_last, folded batch norm);
+* ``scaling``: network cost versus slice count and crop size;
+* ``batch``: CTs per minute of ``mnetim segment`` over a folder, 1 and 2 threads;
+* ``slicer``: the Slicer logic's total seconds and its own overhead (MRML conversions, closed
+  surface) as a share of the total, when slicer-core is installed.
+This is a measurement tool, not a test: numbers vary with the machine's load; compare ratios.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import resource
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+
+def gemm_gflops(n: int = 2048, repeats: int = 10) -> float:
+    import torch
+
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    torch.mm(a, b)
+    t = time.perf_counter()
+    for _ in range(repeats):
+        torch.mm(a, b)
+    return 2 * n**3 * repeats / (time.perf_counter() - t) / 1e9
+
+
+def flops_per_slice(model, size) -> float:
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
+    x = torch.randn(1, model.in_channels, size[1], size[0])
+    counter = FlopCounterMode(display=False)
+    with counter, torch.inference_mode():
+        model(x)
+    return counter.get_total_flops() / 1e9
+
+
+def time_network(model, n_slices: int, size, batch: int, channels_last: bool, repeats: int = 2) -> float:
+    """Seconds to push ``n_slices`` windows through the model (best of ``repeats``)."""
+    import torch
+
+    x = torch.rand(n_slices, model.in_channels, size[1], size[0])
+    m = model.to(memory_format=torch.channels_last) if channels_last else model.to(memory_format=torch.contiguous_format)
+    best = float("inf")
+    with torch.inference_mode():
+        m(x[:batch].contiguous(memory_format=torch.channels_last) if channels_last else x[:batch])  # warm-up
+        for _ in range(repeats):
+            t = time.perf_counter()
+            for b0 in range(0, n_slices, batch):
+                xb = x[b0:b0 + batch]
+                m(xb.contiguous(memory_format=torch.channels_last) if channels_last else xb)
+            best = min(best, time.perf_counter() - t)
+    return best
+
+
+def reference_segment(model, card, volume):
+    """The naive path: eager, batch 1, NCHW, every slice of the volume, no restriction to the ROI slices."""
+    import torch
+
+    from MnetImSegmentLib.inference import threshold_mask
+    from MnetImSegmentLib.roi import Roi, crop, locate_roi, paste
+    from MnetImSegmentLib.windows import make_windows, normalise
+
+    model = model.to(memory_format=torch.contiguous_format).eval()
+    roi = locate_roi(volume, card.roi_spec)
+    n = volume.shape[2 - roi.slice_axis]
+    roi = Roi(roi.center, roi.slice_axis, (0, n - 1), roi.method)
+    cropped = crop(volume, roi, card.roi_spec)
+    stack = normalise(cropped.array, card.input_spec)
+    prob = np.empty(stack.shape, np.float32)
+    with torch.inference_mode():
+        for z in range(len(stack)):
+            x = torch.from_numpy(make_windows(stack, [z], card.input_spec.slices_per_window))
+            prob[z] = torch.sigmoid(model(x))[0, 0].numpy()
+    full = paste(cropped.with_array(prob), volume.geometry, volume.shape)
+    return threshold_mask(full, card.threshold, card.largest_component)
+
+
+def dice(a, b) -> float:
+    s = a.sum() + b.sum()
+    return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
+
+
+def run_cli(ct: Path, out: Path, weights, threads: int | None = None) -> dict:
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    cmd = [sys.executable, "-m", "MnetImSegmentLib.cli", "segment", str(ct), "-o", str(out), "--json",
+           "--device", "cpu", "--overwrite"]
+    if weights:
+        cmd += ["--weights", str(weights)]
+    before = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    t = time.perf_counter()
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    wall = time.perf_counter() - t
+    if proc.returncode:
+        raise SystemExit(f"mnetim segment failed: {proc.stderr.strip()}")
+    report = json.loads(proc.stdout)
+    peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+    report.update(wall_seconds=round(wall, 3), peak_rss_mb=round(max(peak, before) / 1024, 1))
+    return report
+
+
+def slicer_overhead(volume, weights) -> dict | None:
+    try:
+        from MnetImSegmentLib import logic  # noqa: F401
+        import slicer  # noqa: F401
+    except Exception as exc:  # slicer-core is a test/benchmark extra
+        return {"skipped": f"slicer-core not available ({type(exc).__name__})"}
+    try:
+        sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+        from slicer_scene import new_scene, volume_node_from_volume  # provided by the Slicer tests
+    except Exception as exc:
+        return {"skipped": f"no scene helper ({exc})"}
+    scene = new_scene()
+    node = volume_node_from_volume(scene, volume)
+    lg = logic.MnetImSegmentLogic()
+    t = time.perf_counter()
+    seg = lg.process(node, device="cpu", weights=weights)
+    total = time.perf_counter() - t
+    engine = getattr(lg, "lastEngineSeconds", None)
+    out = {"total_seconds": round(total, 3)}
+    if engine:
+        out.update(engine_seconds=round(engine, 3), overhead_fraction=round((total - engine) / total, 3))
+    return out
+
+
+def main(argv=None) -> dict:
+    import torch
+
+    from MnetImSegmentLib import __version__
+    from MnetImSegmentLib.inference import Segmenter, fold_batchnorm
+    from MnetImSegmentLib.io import write_image
+    from MnetImSegmentLib.phantom import make_phantom
+
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--weights")
+    p.add_argument("--slices", type=int, default=120)
+    p.add_argument("--matrix", type=int, default=512)
+    p.add_argument("--seed", type=int, default=20231)
+    p.add_argument("--out")
+    p.add_argument("--quick", action="store_true", help="skip the scaling and batch sections")
+    args = p.parse_args(argv)
+
+    result: dict = {"machine": {"cpu_count": os.cpu_count(), "torch_threads": torch.get_num_threads(),
+                                "platform": platform.platform(), "processor": platform.processor(),
+                                "python": platform.python_version(), "torch": torch.__version__,
+                                "mnetimsegment": __version__}}
+    tmp = Path(tempfile.mkdtemp(prefix="mnetim-bench-"))
+    # 0.9 x 0.9 x 2.5 mm, 512 x 512 x 120: the clinical size the targets are stated for.
+    fov_matrix = args.matrix
+    ph = make_phantom(args.seed, matrix=fov_matrix, slice_mm=2.5, z_extent_mm=2.5 * args.slices)
+    ct_path = tmp / "ct.nii.gz"
+    write_image(ph.ct, ct_path)
+    result["input"] = {"shape_zyx": list(ph.ct.shape), "spacing_xyz_mm": [round(s, 3) for s in ph.ct.geometry.spacing]}
+
+    # 1. The CLI end to end in a fresh process (what a user waits for).
+    runs = [run_cli(ct_path, tmp / "out.seg.nrrd", args.weights) for _ in range(2)]
+    cli = min(runs, key=lambda r: r["wall_seconds"])
+    result["cli"] = {"wall_seconds": cli["wall_seconds"], "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
+                     "stage_seconds": cli["stage_seconds"], "roi": cli["roi"], "ctv_ml": cli["ctv_ml"]}
+
+    # 2. The network against the machine's GEMM rate, same process, same threads.
+    seg = Segmenter(args.weights, device="cpu")
+    card = seg.card
+    size = card.roi_spec.size_px
+    n_roi = cli["roi"]["slice_range"][1] - cli["roi"]["slice_range"][0] + 1
+    gflop = flops_per_slice(seg.model, size)
+    gemm = gemm_gflops()
+    t_net = time_network(seg.model, n_roi, size, seg.batch_size, seg.channels_last)
+    achieved = gflop * n_roi / t_net
+    result["network"] = {"input_size": list(size), "roi_slices": n_roi, "batch": seg.batch_size,
+                         "seconds": round(t_net, 3), "slices_per_second": round(n_roi / t_net, 1),
+                         "gflop_per_slice": round(gflop, 3), "achieved_gflops": round(achieved, 1),
+                         "gemm_gflops": round(gemm, 1), "efficiency_vs_gemm": round(achieved / gemm, 3),
+                         "folded_batchnorm": seg.folded}
+
+    # 3. Optimised vs naive reference path, same process.
+    t = time.perf_counter()
+    fast = seg.segment(ph.ct)
+    t_fast = time.perf_counter() - t
+    from MnetImSegmentLib.weights import load_weights
+
+    ref_model, _ = load_weights(args.weights or _default_weights())
+    t = time.perf_counter()
+    ref_mask = reference_segment(ref_model, card, ph.ct)
+    t_ref = time.perf_counter() - t
+    truth = ph.mask().array
+    result["reference"] = {"optimised_seconds": round(t_fast, 3), "reference_seconds": round(t_ref, 3),
+                           "speedup": round(t_ref / t_fast, 2), "dice_optimised_vs_reference": round(dice(fast.mask.array, ref_mask), 5),
+                           "identical": bool(np.array_equal(fast.mask.array, ref_mask)),
+                           "dice_vs_truth": round(dice(fast.mask.array, truth), 4)}
+
+    # 4. Levers, one at a time from the shipped configuration.
+    plain, _ = load_weights(args.weights or _default_weights())
+    folded = fold_batchnorm(load_weights(args.weights or _default_weights())[0])
+    levers = {}
+    for name, model, batch, cl in [("batch1_nchw", plain, 1, False), ("batch16_nchw", plain, 16, False),
+                                   ("batch16_channels_last", plain, 16, True), ("batch32_channels_last", plain, 32, True),
+                                   ("batch16_channels_last_folded_bn", folded, 16, True)]:
+        levers[name] = round(time_network(model, n_roi, size, batch, cl), 3)
+    result["levers_network_seconds"] = levers
+
+    if not args.quick:
+        scaling = {"slices": {}, "crop": {}}
+        for n in (20, 40, 80):
+            scaling["slices"][n] = round(time_network(seg.model, n, size, 16, True, repeats=1), 3)
+        for s in (96, 128, 160):
+            scaling["crop"][s] = round(time_network(seg.model, 40, (s, s), 16, True, repeats=1), 3)
+        result["scaling_network_seconds"] = scaling
+        # Many CTs: one process, the model loaded once, 1 and 2 threads.
+        folder = tmp / "batch"
+        folder.mkdir()
+        for i in range(3):
+            write_image(make_phantom(args.seed + 1 + i, matrix=fov_matrix, slice_mm=2.5, z_extent_mm=200).ct,
+                        folder / f"ct{i}.nii.gz")
+        batch = {}
+        for threads in (1, 2):
+            env = dict(os.environ, OMP_NUM_THREADS=str(threads))
+            out = tmp / f"segs{threads}"
+            t = time.perf_counter()
+            subprocess.run([sys.executable, "-m", "MnetImSegmentLib.cli", "segment", str(folder), "-o", str(out),
+                            "--json", "--device", "cpu"] + (["--weights", args.weights] if args.weights else []),
+                           check=True, capture_output=True, env=env)
+            batch[f"{threads}_threads_cts_per_minute"] = round(3 / (time.perf_counter() - t) * 60, 2)
+        result["batch"] = batch
+
+    result["slicer"] = slicer_overhead(ph.ct, args.weights)
+    text = json.dumps(result, indent=2)
+    print(text)
+    if args.out:
+        Path(args.out).write_text(text + "\n")
+    return result
+
+
+def _default_weights():
+    from MnetImSegmentLib.weights import default_weights_dir
+
+    return default_weights_dir()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,69 @@
+"""Shared fixtures: small phantoms, tiny random weights (plumbing), the shipped demo weights."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+def pytest_configure(config):
+    # Tests are small; one thread keeps them deterministic and fair on a 2-core CI machine.
+    import torch
+
+    torch.set_num_threads(int(os.environ.get("MNETIM_TEST_THREADS", "1")))
+
+
+TINY_CONFIG = dict(features=(8, 16, 32, 64, 128), input_branch_channels=(8, 8, 8, 8))
+
+
+def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, **config) -> Path:
+    """A random-init weights folder with a valid card (for plumbing tests, not accuracy)."""
+    import torch
+
+    from MnetImSegmentLib.models import build_model, model_config
+    from MnetImSegmentLib.roi import RoiSpec
+    from MnetImSegmentLib.weights import save_weights
+    from MnetImSegmentLib.windows import InputSpec
+
+    cfg = {**TINY_CONFIG, **config} if name == "Mnet_Im" else config
+    torch.manual_seed(seed)
+    model = build_model(name, **cfg)
+    card = {
+        "name": f"test-{name}", "version": "0.0.0", "architecture": name, "config": model_config(name, **cfg),
+        "input": dict(InputSpec().to_dict(), roi=RoiSpec().to_dict()), "threshold": threshold,
+        "postprocessing": {"largest_component": True}, "intended_use": "tests only",
+    }
+    return save_weights(model, folder, card)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory) -> Path:
+    return make_weights(tmp_path_factory.mktemp("weights") / "tiny")
+
+
+@pytest.fixture(scope="session")
+def demo_weights() -> Path:
+    from MnetImSegmentLib.weights import default_weights_dir
+
+    return default_weights_dir()
+
+
+@pytest.fixture(scope="session")
+def small_phantom():
+    """A quick phantom (192 x 192 in-plane, 2.5 mm slices) with a metal or plastic applicator."""
+    from MnetImSegmentLib.phantom import make_phantom
+
+    return make_phantom(seed=7, matrix=192, slice_mm=2.5, z_extent_mm=100)
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip("../shared/data is not present (a user's clone has no shared data)")
+    return SHARED_DATA

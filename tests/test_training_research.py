@@ -1,0 +1,382 @@
+"""Training additions: TensorBoard, resume, threshold selection, bad input, DDP (torchrun), export."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from MnetImSegmentLib.errors import DatasetError, WeightsError
+from MnetImSegmentLib.training import TrainConfig, Trainer
+from MnetImSegmentLib.training.data import DatasetWarning, read_manifest
+
+from research_data import write_dataset, tiny_config
+
+HERE = Path(__file__).resolve().parent
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    """6 phantoms: 4 train, 1 val, 1 test."""
+    return write_dataset(tmp_path_factory.mktemp("ds"), range(10, 16), splits=["train"] * 4 + ["val", "test"])
+
+
+def _weights(path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def _same_tensors(a: dict, b: dict) -> bool:
+    return list(a) == list(b) and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def _log_rows(run: Path) -> list[dict]:
+    with open(run / "log.csv", newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def _without_seconds(rows):
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in rows]
+
+
+# --------------------------------------------------------------------------- TensorBoard, determinism
+def test_tensorboard_is_logging_only_and_writes_scalars(dataset, tmp_path):
+    pytest.importorskip("tensorboard", reason="tensorboard is not installed (pip install tensorboard)")
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    cfg = tiny_config()
+    Trainer(dataset, tmp_path / "on", cfg, progress=False, tensorboard=True).run()
+    Trainer(dataset, tmp_path / "off", cfg, progress=False, tensorboard=False).run()
+    assert not (tmp_path / "off" / "tensorboard").exists()
+    # Same data, seed and device: logging must not change a single weight.
+    assert _same_tensors(_weights(tmp_path / "on" / "best.safetensors"), _weights(tmp_path / "off" / "best.safetensors"))
+    assert _without_seconds(_log_rows(tmp_path / "on")) == _without_seconds(_log_rows(tmp_path / "off"))
+
+    events = EventAccumulator(str(tmp_path / "on" / "tensorboard"))
+    events.Reload()
+    tags = set(events.Tags()["scalars"])
+    assert {"train/loss", "train/lr", "val/dice", "val/threshold", "val/best_dice"} <= tags
+    dice = [e.value for e in events.Scalars("val/dice")]
+    assert dice == pytest.approx([float(r["val_dice"]) for r in _log_rows(tmp_path / "on")], abs=1e-4)
+
+
+def test_tensorboard_default_follows_installation(dataset, tmp_path):
+    try:
+        import tensorboard  # noqa: F401
+        installed = True
+    except ImportError:
+        installed = False
+    Trainer(dataset, tmp_path / "run", tiny_config(epochs=1), progress=False).run()
+    assert (tmp_path / "run" / "tensorboard").exists() == installed
+
+
+# --------------------------------------------------------------------------- resume and run folders
+def test_resume_after_interruption_equals_uninterrupted_run(dataset, tmp_path, monkeypatch):
+    import MnetImSegmentLib.training.trainer as trainer_mod
+
+    cfg = tiny_config(epochs=3, lr_milestones=(1, 2))
+    Trainer(dataset, tmp_path / "straight", cfg, progress=False).run()
+
+    real_validate, calls = trainer_mod.validate, []
+
+    def crash_on_second_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 2:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "validate", crash_on_second_epoch)
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(dataset, tmp_path / "cut", cfg, progress=False).run()
+    monkeypatch.setattr(trainer_mod, "validate", real_validate)
+    assert len(_log_rows(tmp_path / "cut")) == 1
+    with pytest.raises(DatasetError, match="--resume"):
+        Trainer(dataset, tmp_path / "cut", cfg, progress=False).run()
+    Trainer(dataset, tmp_path / "cut", cfg, progress=False).run(resume=True)
+
+    assert _same_tensors(_weights(tmp_path / "straight" / "best.safetensors"), _weights(tmp_path / "cut" / "best.safetensors"))
+    assert _without_seconds(_log_rows(tmp_path / "straight")) == _without_seconds(_log_rows(tmp_path / "cut"))
+
+
+def test_run_folder_refusals(dataset, tmp_path):
+    cfg = tiny_config(epochs=1)
+    run = tmp_path / "run"
+    Trainer(dataset, run, cfg, progress=False).run()
+    with pytest.raises(DatasetError, match="another configuration"):
+        Trainer(dataset, run, tiny_config(epochs=2), progress=False).run(resume=True)
+    (run / "summary.json").write_text("{}")
+    before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
+    for resume in (False, True):
+        with pytest.raises(DatasetError, match="finished training run"):
+            Trainer(dataset, run, cfg, progress=False).run(resume=resume)
+    assert {p.name: p.stat().st_mtime_ns for p in run.iterdir()} == before  # nothing touched
+
+    other = tmp_path / "other"
+    other.mkdir()
+    (other / "notes.txt").write_text("mine")
+    with pytest.raises(DatasetError, match="not empty"):
+        Trainer(dataset, other, cfg, progress=False).run(resume=True)
+    assert (other / "notes.txt").read_text() == "mine"
+
+
+def test_run_that_died_before_its_first_epoch_restarts_with_resume(dataset, tmp_path):
+    cfg = tiny_config(epochs=1)
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text(json.dumps(cfg.to_dict()))
+    (run / "log.csv").write_text("epoch,lr,train_loss,val_dice,val_threshold,val_dice_at_0.5,seconds\n")
+    with pytest.raises(DatasetError, match="before its first epoch"):
+        Trainer(dataset, run, cfg, progress=False).run()
+    summary = Trainer(dataset, run, cfg, progress=False).run(resume=True)
+    assert summary["epochs_run"] == 1 and len(_log_rows(run)) == 1
+
+
+def test_resumed_run_does_not_train_past_its_stop(dataset, tmp_path):
+    cfg = tiny_config(epochs=5, max_minutes=1e-6)  # the time budget ends the run after epoch 1
+    run = tmp_path / "run"
+    first = Trainer(dataset, run, cfg, progress=False).run()
+    assert first["stopped_by"] == "time budget" and first["epochs_run"] == 1
+    again = Trainer(dataset, run, cfg, progress=False).run(resume=True)
+    assert again["stopped_by"] == "time budget" and again["epochs_run"] == 1
+    assert len(_log_rows(run)) == 1
+
+
+# --------------------------------------------------------------------------- threshold selection
+class _FixedProbability(torch.nn.Module):
+    """Returns logits of a fixed probability map for every window (to test threshold selection)."""
+
+    def __init__(self, prob: np.ndarray):
+        super().__init__()
+        p = torch.from_numpy(prob.astype(np.float32)).clamp(1e-4, 1 - 1e-4)
+        self.register_buffer("logits", torch.log(p / (1 - p)))
+
+    def forward(self, x):
+        return self.logits.expand(x.shape[0], 1, *self.logits.shape)
+
+
+def test_validation_picks_the_threshold_of_best_dice_nearest_half():
+    from MnetImSegmentLib.training.data import PreparedScan
+    from MnetImSegmentLib.training.trainer import validate
+    from MnetImSegmentLib.windows import InputSpec
+
+    n = 32
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(yy - n / 2, xx - n / 2)
+    truth = (r < 6).astype(np.uint8)
+    prob = np.where(r < 6, 0.72, np.where(r < 9, 0.52, 0.1))  # perfect for thresholds in (0.52, 0.72]
+    scan = PreparedScan("s", np.zeros((3, n, n), np.float16), np.repeat(truth[None], 3, 0), roi=None,
+                        spacing_mm=(1.0, 1.0, 1.0))
+    result = validate(_FixedProbability(prob), [scan], (n, n), InputSpec(), "cpu")
+    assert result["dice"] == pytest.approx(1.0)
+    assert result["threshold"] == 0.55  # of the perfect thresholds 0.55 ... 0.70, the one nearest 0.5
+    assert result["dice_at_0.5"] < 1.0
+
+
+def test_card_threshold_is_the_validation_choice(dataset, tmp_path):
+    from safetensors import safe_open
+
+    from MnetImSegmentLib.training.export import train_and_export
+    from MnetImSegmentLib.weights import read_card
+
+    run = tmp_path / "run"
+    summary = train_and_export(dataset, run, tiny_config(epochs=2), name="t", progress=False)
+    card = read_card(run / "weights").raw
+    best_row = _log_rows(run)[summary["best_epoch"] - 1]
+    assert card["threshold"] == summary["threshold"] == float(best_row["val_threshold"])
+    assert "validation" in card["threshold_selection"]
+    with safe_open(str(run / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata()
+    assert float(meta["threshold"]) == card["threshold"] and int(meta["epoch"]) == summary["best_epoch"]
+    assert card["test"]["scans"] and card["test"]["volumetric_dice_mean"] is not None
+
+
+# --------------------------------------------------------------------------- bad input
+def _rewrite_mask(manifest: Path, scan_index: int, fn) -> None:
+    from MnetImSegmentLib.io import read_image, write_labelmap
+
+    rec = read_manifest(manifest)[scan_index]
+    vol = read_image(rec.mask)
+    write_labelmap(fn(vol), rec.mask, overwrite=True)
+
+
+def test_mask_grid_differs_from_image(tmp_path):
+    from MnetImSegmentLib.training.data import read_volume_pair
+    from MnetImSegmentLib.volume import Geometry
+
+    manifest = write_dataset(tmp_path / "ds", [10])
+
+    def shifted(v):
+        g = v.geometry
+        return type(v)(v.array, Geometry(g.spacing, tuple(o + 5.0 for o in g.origin), g.direction))
+
+    _rewrite_mask(manifest, 0, shifted)
+    with pytest.raises(DatasetError, match="mask grid .* differs from image grid"):
+        read_volume_pair(read_manifest(manifest)[0])
+
+
+def test_scan_without_ctv_is_kept_with_a_warning_but_no_ctv_at_all_is_an_error(tmp_path):
+    manifest = write_dataset(tmp_path / "ds", range(10, 15), splits=["train"] * 3 + ["val", "test"])
+    _rewrite_mask(manifest, 0, lambda v: v.with_array(np.zeros_like(v.array)))
+    with pytest.warns(DatasetWarning, match="holds no CTV; the scan is kept as a negative example"):
+        Trainer(manifest, tmp_path / "run1", tiny_config(epochs=1), progress=False).run()
+    for i in (1, 2):
+        _rewrite_mask(manifest, i, lambda v: v.with_array(np.zeros_like(v.array)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        with pytest.raises(DatasetError, match="No training slice contains any CTV"):
+            Trainer(manifest, tmp_path / "run2", tiny_config(epochs=1), progress=False).run()
+
+
+def test_validation_split_without_ctv_is_an_error(tmp_path):
+    manifest = write_dataset(tmp_path / "ds", range(10, 13), splits=["train", "val", "test"])
+    _rewrite_mask(manifest, 1, lambda v: v.with_array(np.zeros_like(v.array)))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DatasetWarning)
+        with pytest.raises(DatasetError, match="No validation scan contains CTV"):
+            Trainer(manifest, tmp_path / "run", tiny_config(epochs=1), progress=False).run()
+
+
+def test_manifest_naming_a_missing_file(tmp_path):
+    manifest = write_dataset(tmp_path / "ds", [10, 11])
+    (tmp_path / "ds" / "lab11.nii.gz").unlink()
+    with pytest.raises(DatasetError, match=r"line 3 names a missing file: .*lab11\.nii\.gz"):
+        read_manifest(manifest)
+
+
+def test_patient_in_two_splits(tmp_path):
+    manifest = write_dataset(tmp_path / "ds", [10, 11, 12], patients=["A", "A", "B"], splits=["train", "test", "val"])
+    with pytest.raises(DatasetError, match="patient 'A' has scans in several splits"):
+        read_manifest(manifest)
+
+
+# --------------------------------------------------------------------------- export
+def test_export_finished_run_loads_in_segment(dataset, tmp_path):
+    from MnetImSegmentLib.inference import Segmenter
+    from MnetImSegmentLib.phantom import make_phantom
+    from MnetImSegmentLib.training.export import export_run, train_and_export
+    from MnetImSegmentLib.weights import read_card
+
+    run = tmp_path / "run"
+    train_and_export(dataset, run, tiny_config(epochs=1), name="orig", version="0.0.1", progress=False)
+    out = export_run(run, tmp_path / "w", version="2.0.0", intended_use="Testing only.")
+    card, original = read_card(out).raw, read_card(run / "weights").raw
+    assert (card["name"], card["version"], card["intended_use"]) == ("orig", "2.0.0", "Testing only.")
+    assert card["threshold"] == original["threshold"] and card["test"] == original["test"]
+    assert card["exported_from"]["best_epoch"] == 1
+    result = Segmenter(out, device="cpu").segment(make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct)
+    assert result.mask.shape[1:] == (128, 128) and result.threshold == card["threshold"]
+    with pytest.raises(WeightsError, match="already holds files"):
+        export_run(run, out)
+
+
+def test_export_unfinished_run_and_old_runs_without_metadata(dataset, tmp_path, monkeypatch):
+    from safetensors.torch import load_file, save_file
+
+    import MnetImSegmentLib.training.trainer as trainer_mod
+    from MnetImSegmentLib.training.export import export_run
+    from MnetImSegmentLib.weights import load_weights
+
+    real_validate, calls = trainer_mod.validate, []
+
+    def crash_on_third_epoch(*args, **kwargs):
+        calls.append(1)
+        if len(calls) == 3:
+            raise KeyboardInterrupt
+        return real_validate(*args, **kwargs)
+
+    monkeypatch.setattr(trainer_mod, "validate", crash_on_third_epoch)
+    run = tmp_path / "run"
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(dataset, run, tiny_config(epochs=4), progress=False).run()
+    rows = _log_rows(run)
+    best = max(rows, key=lambda r: float(r["val_dice"]))
+    model, card = load_weights(export_run(run, tmp_path / "w1"))
+    assert card.threshold == float(best["val_threshold"])
+    assert card.raw["training"]["stopped_by"].startswith("not finished")
+
+    # A best.safetensors written before the metadata existed: the threshold comes from log.csv.
+    tensors = load_file(str(run / "best.safetensors"))
+    save_file(tensors, str(run / "best.safetensors"))
+    _, card2 = load_weights(export_run(run, tmp_path / "w2"))
+    assert card2.threshold == card.threshold
+
+
+def test_export_refuses_what_is_not_a_run(tmp_path):
+    from MnetImSegmentLib.training.export import export_run
+
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="not a training run folder"):
+        export_run(tmp_path / "empty", tmp_path / "w")
+    assert not (tmp_path / "w").exists()
+
+
+# --------------------------------------------------------------------------- DDP with torchrun (CPU, gloo)
+DRIVER = """
+import json, os, sys
+sys.path.insert(0, {tests!r})
+import torch
+from research_data import tiny_config
+from MnetImSegmentLib.training.export import train_and_export
+from MnetImSegmentLib.training import trainer as T
+manifest, run, out = sys.argv[1:4]
+captured = {{}}
+real_run = T.Trainer.run
+def run_and_keep(self, resume=False):
+    summary = real_run(self, resume)
+    captured["model"] = {{k: v.detach().clone() for k, v in self.model.state_dict().items()}}
+    return summary
+T.Trainer.run = run_and_keep
+summary = train_and_export(manifest, run, tiny_config(epochs=3, max_minutes=float(sys.argv[4])), name="ddp", progress=False)
+rank = int(os.environ["RANK"])
+torch.save(captured["model"], os.path.join(out, f"model{{rank}}.pt"))
+json.dump({{"world": int(os.environ["WORLD_SIZE"]), "summary": summary}}, open(os.path.join(out, f"rank{{rank}}.json"), "w"))
+"""
+
+
+@pytest.mark.parametrize("max_minutes", [0.0, 1e-6], ids=["all-epochs", "time-budget"])
+def test_ddp_two_cpu_processes_with_torchrun(dataset, tmp_path, max_minutes):
+    import torch.distributed as dist
+
+    if not dist.is_available() or not dist.is_gloo_available():
+        pytest.skip("torch.distributed with the gloo backend is not available")
+    driver = tmp_path / "driver.py"
+    driver.write_text(DRIVER.format(tests=str(HERE)))
+    out = tmp_path / "out"
+    out.mkdir()
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", str(driver),
+           str(dataset), str(tmp_path / "run"), str(out), str(max_minutes)]
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=env)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+
+    r0, r1 = (json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1))
+    assert r0["world"] == r1["world"] == 2
+    assert r0["summary"] == r1["summary"]  # every rank returns rank 0's summary
+    s = r0["summary"]
+    assert s["distributed"] == {"world_size": 2, "backend": "gloo"}
+    # 16 windows per epoch shared by 2 ranks of batch 4: 2 steps each.
+    assert s["steps_per_epoch"] == 2
+    expected_epochs = 3 if max_minutes == 0 else 1
+    assert s["epochs_run"] == expected_epochs and len(_log_rows(tmp_path / "run")) == expected_epochs
+    assert s["stopped_by"] == ("epochs" if max_minutes == 0 else "time budget")
+    assert (tmp_path / "run" / "weights" / "model.json").is_file()
+
+    ckpt = torch.load(tmp_path / "run" / "checkpoint.pt", weights_only=False)
+    assert len(ckpt["rng_ranks"]) == 2 and ckpt["rng_ranks"][0] != ckpt["rng_ranks"][1]  # different windows
+    # Rank 1's weights after the last step equal rank 0's last checkpoint: DDP kept them identical.
+    # (Batch-norm running statistics are excluded: DDP copies rank 0's at each forward, so after
+    # the last forward each rank holds its own update.)
+    last1 = torch.load(out / "model1.pt")
+    weights = [k for k in last1 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
+    differ = [k for k in weights if not torch.allclose(last1[k].float(), ckpt["model"][k].float(), atol=1e-6)]
+    assert weights and not differ
