@@ -497,6 +497,13 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         segmentId = segmentation.GetSegmentation().GetSegmentIdBySegmentName("CTV")
         self.assertTrue(segmentId)
         self.assertIs(segmentation.GetNodeReference(segmentation.GetReferenceImageGeometryReferenceRole()), volume)
+        # The CTV labelmap lies on the CT's own voxel grid: same IJK-to-RAS, nothing resampled.
+        labelmap = segmentation.GetSegmentation().GetSegment(segmentId).GetRepresentation(
+            slicer.vtkSegmentationConverter.GetSegmentationBinaryLabelmapRepresentationName())
+        labelmapToRAS = vtk.vtkMatrix4x4()
+        labelmap.GetImageToWorldMatrix(labelmapToRAS)
+        np.testing.assert_allclose(slicer.util.arrayFromVTKMatrix(labelmapToRAS),
+                                   slicer.util.arrayFromVTKMatrix(matrixBefore), atol=1e-6)
         predicted = slicer.util.arrayFromSegmentBinaryLabelmap(segmentation, segmentId, volume) > 0
         truth = phantom.mask("CTV").array > 0
         dice = 2.0 * np.logical_and(predicted, truth).sum() / (predicted.sum() + truth.sum())

@@ -4,16 +4,14 @@ from __future__ import annotations
 
 import argparse
 import json
-import warnings
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.errors import DatasetError, OutputError
+from MnetImSegmentLib.errors import DatasetError
 from MnetImSegmentLib.training.data import DatasetWarning, ScanRecord, read_manifest
-from MnetImSegmentLib.training.experiments import (case_ids, crossval_splits, kfold_by_patient, run_compare,
-                                                   run_crossval, write_truths)
+from MnetImSegmentLib.training.experiments import case_ids, crossval_splits, kfold_by_patient, write_truths
 from MnetImSegmentLib.models.baselines import smp_available
 
 from research_data import TINY_MNET, TINY_UNET_MO, tiny_config, write_dataset

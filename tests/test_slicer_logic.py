@@ -58,8 +58,8 @@ def scene():
                       ("Segmentations", slicer.vtkSlicerSegmentationsModuleLogic),
                       ("SubjectHierarchy", slicer.vtkSlicerSubjectHierarchyModuleLogic)):
         logic = cls()
+        logic.SetMRMLApplicationLogic(app)  # before the scene: the Colors logic looks for it then
         logic.SetMRMLScene(scene)
-        logic.SetMRMLApplicationLogic(app)
         app.SetModuleLogic(name, logic)
         logics.append(logic)
     previous = getattr(slicer, "mrmlScene", None)

@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
 import sys
 import warnings
@@ -16,7 +15,7 @@ import pytest
 import torch
 
 from MnetImSegmentLib.errors import DatasetError, WeightsError
-from MnetImSegmentLib.training import TrainConfig, Trainer
+from MnetImSegmentLib.training import Trainer
 from MnetImSegmentLib.training.data import DatasetWarning, read_manifest
 
 from research_data import write_dataset, tiny_config

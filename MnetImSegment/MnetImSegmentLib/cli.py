@@ -195,18 +195,22 @@ def cmd_phantom(args) -> int:
 
 # --------------------------------------------------------------------------- train
 def cmd_train(args) -> int:
+    from .training.commands import train_config_from_args
+    from .training.distributed import is_main_process
     from .training.export import train_and_export
-    from .training.trainer import TrainConfig
 
-    cfg = TrainConfig(model=args.model, epochs=args.epochs, windows_per_epoch=args.windows_per_epoch,
-                      batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
-                      lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
-                      num_threads=args.threads, max_minutes=args.max_minutes)
+    cfg = train_config_from_args(args, model=args.model)
+    overrides = (args.model_options or {}).get(args.model)
+    if overrides:
+        cfg.model_overrides = dict(overrides)
     command = "mnetim " + " ".join(sys.argv[1:])
     summary = train_and_export(args.manifest, args.output, cfg, name=args.name, version=args.version,
                                intended_use=args.intended_use or _default_intended_use(args),
                                training_data=json.loads(args.data_description) if args.data_description else None,
-                               command=command, resume=args.resume, progress=not args.json)
+                               command=command, resume=args.resume, progress=not args.json,
+                               tensorboard=False if args.no_tensorboard else None)
+    if not is_main_process():  # under torchrun, rank 0 reports for everyone
+        return 0
     if args.json:
         print(json.dumps(summary))
     else:
@@ -287,17 +291,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("manifest", help="CSV: image, mask, patient_id, scan_id[, split]")
     t.add_argument("-o", "--output", required=True, help="run folder (must be new, or --resume)")
     t.add_argument("--model", default="Mnet_Im")
-    t.add_argument("--epochs", type=int, default=30)
-    t.add_argument("--windows-per-epoch", type=int, default=0, help="0 = one pass over the training ROI slices")
-    t.add_argument("--batch-size", type=int, default=8)
-    t.add_argument("--lr", type=float, default=1e-3)
-    t.add_argument("--lr-milestones", type=int, nargs="*", default=[1, 2, 3], help="epochs after which lr *= gamma (paper: 1 2 3)")
-    t.add_argument("--lr-gamma", type=float, default=0.1)
-    t.add_argument("--patience", type=int, default=5, help="early stopping: epochs without a better validation Dice")
-    t.add_argument("--seed", type=int, default=0)
-    t.add_argument("--device", default="auto", choices=["auto", "cpu", "cuda", "gpu"])
-    t.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
-    t.add_argument("--max-minutes", type=float, default=0.0, help="stop after the epoch that passes this budget (0: none)")
+    from .training.commands import add_train_options
+
+    add_train_options(t)
     t.add_argument("--name", default="Mnet_Im")
     t.add_argument("--version", default="0.1.0")
     t.add_argument("--intended-use")
@@ -311,8 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     rt_import.add_commands(sub)
     from . import evaluation
+    from .training import commands as research_commands
 
     evaluation.add_commands(sub)
+    research_commands.add_commands(sub, compare_name="compare")
     return p
 
 

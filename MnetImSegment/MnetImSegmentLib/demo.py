@@ -35,10 +35,14 @@ def render_overlay(ct: np.ndarray, pred: np.ndarray, truth: np.ndarray | None, s
         ("coronal", ct[:, y, :], pred[:, y, :], None if truth is None else truth[:, y, :], sz / sx),
         ("sagittal", ct[:, :, x], pred[:, :, x], None if truth is None else truth[:, :, x], sz / sy),
     ]
+    from matplotlib.colors import ListedColormap
+
+    orange = ListedColormap(["#ff8c00"])
     fig, axes = plt.subplots(1, 3, figsize=(15, 5.4))
     for ax, (name, img, p, t, aspect) in zip(axes, views):
         ax.imshow(img, cmap="gray", vmin=-200, vmax=300, aspect=aspect, interpolation="nearest")
-        ax.imshow(np.ma.masked_where(p == 0, p), cmap="autumn", alpha=0.45, aspect=aspect, interpolation="nearest")
+        ax.imshow(np.ma.masked_where(p == 0, p), cmap=orange, vmin=0, vmax=1, alpha=0.5, aspect=aspect,
+                  interpolation="nearest")
         if t is not None and t.any():
             ax.contour(t.astype(float), levels=[0.5], colors="lime", linewidths=1.2)
         if name != "axial":

@@ -723,7 +723,7 @@ def _common_arguments(p) -> None:
 
 
 def add_commands(subparsers) -> None:
-    """Register ``evaluate`` and ``compare`` on the ``mnetim`` sub-command parser (sets ``func``)."""
+    """Register ``evaluate`` and ``evaluate-models`` on the ``mnetim`` sub-command parser (sets ``func``)."""
     e = subparsers.add_parser("evaluate", help="score predicted CTV masks against the truth (ASD, HD95, SO, SD, VD)",
                               description="Score predicted CTV masks against the truth: per-case CSV, the paper's "
                                           "tables (mean ± variance, median), box plots and best/worst overlays.")
@@ -732,7 +732,9 @@ def add_commands(subparsers) -> None:
     _common_arguments(e)
     e.set_defaults(func=cmd_evaluate)
 
-    c = subparsers.add_parser("compare", help="score several models' predictions on the same cases (one table, one plot)",
+    # ``compare`` is the research command that trains the models first (training/commands.py);
+    # this one scores prediction folders that already exist.
+    c = subparsers.add_parser("evaluate-models", help="score several models' predictions on the same cases (one table, one plot)",
                               description="Score several models on the same cases: Table 1/2-style summary and a "
                                           "Figure 4-style box plot with one box per model.")
     c.add_argument("--model", action="append", type=_model_dir, required=True, metavar="NAME=FOLDER",

@@ -508,7 +508,10 @@ class MnetImSegmentLogic:
             segmentation.SetSourceRepresentationName(labelmapName)
         segmentId = segmentation.GetSegmentIdBySegmentName(SEGMENT_NAME)
         if not segmentId:
-            wanted = SEGMENT_NAME if segmentation.GetSegment(SEGMENT_NAME) is None else segmentation.GenerateUniqueSegmentID(SEGMENT_NAME)
+            # A segment with ID "CTV" may exist under another name (the user renamed it): keep it.
+            wanted = SEGMENT_NAME
+            if segmentation.GetSegment(SEGMENT_NAME) is not None:
+                wanted = segmentation.GenerateUniqueSegmentID(SEGMENT_NAME)
             segmentId = segmentation.AddEmptySegment(wanted, SEGMENT_NAME, list(CTV_COLOR))
             if not segmentId:
                 raise MnetImError("Slicer could not add a segment to the segmentation (is the Segmentations "

@@ -206,15 +206,16 @@ class PhantomAnatomy:
         vagina = Tube(os_point - np.array([0, u(-4, 4), 70.0]), os_point, u(9, 13))
         parametrium = Blob.make(rng, os_point + axis * 15, [u(35, 45), u(22, 30), u(30, 40)], _frame_from_axis(axis), bump_amp=0.1)
         layers.append(Layer(parametrium, soft - u(0, 10)))
-        layers.append(Layer(uterus, soft + u(0, 8)))
+        layers.append(Layer(uterus, soft + u(-5, 3)))
         layers.append(Layer(vagina, soft + u(-5, 5)))
         layers.append(Layer(cervix, soft + u(0, 8)))
 
         # The CTV: cervix, the adjacent uterus and parametria (HR-CTV style), minus bladder and rectum.
-        # It is brighter than its surroundings by only a few HU.
+        # It is brighter than its surroundings by only 10-30 HU, under 8-18 HU noise and metal streaks.
         ctv_center = os_point + axis * u(10, 18) + np.array([u(-3, 3), u(-3, 3), 0])
-        ctv = Blob.make(rng, ctv_center, [u(22, 32), u(16, 24), u(20, 34)], _frame_from_axis(axis) @ rotation_matrix(0, 0, u(-15, 15)), bumps=5, bump_amp=0.15)
-        ctv_delta = u(6, 16)
+        ctv = Blob.make(rng, ctv_center, [u(22, 32), u(16, 24), u(20, 34)], _frame_from_axis(axis) @ rotation_matrix(0, 0, u(-15, 15)), bumps=5, bump_amp=0.10)
+        # Cervix and tumour enhance a little more than the uterine body and parametria on contrast CT.
+        ctv_delta = u(10, 22)
         p.update(ctv_contrast_hu=ctv_delta)
         layers.append(Layer(ctv, soft + 8 + ctv_delta, label=LABELS["CTV"], edge_mm=2.0))
 
@@ -255,7 +256,7 @@ class PhantomAnatomy:
         if not metal:  # plastic tandems are hollow: an air-filled source channel
             layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
         self.metal_parts = app_parts if metal else []
-        p.update(streak_hu=u(80, 350) if metal else 0.0, noise_hu=u(8, 20))
+        p.update(streak_hu=u(80, 350) if metal else 0.0, noise_hu=u(8, 18))
 
         self.layers = layers
         self.body_center = body_center

@@ -41,6 +41,9 @@ V3_D -- DeepLabV3+ with a DenseNet-121 encoder, output stride 16.
     ``DeepLabV3PlusDecoder`` and ``SegmentationHead`` exactly as ``smp.DeepLabV3Plus`` wires them. The
     whole DenseNet-121 is kept (a depth-4 encoder would avoid the change but drop its last dense block).
 
+Both DeepLabV3+ variants need at least 2 windows per batch in training: the ASPP image-pooling branch
+batch-normalises a 1x1 map, which a single window cannot.
+
 Importing this module never imports segmentation-models-pytorch; building a baseline does, and tells
 the user how to install it when it is missing.
 """

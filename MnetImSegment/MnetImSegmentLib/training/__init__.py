@@ -1,4 +1,5 @@
-"""Training: data manifests and splits, the paper's training loop, export to a weights folder."""
+"""Training: manifests and splits, the paper's loop (one device or torchrun DDP), export, and the
+experiments (cross-validation, model comparison); ``commands.add_commands`` adds their CLI commands."""
 
 from .trainer import TrainConfig, Trainer, lr_at
 

@@ -129,9 +129,17 @@ def add_commands(subparsers, compare_name: str = "compare") -> None:
 
     Args:
         subparsers: The object ``ArgumentParser.add_subparsers`` returned.
-        compare_name: Name of the train-and-compare command, in case another module already
-            registers ``compare``.
+        compare_name: Name of the train-and-compare command. ``evaluation.add_commands`` also
+            registers a ``compare`` (scoring existing prediction folders); wire one of the two under
+            another name.
+
+    Raises:
+        ValueError: ``compare_name`` (or ``crossval``/``export``) is already registered.
     """
+    taken = [n for n in ("crossval", compare_name, "export") if n in getattr(subparsers, "choices", {})]
+    if taken:
+        raise ValueError(f"mnetim sub-command(s) {', '.join(taken)} already registered; call "
+                         "add_commands(subparsers, compare_name=...) with a free name for train-and-compare.")
     c = subparsers.add_parser(
         "crossval", help="k-fold cross-validation by scan, grouped by patient (paper Table 3)",
         description="Train one model per fold (each fold's scans are its test set; all scans of a patient stay in "

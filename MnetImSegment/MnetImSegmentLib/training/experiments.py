@@ -243,8 +243,12 @@ def _link_images(records: Sequence[ScanRecord], images_dir: Path, cases: dict[st
 
 # --------------------------------------------------------------------------- training one run
 def _train(manifest: Path, run_dir: Path, config: TrainConfig, name: str, command: str, progress: bool,
-           tensorboard: Optional[bool], log) -> dict:
-    """Train (or resume, or skip when finished) one run folder; return its summary."""
+           tensorboard: Optional[bool], log, prediction_names: Optional[dict] = None) -> dict:
+    """Train (or resume, or skip when finished) one run folder; return its summary.
+
+    The test predictions made for the card are kept in ``run_dir/predictions`` under
+    ``prediction_names`` (scan_id -> case id), so they are not computed twice.
+    """
     from .export import train_and_export
 
     if (run_dir / "summary.json").is_file():
@@ -252,8 +256,8 @@ def _train(manifest: Path, run_dir: Path, config: TrainConfig, name: str, comman
         return json.loads((run_dir / "summary.json").read_text())
     log(f"{run_dir.name}: training {config.model}" + (" (resuming)" if (run_dir / "checkpoint.pt").exists() else ""))
     return train_and_export(manifest, run_dir, config, name=name, command=command, resume=True, progress=progress,
-                            tensorboard=tensorboard,
-                            intended_use="Research experiment run; not for clinical use.")
+                            tensorboard=tensorboard, intended_use="Research experiment run; not for clinical use.",
+                            predictions_dir=run_dir / "predictions", prediction_names=prediction_names)
 
 
 def _silent(*args, **kwargs) -> None:
@@ -324,15 +328,17 @@ def run_crossval(manifest, out_dir, config: TrainConfig, folds: int = 4, model_o
     per_fold, pooled_rows, excluded = [], [], []
     for k, split in enumerate(fold_splits, start=1):
         run_dir = out_dir / f"fold_{k}"
+        keep = {r.scan_id: cases[r.scan_id] for r in split["test"] if r.scan_id not in empties[k - 1]}
         summary = _train(Path(paths[k - 1]), run_dir, config, f"{config.model}_crossval_fold{k}", command, progress,
-                         tensorboard, log)
+                         tensorboard, log, prediction_names=keep)
         fold_result = None
         if ctx.is_main:
             empty = empties[k - 1]
             excluded += empty
             made = predict_scans(run_dir / "weights", split["test"], run_dir / "predictions", cases,
                                  device=ctx.device, skip=empty)
-            log(f"fold_{k}: {made} test prediction(s) written")
+            if made:  # normally made during training's test evaluation; these were missing
+                log(f"fold_{k}: {made} test prediction(s) made")
             result = evaluate(run_dir / "predictions", out_dir / "truth" / f"fold_{k}", run_dir / "evaluation",
                               name=f"fold_{k}", images_dir=images, overwrite=True)
             means = {m: result.summary[f"fold_{k}"][m]["mean"] for m in TABLE3_METRICS}
@@ -453,17 +459,20 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
         empty = write_truths(splits["test"], out_dir / "truth", cases)
         if len(empty) == len(splits["test"]):
             raise DatasetError("No test scan has CTV: there is nothing to compare the models on.")
+    empty = dist_.handoff(ctx, empty)
+    keep = {r.scan_id: cases[r.scan_id] for r in splits["test"] if r.scan_id not in empty}
     runs = {}
     for model in models:
         run_dir = out_dir / model
         summary = _train(split_manifest, run_dir, _model_config(config, model, model_options), f"{model}_compare",
-                         command, progress, tensorboard, log)
+                         command, progress, tensorboard, log, prediction_names=keep)
         runs[model] = {"val_dice_roi": summary.get("val_dice"), "threshold": summary.get("threshold"),
                        "epochs_run": summary.get("epochs_run"), "train_seconds": summary.get("train_seconds")}
         if ctx.is_main:
             made = predict_scans(run_dir / "weights", splits["test"], run_dir / "predictions", cases,
                                  device=ctx.device, skip=empty)
-            log(f"{model}: {made} test prediction(s) written")
+            if made:
+                log(f"{model}: {made} test prediction(s) made")
         dist_.handoff(ctx)
 
     report = None

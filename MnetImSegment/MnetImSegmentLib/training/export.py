@@ -26,13 +26,31 @@ INTENDED_USE_RESEARCH = (
 )
 
 
-def evaluate_scans(segmenter, records, threshold: Optional[float] = None) -> list[dict]:
-    """Per-scan volumetric Dice and volumes of the full pipeline against the masks."""
+def evaluate_scans(segmenter, records, threshold: Optional[float] = None, save_dir=None,
+                   save_names: Optional[dict] = None) -> list[dict]:
+    """Per-scan volumetric Dice and volumes of the full pipeline against the masks.
+
+    Args:
+        segmenter: A loaded :class:`~MnetImSegmentLib.inference.Segmenter`.
+        records: The scans.
+        threshold: Override of the card's threshold.
+        save_dir: Also write the predicted masks here, as labelmaps ``<name>.nii.gz`` (so an
+            experiment does not segment the test scans a second time); existing files are kept.
+        save_names: scan_id -> file name (without suffix) of the scans to save; default all, by scan_id.
+    """
+    from ..io import write_labelmap
+
     rows = []
     for r in records:
         image, mask = read_volume_pair(r)
         truth = mask.array == 1 if mask.array.max() > 1 else mask.array > 0
         result = segmenter.segment(image, threshold=threshold)
+        name = r.scan_id if save_names is None else save_names.get(r.scan_id)
+        if save_dir is not None and name is not None:
+            target = Path(save_dir) / f"{name}.nii.gz"
+            if not target.exists():
+                Path(save_dir).mkdir(parents=True, exist_ok=True)
+                write_labelmap(result.mask, target)
         voxel_ml = float(np.prod(image.geometry.spacing)) / 1000
         rows.append({"scan_id": r.scan_id, "vd": round(dice(result.mask.array, truth), 4),
                      "pred_ml": round(result.volume_ml, 2), "truth_ml": round(float(truth.sum()) * voxel_ml, 2),
@@ -80,11 +98,13 @@ def build_card(config: TrainConfig, summary: dict, name: str, version: str, inte
 def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version: str = "0.1.0",
                      intended_use: str = INTENDED_USE_RESEARCH, training_data: Optional[dict] = None,
                      command: str = "", resume: bool = False, progress: bool = True,
-                     tensorboard: Optional[bool] = None) -> dict:
+                     tensorboard: Optional[bool] = None, predictions_dir=None,
+                     prediction_names: Optional[dict] = None) -> dict:
     """Train, evaluate the test split, export ``run_dir/weights`` and ``run_dir/summary.json``.
 
     In a torchrun job rank 0 evaluates and exports while the other ranks wait; every rank returns
-    rank 0's summary.
+    rank 0's summary. ``predictions_dir`` / ``prediction_names``: keep the test predictions (see
+    :func:`evaluate_scans`).
     """
     from ..inference import Segmenter
     from ..weights import save_weights
@@ -103,7 +123,8 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     _remove_stale_weights(Path(run_dir) / "weights")  # from an export interrupted before summary.json
     save_weights(trainer.model, staging, card)
     segmenter = Segmenter(staging, device=ctx.device)
-    rows = evaluate_scans(segmenter, trainer.splits["test"])
+    # The staging tensors are those that ship, so these predictions are the shipped model's.
+    rows = evaluate_scans(segmenter, trainer.splits["test"], save_dir=predictions_dir, save_names=prediction_names)
     vds = [r["vd"] for r in rows]
     card["test"] = {
         "volumetric_dice_mean": round(float(np.mean(vds)), 4) if vds else None,

@@ -10,9 +10,13 @@ An "epoch" here is ``windows_per_epoch`` sampled windows (the paper's epoch is o
 slices); the default of 0 means one pass over the training slices that lie inside the ROIs.
 
 A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``checkpoint.pt`` (last state,
-for ``resume``), ``best.safetensors`` (best validation Dice) and, once finished, ``weights/`` (the
-exported weights folder with its model card) and ``summary.json``. A finished run folder is never
-overwritten.
+for ``resume``), ``best.safetensors`` (best validation Dice; its metadata records the epoch, the Dice
+and the threshold), ``tensorboard/`` (the same scalars for TensorBoard, when the ``tensorboard``
+package is installed) and, once finished, ``weights/`` (the exported weights folder with its model
+card) and ``summary.json``. A finished run folder is never overwritten.
+
+Started by ``torchrun`` the same loop trains with DistributedDataParallel (``distributed.py``); in
+a single process it is exactly the one-device loop (same random draws, same weights).
 """
 
 from __future__ import annotations
@@ -261,7 +265,9 @@ class Trainer:
                 rng.bit_generator.state = saved["rng"]
             else:  # resumed with more processes than saved: a fresh, still distinct stream
                 rng = np.random.default_rng([cfg.seed + ctx.rank, state["epoch"]])
-            torch.set_rng_state(saved["torch_rng"])
+            torch.set_rng_state(saved["torch_rng"].cpu())  # map_location moved it to the GPU on CUDA
+            if use_amp and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])  # else AMP restarts from its initial loss scale
 
         net = model
         if ctx.distributed:
@@ -331,6 +337,8 @@ class Trainer:
                              "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
                 if rng_states is not None:
                     ckpt_data["rng_ranks"] = rng_states
+                if use_amp:
+                    ckpt_data["scaler"] = scaler.state_dict()
                 torch.save(ckpt_data, ckpt)
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
