@@ -131,3 +131,20 @@ def test_windows_replicate_edges_and_handle_short_volumes():
 def test_normalise_clips_to_window():
     out = normalise(np.array([-1000, -200, 50, 300, 3000], np.int16), InputSpec())
     np.testing.assert_allclose(out, [0, 0, 0.5, 1, 1])
+
+
+@pytest.mark.parametrize("seed,slice_mm,flip_z", [(s, mm, f) for s, mm, f in
+                         [(3, 1.0, False), (5, 2.5, True), (8, 3.0, False), (12, 2.0, True), (21, 2.5, False),
+                          (27, 1.25, False), (34, 3.0, True), (40, 2.5, False)]])
+def test_slice_restriction_never_loses_a_ctv_slice(seed, slice_mm, flip_z):
+    """The network only runs on the ROI's slices: every CTV slice must be among them."""
+    anatomy = PhantomAnatomy(seed)
+    d = np.diag([1.0, 1.0, -1.0 if flip_z else 1.0])
+    geometry, shape = anatomy.default_grid(matrix=96, slice_mm=slice_mm, z_extent_mm=260, direction=d)
+    ph = anatomy.sample(geometry, shape)
+    roi = locate_roi(ph.ct, RoiSpec())
+    ctv_slices = np.flatnonzero(ph.mask().array.any((1, 2)))
+    first, last = roi.slice_range
+    assert ctv_slices.min() >= first and ctv_slices.max() <= last, (roi, ctv_slices.min(), ctv_slices.max())
+    if roi.method == "applicator":  # and it is a real restriction, not the whole scan
+        assert last - first + 1 < ph.ct.shape[0]

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from .errors import Cancelled, InputError, MnetImError
-from .roi import Roi, crop, locate_roi, paste
+from .roi import Roi, crop, locate_roi, paste_box
 from .volume import Volume
 from .windows import make_windows, normalise
 
@@ -198,8 +198,14 @@ class Segmenter:
         if cancel is not None and cancel():
             raise Cancelled("Segmentation cancelled; nothing was written.")
         report(0.92, "pasting back onto the CT grid")
-        prob = paste(cropped.with_array(prob_roi), volume.geometry, volume.shape)
-        mask = threshold_mask(prob, threshold, largest_component)
+        # Threshold and components inside the pasted box only; the rest of the CT is background.
+        box, prob_box = paste_box(cropped.with_array(prob_roi), volume.geometry, volume.shape)
+        mask = np.zeros(volume.shape, np.uint8)
+        prob = np.zeros(volume.shape, np.float32) if keep_probability else None
+        if box is not None:
+            mask[box] = threshold_mask(prob_box, threshold, largest_component)
+            if keep_probability:
+                prob[box] = prob_box
         t4 = time.perf_counter()
         report(1.0, "done")
         seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3, "total": t4 - t0}

@@ -10,8 +10,9 @@ which. Ours, documented here and reported with every result (``Roi.method``):
    above cortical bone, below metal applicators that saturate the scanner at ~3000 HU). If they
    amount to at least ``min_metal_ml``, the slice with the most metal is the ovoid/ring level next to
    the cervix; the in-plane centre is the centroid of metal within ``metal_center_window_mm`` of that
-   slice, and the slice range is the metal's extent (inside the body) +- ``z_margin_mm``. The tandem
-   runs through the CTV into the uterus, so the CTV lies inside that range.
+   slice, and the slice range is the metal's extent (inside the body) +- ``z_margin_mm``, cut to
+   ``z_below_peak_mm`` below and ``z_above_peak_mm`` above that slice (the network only runs there).
+   The tandem runs through the CTV into the uterus, so the CTV lies inside that range.
 3. **Fallback** (method ``"body"``, plastic applicators or none): in-plane centre = centroid of the
    body in the slices of its middle half, slice range = the whole scan. The CTV of a cervix lies near
    the middle of the pelvis, so a 128 mm ROI still covers it; the caller may pass ``center`` (e.g. a
@@ -46,6 +47,11 @@ class RoiSpec:
     min_metal_ml: float = 0.2
     z_margin_mm: float = 30.0
     metal_center_window_mm: float = 20.0
+    # The CTV sits on the cervix, next to the ovoids/ring (the slice with most metal): it is looked
+    # for from 40 mm below to 80 mm above that slice. Phantoms place it within [-18, +50] mm; real
+    # HR-CTVs reach ~60 mm up the tandem. tests/test_geometry_roi.py checks no CTV slice is lost.
+    z_below_peak_mm: float = 40.0
+    z_above_peak_mm: float = 80.0
 
     @classmethod
     def from_dict(cls, d: dict) -> "RoiSpec":
@@ -132,6 +138,12 @@ def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
         auto_center = geom.index_to_physical(ijk)
         margin = int(np.ceil(spec.z_margin_mm / geom.spacing[slice_axis]))
         first, last = max(int(slices.min()) - margin, 0), min(int(slices.max()) + margin, n_slices - 1)
+        # Superior is +index when the slice axis points to S, else -index.
+        up = 1 if geom.direction_matrix[2, slice_axis] > 0 else -1
+        below = int(np.ceil(spec.z_below_peak_mm / geom.spacing[slice_axis]))
+        above = int(np.ceil(spec.z_above_peak_mm / geom.spacing[slice_axis]))
+        lo, hi = sorted((peak - up * below, peak + up * above))
+        first, last = max(first, lo), min(last, hi)
         method = "applicator"
     else:
         idx = np.argwhere(body)
@@ -203,14 +215,23 @@ def crop(volume: Volume, roi: Roi, spec: RoiSpec, default: float = -1024.0) -> V
 
 def paste(roi_map: Volume, target: Geometry, target_shape_zyx: tuple[int, int, int],
           interpolator: str = "linear") -> np.ndarray:
-    """Resample a map on the ROI grid back onto the original grid; zero outside the ROI.
+    """Resample a map on the ROI grid back onto the original grid; zero outside the ROI."""
+    out = np.zeros(target_shape_zyx, np.float32)
+    box, values = paste_box(roi_map, target, target_shape_zyx, interpolator)
+    if box is not None:
+        out[box] = values
+    return out
 
-    Only the sub-box of the original grid that the ROI covers is resampled (a 512 x 512 x 120 CT
-    would otherwise cost a full-volume resample for a 128 x 128 map).
+
+def paste_box(roi_map: Volume, target: Geometry, target_shape_zyx: tuple[int, int, int],
+              interpolator: str = "linear"):
+    """The ROI map resampled onto the sub-box of the original grid it covers: ``(slices, array)``.
+
+    Only that sub-box is resampled and returned (a 512 x 512 x 120 CT would otherwise cost
+    full-volume passes for a 128 x 128 map); ``(None, None)`` when the ROI misses the grid.
     """
     import SimpleITK as sitk
 
-    out = np.zeros(target_shape_zyx, np.float32)
     g = roi_map.geometry
     nz, ny, nx = roi_map.shape
     corners = np.array([[i, j, k] for i in (-0.5, nx - 0.5) for j in (-0.5, ny - 0.5) for k in (-0.5, nz - 0.5)])
@@ -219,10 +240,10 @@ def paste(roi_map: Volume, target: Geometry, target_shape_zyx: tuple[int, int, i
     lo = np.clip(np.floor(idx.min(0)).astype(int), 0, full)
     hi = np.clip(np.ceil(idx.max(0)).astype(int) + 1, 0, full)
     if np.any(hi <= lo):
-        return out
+        return None, None
     sub_origin = target.index_to_physical(lo.astype(float))
     interp = sitk.sitkLinear if interpolator == "linear" else sitk.sitkNearestNeighbor
     res = sitk.Resample(roi_map.to_sitk(), [int(v) for v in hi - lo], sitk.Transform(), interp,
                         tuple(sub_origin), target.spacing, target.direction, 0.0, sitk.sitkFloat32)
-    out[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]] = sitk.GetArrayViewFromImage(res)
-    return out
+    box = (slice(lo[2], hi[2]), slice(lo[1], hi[1]), slice(lo[0], hi[0]))
+    return box, sitk.GetArrayFromImage(res)
