@@ -74,29 +74,6 @@ def time_network(model, n_slices: int, size, batch: int, channels_last: bool, re
     return best
 
 
-def reference_segment(model, card, volume):
-    """The naive path: eager, batch 1, NCHW, every slice of the volume, no restriction to the ROI slices."""
-    import torch
-
-    from MnetImSegmentLib.inference import threshold_mask
-    from MnetImSegmentLib.roi import Roi, crop, locate_roi, paste
-    from MnetImSegmentLib.windows import make_windows, normalise
-
-    model = model.to(memory_format=torch.contiguous_format).eval()
-    roi = locate_roi(volume, card.roi_spec)
-    n = volume.shape[2 - roi.slice_axis]
-    roi = Roi(roi.center, roi.slice_axis, (0, n - 1), roi.method)
-    cropped = crop(volume, roi, card.roi_spec)
-    stack = normalise(cropped.array, card.input_spec)
-    prob = np.empty(stack.shape, np.float32)
-    with torch.inference_mode():
-        for z in range(len(stack)):
-            x = torch.from_numpy(make_windows(stack, [z], card.input_spec.slices_per_window))
-            prob[z] = torch.sigmoid(model(x))[0, 0].numpy()
-    full = paste(cropped.with_array(prob), volume.geometry, volume.shape)
-    return threshold_mask(full, card.threshold, card.largest_component)
-
-
 def dice(a, b) -> float:
     s = a.sum() + b.sum()
     return 1.0 if s == 0 else float(2 * np.logical_and(a, b).sum() / s)
@@ -151,7 +128,7 @@ def main(argv=None) -> dict:
     import torch
 
     from MnetImSegmentLib import __version__
-    from MnetImSegmentLib.inference import Segmenter, fold_batchnorm
+    from MnetImSegmentLib.inference import Segmenter, fold_batchnorm, reference_segment
     from MnetImSegmentLib.io import write_image
     from MnetImSegmentLib.phantom import make_phantom
 
@@ -189,13 +166,18 @@ def main(argv=None) -> dict:
     n_roi = cli["roi"]["slice_range"][1] - cli["roi"]["slice_range"][0] + 1
     gflop = flops_per_slice(seg.model, size)
     gemm = gemm_gflops()
-    t_net = time_network(seg.model, n_roi, size, seg.batch_size, seg.channels_last)
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=seg.precision == "bf16"):
+        t_net = time_network(seg.model, n_roi, size, seg.batch_size, seg.channels_last)
+    t_net_fp32 = time_network(seg.model, n_roi, size, seg.batch_size, seg.channels_last)
     achieved = gflop * n_roi / t_net
     result["network"] = {"input_size": list(size), "roi_slices": n_roi, "batch": seg.batch_size,
                          "seconds": round(t_net, 3), "slices_per_second": round(n_roi / t_net, 1),
+                         "seconds_fp32": round(t_net_fp32, 3),
+                         "achieved_gflops_fp32": round(gflop * n_roi / t_net_fp32, 1),
+                         "efficiency_vs_gemm_fp32": round(gflop * n_roi / t_net_fp32 / gemm, 3),
                          "gflop_per_slice": round(gflop, 3), "achieved_gflops": round(achieved, 1),
                          "gemm_gflops": round(gemm, 1), "efficiency_vs_gemm": round(achieved / gemm, 3),
-                         "folded_batchnorm": seg.folded}
+                         "folded_batchnorm": seg.folded, "precision": seg.precision}
 
     # 3. Optimised vs naive reference path, same process.
     t = time.perf_counter()

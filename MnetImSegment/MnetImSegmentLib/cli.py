@@ -63,7 +63,7 @@ def cmd_segment(args) -> int:
         if out.exists() and not args.overwrite:
             raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
     volume = read_image(inp, series_uid=args.series)
-    segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size)
+    segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
                                keep_probability=args.probability is not None)
     if dicom_out:
@@ -79,6 +79,7 @@ def cmd_segment(args) -> int:
         write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None)
     report = {"input": str(inp), "output": str(out), "ctv_ml": round(result.volume_ml, 2),
               "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
+              "precision": segmenter.precision,
               "threshold": result.threshold, "model": result.model, "roi": result.roi.to_dict(),
               "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     if args.json:
@@ -118,7 +119,7 @@ def _segment_batch(args, inp: Path, out: Path) -> int:
     if fmt in DICOM_FORMATS:
         raise OutputError("Batch mode writes .seg.nrrd or labelmaps; export DICOM RT one series at a time.")
     ext = fmt if fmt.startswith(".") else "." + fmt
-    segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size)
+    segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     results, failures = [], []
     for path, stem in tqdm(cases, desc="CTs", unit="CT", disable=args.json):
         target = out / f"{stem}{ext}"
@@ -262,6 +263,8 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--format", help="rtstruct or dicom-seg (OUTPUT is then a folder; INPUT a DICOM series); "
                    "in batch mode the file format (.seg.nrrd default, .nii.gz, ...); else the OUTPUT suffix decides")
     s.add_argument("--batch-size", type=int, default=16, help="windows per network pass")
+    s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
+                   help="auto: bf16 on CUDA and on CPUs with native bf16 (Dice >= 0.999 to fp32), else fp32")
     s.add_argument("--overwrite", action="store_true", help="replace existing outputs")
     s.add_argument("--json", action="store_true", help="print one JSON object")
     s.set_defaults(func=cmd_segment)
