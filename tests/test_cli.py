@@ -185,3 +185,33 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
     code, stdout, _ = run(["segment", src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--json"], capsys)
     assert all(c.get("skipped") for c in json.loads(stdout)["cases"])
     assert (out / "a.seg.nrrd").stat().st_mtime_ns == stamp
+
+
+def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
+    """A DICOM series folder segments; several CT series are listed and --series picks one;
+    a missing slice (irregular spacing) is refused."""
+    from MnetImSegmentLib.dicom import write_ct_series
+
+    for sub in ("one", "two"):
+        (tmp_path / sub).mkdir()
+    one = write_ct_series(small_phantom.ct, tmp_path / "one" / "ct")
+    code, stdout, err = run(["segment", tmp_path / "one", "-o", tmp_path / "a.nii.gz", "--weights", tiny_weights,
+                             "--device", "cpu", "--json"], capsys)
+    assert code == 0, err
+    assert read_image(tmp_path / "a.nii.gz").geometry.allclose(small_phantom.ct.geometry, atol=1e-3)
+
+    second = write_ct_series(small_phantom.ct, tmp_path / "two" / "s2")
+    write_ct_series(small_phantom.ct, tmp_path / "two" / "s1")
+    out_dir = tmp_path / "o"
+    out_dir.mkdir()
+    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights], capsys)
+    _assert_clean_failure(code, err, out_dir, "2 CT series; choose one with --series")
+    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights,
+                        "--device", "cpu", "--series", second.series_instance_uid], capsys)
+    assert code == 0, err
+
+    one.files[3].unlink()  # a missing slice
+    gap_dir = tmp_path / "gap"
+    gap_dir.mkdir()
+    code, _, err = run(["segment", tmp_path / "one", "-o", gap_dir / "out.nii.gz", "--weights", tiny_weights], capsys)
+    _assert_clean_failure(code, err, gap_dir, "irregular slice spacing")

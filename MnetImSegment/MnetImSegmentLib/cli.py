@@ -318,6 +318,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv=None) -> int:
+    import SimpleITK as sitk
+
+    # ITK prints its own warnings (e.g. "No Series were found" for every sub-folder) straight to
+    # stderr; the contract is one clear line from us, so they are silenced here, not in the library.
+    sitk.ProcessObject.SetGlobalWarningDisplay(False)
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
