@@ -112,16 +112,20 @@ def slicer_overhead(volume, weights) -> dict:
     node = add_volume(scene, volume)
     logic = MnetImSegmentLogic()
     logic.process(node, device="cpu", weights=weights)  # warm: model load and first-call costs
-    t = time.perf_counter()
-    prepared = logic.prepareInput(node)
-    t_prepare = time.perf_counter() - t
-    run = logic.runEngine(prepared, weights=weights, device="cpu")
-    t_engine = time.perf_counter() - t - t_prepare
-    logic.createOutput(node, run)
-    total = time.perf_counter() - t
-    return {"total_seconds": round(total, 3), "engine_seconds": round(t_engine, 3),
-            "mrml_in_seconds": round(t_prepare, 3), "mrml_out_seconds": round(total - t_prepare - t_engine, 3),
-            "overhead_fraction": round((total - t_engine) / total, 3)}
+    runs = []
+    for _ in range(3):  # the median run of three: single runs on a shared machine are noisy
+        t = time.perf_counter()
+        prepared = logic.prepareInput(node)
+        t_prepare = time.perf_counter() - t
+        run = logic.runEngine(prepared, weights=weights, device="cpu")
+        t_engine = time.perf_counter() - t - t_prepare
+        logic.createOutput(node, run)
+        total = time.perf_counter() - t
+        runs.append({"total_seconds": round(total, 3), "engine_seconds": round(t_engine, 3),
+                     "mrml_in_seconds": round(t_prepare, 3),
+                     "mrml_out_seconds": round(total - t_prepare - t_engine, 3),
+                     "overhead_fraction": round((total - t_engine) / total, 3)})
+    return sorted(runs, key=lambda r: r["overhead_fraction"])[1]
 
 
 def main(argv=None) -> dict:

@@ -121,26 +121,61 @@ def _segment_batch(args, inp: Path, out: Path) -> int:
     ext = fmt if fmt.startswith(".") else "." + fmt
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     results, failures = [], []
-    for path, stem in tqdm(cases, desc="CTs", unit="CT", disable=args.json):
+    todo = []
+    for path, stem in cases:
         target = out / f"{stem}{ext}"
         if target.exists() and not args.overwrite:
             results.append({"input": str(path), "output": str(target), "skipped": "already done"})
-            continue
-        t0 = time.perf_counter()
+        else:
+            todo.append((path, target))
+
+    def read(path):
         try:
-            result = segmenter.segment(read_image(path), threshold=args.threshold,
-                                       largest_component=not args.no_largest_component)
-            write_result(result, target, args.overwrite)
-            results.append({"input": str(path), "output": str(target), "ctv_ml": round(result.volume_ml, 2),
-                            "seconds": round(time.perf_counter() - t0, 3), "device": result.device})
+            return read_image(path), None
         except MnetImError as exc:
-            failures.append({"input": str(path), "error": str(exc)})
-            print(f"skipped {path}: {exc}", file=sys.stderr)
+            return None, exc
+
+    # One reader and one writer thread overlap file I/O with the network, which releases the GIL:
+    # while CT n is segmented, CT n+1 is read and result n-1 is written.
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_read = reader.submit(read, todo[0][0]) if todo else None
+        pending_write = None
+        for i, (path, target) in enumerate(tqdm(todo, desc="CTs", unit="CT", disable=args.json)):
+            t0 = time.perf_counter()
+            volume, error = pending_read.result()
+            pending_read = reader.submit(read, todo[i + 1][0]) if i + 1 < len(todo) else None
+            try:
+                if error is not None:
+                    raise error
+                result = segmenter.segment(volume, threshold=args.threshold,
+                                           largest_component=not args.no_largest_component)
+                if pending_write is not None:
+                    _finish_write(pending_write, results, failures)
+                pending_write = (writer.submit(write_result, result, target, args.overwrite), path, target,
+                                 result, t0)
+            except MnetImError as exc:
+                failures.append({"input": str(path), "error": str(exc)})
+                print(f"skipped {path}: {exc}", file=sys.stderr)
+        if pending_write is not None:
+            _finish_write(pending_write, results, failures)
     if args.json:
         print(json.dumps({"output": str(out), "cases": results, "failed": failures}))
     else:
         print(f"{len(results)} CT(s) done, {len(failures)} failed -> {out}")
     return 1 if failures and not results else 0
+
+
+def _finish_write(pending, results: list, failures: list) -> None:
+    future, path, target, result, t0 = pending
+    try:
+        future.result()
+        results.append({"input": str(path), "output": str(target), "ctv_ml": round(result.volume_ml, 2),
+                        "seconds": round(time.perf_counter() - t0, 3), "device": result.device})
+    except MnetImError as exc:
+        failures.append({"input": str(path), "error": str(exc)})
+        print(f"skipped {path}: {exc}", file=sys.stderr)
 
 
 # --------------------------------------------------------------------------- phantom

@@ -94,6 +94,7 @@ class SegmentationResult:
     device: str
     seconds: dict = field(default_factory=dict)
     model: str = ""
+    probability_box: Optional[tuple] = None  # (z, y, x) slices outside which the probability is 0
 
     @property
     def volume_ml(self) -> float:
@@ -243,6 +244,7 @@ class Segmenter:
             mask=volume.with_array(mask),
             probability=volume.with_array(prob) if keep_probability else None,
             threshold=threshold, roi=roi, device=self.device, seconds=seconds, model=self.card.label,
+            probability_box=box,
         )
 
 

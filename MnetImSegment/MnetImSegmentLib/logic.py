@@ -121,8 +121,11 @@ def _orientedImage(mask: np.ndarray, ijkToRas: np.ndarray):
     nz, ny, nx = mask.shape
     image = slicer.vtkOrientedImageData()
     image.SetDimensions(nx, ny, nz)
-    image.AllocateScalars(vtk.VTK_UNSIGNED_CHAR, 1)
-    numpy_support.vtk_to_numpy(image.GetPointData().GetScalars())[:] = np.ascontiguousarray(mask, np.uint8).ravel()
+    # Share the mask's memory instead of copying 512 x 512 x 120 bytes: Slicer copies the voxels into
+    # the segment anyway. numpy_to_vtk keeps a reference to the array for as long as VTK holds it.
+    flat = np.ascontiguousarray(mask, np.uint8).ravel()
+    scalars = numpy_support.numpy_to_vtk(flat, deep=False, array_type=vtk.VTK_UNSIGNED_CHAR)
+    image.GetPointData().SetScalars(scalars)
     image.SetImageToWorldMatrix(_vtkMatrix(ijkToRas))
     return image
 
@@ -169,14 +172,21 @@ class _KeptProbability:
     writtenCount: int = 0
 
     @classmethod
-    def fromFullMap(cls, probability: np.ndarray, **kwargs) -> "_KeptProbability":
-        reach = probability >= MIN_THRESHOLD
+    def fromFullMap(cls, probability: np.ndarray, within=None, **kwargs) -> "_KeptProbability":
+        """Keep the part of ``probability`` that can reach any threshold; ``within`` (slices) is
+        where the engine says the map can be non-zero, so only that part is scanned."""
+        base = np.zeros(3, int)
+        region = probability
+        if within is not None:
+            region = probability[within]
+            base = np.array([s.start for s in within])
+        reach = region >= MIN_THRESHOLD
         if not reach.any():
             box = np.zeros((0, 0, 0), np.float32)
             return cls(box, (0, 0, 0), tuple(probability.shape), **kwargs)
         spans = [np.flatnonzero(reach.any(axis=tuple(a for a in range(3) if a != axis))) for axis in range(3)]
-        lo = np.array([s[0] for s in spans])
-        hi = np.array([s[-1] + 1 for s in spans])
+        lo = base + np.array([s[0] for s in spans])
+        hi = base + np.array([s[-1] + 1 for s in spans])
         box = np.ascontiguousarray(probability[lo[0]:hi[0], lo[1]:hi[1], lo[2]:hi[2]], np.float32)
         return cls(box, tuple(int(v) for v in lo), tuple(probability.shape), **kwargs)
 
@@ -481,7 +491,8 @@ class MnetImSegmentLogic:
             self._tagCTV(segNode, segmentId, run, result.threshold)
             segNode.CreateClosedSurfaceRepresentation()
 
-            kept = _KeptProbability.fromFullMap(result.probability.array, ijkToRas=ijkToRas, segmentId=segmentId,
+            kept = _KeptProbability.fromFullMap(result.probability.array, within=result.probability_box,
+                                                ijkToRas=ijkToRas, segmentId=segmentId,
                                                 largestComponent=run.largestComponent)
             kept.remember(result.mask.array)
             if keepProbability:
