@@ -14,7 +14,8 @@ Prints one JSON object (and writes it with --out). Figures:
 * ``scaling``: network cost versus slice count and crop size;
 * ``batch``: CTs per minute of ``mnetim segment`` over a folder, 1 and 2 threads;
 * ``slicer``: the Slicer logic's total seconds and its own overhead (MRML conversions, closed
-  surface) as a share of the total, when slicer-core is installed.
+  surface) as a share of the total, when slicer-core is installed;
+* ``gpu`` (on a CUDA machine): network slices/s with mixed precision and a whole CT after model load.
 This is a measurement tool, not a test: numbers vary with the machine's load; compare ratios.
 """
 
@@ -128,6 +129,34 @@ def slicer_overhead(volume, weights) -> dict:
     return sorted(runs, key=lambda r: r["overhead_fraction"])[1]
 
 
+def gpu_figures(volume, weights, n_roi: int, size) -> dict:
+    """CUDA: network slices/s with mixed precision (large batch) and a whole CT after model load."""
+    import torch
+
+    from MnetImSegmentLib.inference import Segmenter
+
+    seg = Segmenter(weights, device="cuda", batch_size=64)
+    x = torch.rand(1024, seg.model.in_channels, size[1], size[0], device="cuda")
+    x = x.contiguous(memory_format=torch.channels_last)
+    dtype = torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+    with torch.inference_mode(), torch.autocast("cuda", dtype=dtype):
+        for b0 in range(0, 256, 64):
+            seg.model(x[b0:b0 + 64])
+        torch.cuda.synchronize()
+        t = time.perf_counter()
+        for b0 in range(0, len(x), 256):
+            seg.model(x[b0:b0 + 256])
+        torch.cuda.synchronize()
+        t_net = time.perf_counter() - t
+    seg.segment(volume)  # warm
+    t = time.perf_counter()
+    seg.segment(volume)
+    t_ct = time.perf_counter() - t
+    return {"device_name": torch.cuda.get_device_name(0), "amp_dtype": str(dtype),
+            "network_slices_per_second": round(len(x) / t_net, 1), "whole_ct_seconds": round(t_ct, 3),
+            "roi_slices": n_roi}
+
+
 def main(argv=None) -> dict:
     import torch
 
@@ -234,6 +263,8 @@ def main(argv=None) -> dict:
         result["batch"] = batch
 
     result["slicer"] = slicer_overhead(ph.ct, args.weights)
+    if torch.cuda.is_available():
+        result["gpu"] = gpu_figures(ph.ct, args.weights, n_roi, size)
     text = json.dumps(result, indent=2)
     print(text)
     if args.out:
