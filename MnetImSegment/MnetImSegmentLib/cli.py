@@ -233,7 +233,7 @@ def cmd_phantom(args) -> int:
 def cmd_train(args) -> int:
     from .training.commands import train_config_from_args
     from .training.distributed import is_main_process
-    from .training.export import train_and_export
+    from .training.export import INTENDED_USE_RESEARCH, train_and_export
 
     cfg = train_config_from_args(args, model=args.model)
     overrides = (args.model_options or {}).get(args.model)
@@ -241,7 +241,7 @@ def cmd_train(args) -> int:
         cfg.model_overrides = dict(overrides)
     command = "mnetim " + " ".join(sys.argv[1:])
     summary = train_and_export(args.manifest, args.output, cfg, name=args.name, version=args.version,
-                               intended_use=args.intended_use or _default_intended_use(args),
+                               intended_use=args.intended_use or INTENDED_USE_RESEARCH,
                                training_data=json.loads(args.data_description) if args.data_description else None,
                                command=command, resume=args.resume, progress=not args.json,
                                tensorboard=False if args.no_tensorboard else None)
@@ -254,12 +254,6 @@ def cmd_train(args) -> int:
         print(f"best validation Dice {summary['val_dice']:.3f} (threshold {summary['threshold']}), "
               f"test Dice {t['volumetric_dice_mean']} -> {Path(args.output) / 'weights'}")
     return 0
-
-
-def _default_intended_use(args) -> str:
-    from .training.export import INTENDED_USE_RESEARCH
-
-    return INTENDED_USE_RESEARCH
 
 
 # --------------------------------------------------------------------------- demo
