@@ -125,6 +125,20 @@ def test_folder_without_dicom(tmp_path, tiny_weights, capsys):
     _assert_clean_failure(code, err, tmp_path, "No DICOM")
 
 
+def test_folder_with_dicom_but_no_ct(tmp_path, small_phantom, tiny_weights, capsys):
+    import pydicom
+
+    from MnetImSegmentLib.dicom import write_ct_series
+
+    series = write_ct_series(small_phantom.ct, tmp_path / "mr")
+    for f in series.files:  # the same slices, relabelled as an MR series
+        ds = pydicom.dcmread(f)
+        ds.Modality, ds.SOPClassUID = "MR", "1.2.840.10008.5.1.4.1.1.4"
+        ds.save_as(f)
+    code, _, err = run(["segment", tmp_path / "mr", "-o", tmp_path / "out.seg.nrrd", "--weights", tiny_weights], capsys)
+    _assert_clean_failure(code, err, tmp_path, f"holds {len(series.files)} DICOM file(s) of other kinds (MR")
+
+
 @pytest.mark.parametrize("problem", ["no_card", "sha", "architecture", "missing_folder"])
 def test_bad_weights(problem, ct_file, tiny_weights, tmp_path, capsys):
     import shutil

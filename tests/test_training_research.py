@@ -379,3 +379,33 @@ def test_ddp_two_cpu_processes_with_torchrun(dataset, tmp_path, max_minutes):
     weights = [k for k in last1 if not k.endswith(("running_mean", "running_var", "num_batches_tracked"))]
     differ = [k for k in weights if not torch.allclose(last1[k].float(), ckpt["model"][k].float(), atol=1e-6)]
     assert weights and not differ
+
+
+def test_roi_size_and_spacing_from_the_command_line(dataset, tmp_path, capsys):
+    """``--roi-size``/``--roi-spacing`` reach the card and the Segmenter; a size the network cannot take is
+    refused in one sentence before anything is written."""
+    from MnetImSegmentLib.cli import main
+    from MnetImSegmentLib.inference import Segmenter
+    from MnetImSegmentLib.phantom import make_phantom
+    from MnetImSegmentLib.weights import read_card
+
+    from research_data import TINY_MNET
+
+    common = ["train", str(dataset), "--epochs", "1", "--windows-per-epoch", "8", "--batch-size", "4",
+              "--lr-milestones", "1", "--device", "cpu", "--threads", "1", "--no-tensorboard", "--json",
+              "--model-options", json.dumps({"Mnet_Im": TINY_MNET})]
+    bad = tmp_path / "bad"
+    code = main(common + ["-o", str(bad), "--roi-size", "40"])
+    err = capsys.readouterr().err
+    assert code != 0 and "Traceback" not in err and len(err.strip().splitlines()) == 1
+    assert "not a multiple of 16" in err and "--roi-size 32" in err
+    assert not bad.exists()
+
+    run = tmp_path / "run"
+    code = main(common + ["-o", str(run), "--roi-size", "48", "--roi-spacing", "2.0"])
+    assert code == 0, capsys.readouterr().err
+    roi = read_card(run / "weights").raw["input"]["roi"]
+    assert roi["size_px"] == [48, 48] and roi["spacing_mm"] == [2.0, 2.0]
+    ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
+    result = Segmenter(run / "weights", device="cpu").segment(ct)
+    assert result.mask.shape == ct.shape and result.mask.geometry.allclose(ct.geometry)

@@ -326,10 +326,13 @@ def find_ct_series(folder, series_uid: Optional[str] = None) -> CtSeries:
             raise InputError(f"CT series {series_uid} is not in '{folder}'.")
         return tree.ct_series[series_uid]
     if not tree.ct_series:
-        raise InputError(f"No CT series was found in '{folder}'.")
+        found = (f"it holds {tree.other + len(tree.rtstructs)} DICOM file(s) of other kinds (MR, RT plan, structure "
+                 "set, ...)" if tree.other or tree.rtstructs else "it holds no DICOM files")
+        raise InputError(f"No CT series was found in '{folder}': {found}.")
     if len(tree.ct_series) > 1:
-        listing = "; ".join(f"{s.series_instance_uid} ({s.n_slices} slices)" for s in tree.ct_series.values())
-        raise InputError(f"'{folder}' holds {len(tree.ct_series)} CT series; choose one: {listing}.")
+        listing = "; ".join(f"{s.series_instance_uid} ({s.n_slices} slices, '{s.description}')"
+                            for s in tree.ct_series.values())
+        raise InputError(f"'{folder}' holds {len(tree.ct_series)} CT series; choose one with --series UID: {listing}.")
     return next(iter(tree.ct_series.values()))
 
 

@@ -1,8 +1,9 @@
 """Reading CTs and writing segmentations, always with the input's exact geometry.
 
-Read: a DICOM series folder (the CT series is chosen by modality; several CT series are listed so
-the user can pick one with ``series_uid``; slices sorted by position along the slice normal;
-irregular slice spacing refused explicitly), or an image file (NIfTI, NRRD, MHA/MHD).
+Read: a DICOM series folder (through :mod:`.dicom`: the CT series is chosen by modality; several CT
+series are listed so the user can pick one with ``series_uid``; slices sorted by position along the
+slice normal; irregular spacing and gantry tilt refused explicitly), or an image file (NIfTI, NRRD,
+MHA/MHD).
 
 Write: ``.seg.nrrd`` (a Slicer segmentation with one segment ``CTV``: name, colour, terminology and
 tags naming the model, version and threshold; written with slicerio, Slicer's own helper), or a
@@ -100,85 +101,17 @@ def _check_complete(path: Path, image) -> None:
         raise InputError(f"'{path}' is truncated: it holds fewer bytes than its header announces.")
 
 
-def list_dicom_series(folder) -> list[dict]:
-    """Every DICOM series under ``folder`` (recursively): uid, modality, description, files."""
-    import SimpleITK as sitk
-
-    series = []
-    dirs = [Path(folder)] + [p for p in sorted(Path(folder).rglob("*")) if p.is_dir()]
-    for d in dirs:
-        for uid in sitk.ImageSeriesReader.GetGDCMSeriesIDs(str(d)) or ():
-            files = sitk.ImageSeriesReader.GetGDCMSeriesFileNames(str(d), uid)
-            info = {"uid": uid, "files": list(files), "modality": "", "description": ""}
-            try:
-                r = sitk.ImageFileReader()
-                r.SetFileName(files[0])
-                r.ReadImageInformation()
-                info["modality"] = r.GetMetaData("0008|0060").strip() if r.HasMetaDataKey("0008|0060") else ""
-                info["description"] = r.GetMetaData("0008|103e").strip() if r.HasMetaDataKey("0008|103e") else ""
-            except RuntimeError:
-                continue
-            series.append(info)
-    return series
-
-
 def read_dicom_series(folder, series_uid: Optional[str] = None) -> Volume:
-    """Read one CT series from a folder; refuses ambiguous folders and irregular slice spacing."""
-    import SimpleITK as sitk
+    """Read one CT series from a folder tree.
 
-    folder = Path(folder)
-    all_series = list_dicom_series(folder)
-    if not all_series:
-        raise InputError(f"No DICOM image series was found in '{folder}'.")
-    if series_uid:
-        chosen = [s for s in all_series if s["uid"] == series_uid]
-        if not chosen:
-            raise InputError(f"Series {series_uid} is not in '{folder}'.")
-    else:
-        chosen = [s for s in all_series if s["modality"] == "CT"]
-        if not chosen:
-            mods = ", ".join(sorted({s["modality"] or "unknown" for s in all_series}))
-            raise InputError(f"'{folder}' holds no CT series (found modality {mods}).")
-        if len(chosen) > 1:
-            listing = "; ".join(f"{s['uid']} ({len(s['files'])} slices, '{s['description']}')" for s in chosen)
-            raise InputError(f"'{folder}' holds {len(chosen)} CT series; choose one with --series UID: {listing}.")
-    files = chosen[0]["files"]
-    reader = sitk.ImageSeriesReader()
-    reader.SetFileNames(files)
-    reader.MetaDataDictionaryArrayUpdateOn()
-    try:
-        image = reader.Execute()
-    except RuntimeError as exc:
-        raise InputError(f"The DICOM series in '{folder}' could not be read ({str(exc).strip().splitlines()[-1][:160]}).") from None
-    if len(files) > 2:
-        _check_regular_spacing(reader, len(files), image, folder)
-    return Volume.from_sitk(sitk.Cast(image, sitk.sitkInt16) if image.GetPixelID() != sitk.sitkInt16 and _fits_int16(image) else image)
+    One reader serves segmentation, RT import and RT export (:mod:`.dicom`), so a series is accepted
+    or refused by the same checks everywhere: the CT series chosen by modality (several are listed),
+    slices sorted along the normal, duplicate or missing slices, gantry-tilt shear, mixed sizes and
+    undecodable slices refused in one sentence.
+    """
+    from .dicom import find_ct_series
 
-
-def _fits_int16(image) -> bool:
-    import SimpleITK as sitk
-
-    stats = sitk.MinimumMaximumImageFilter()
-    stats.Execute(image)
-    return -32768 <= stats.GetMinimum() and stats.GetMaximum() <= 32767 and float(stats.GetMinimum()).is_integer()
-
-
-def _check_regular_spacing(reader, n: int, image, folder) -> None:
-    normal = np.asarray(image.GetDirection()).reshape(3, 3)[:, 2]
-    positions = []
-    for i in range(n):
-        if not reader.HasMetaDataKey(i, "0020|0032"):
-            return
-        positions.append([float(v) for v in reader.GetMetaData(i, "0020|0032").split("\\")])
-    z = np.sort(np.asarray(positions) @ normal)
-    gaps = np.diff(z)
-    if gaps.size and (gaps.min() <= 1e-3):
-        raise InputError(f"The CT series in '{folder}' has two slices at the same position; remove duplicates first.")
-    if gaps.size and (gaps.max() - gaps.min()) > max(0.01 * np.median(gaps), 0.05):
-        raise InputError(
-            f"The CT series in '{folder}' has irregular slice spacing ({gaps.min():.2f} to {gaps.max():.2f} mm, "
-            "missing slices?); resample it to regular spacing or export it again."
-        )
+    return find_ct_series(folder, series_uid).read_volume()
 
 
 # --------------------------------------------------------------------------- writing

@@ -12,8 +12,9 @@ rectum posterior, tandem 150 mm, body about 240-380 mm wide). Everything is rand
 anatomy sizes, shapes (smooth random bumps), positions, uterine tilt, HU offsets, noise level,
 streak strength, applicator type (tandem + ovoids or tandem + ring; metal or plastic), packing,
 slice thickness, field of view, matrix, patient size and small rotations. The CTV differs from the
-surrounding tissue by only a few HU (as on real CT): a network must learn where it lies relative to
-the applicator, bladder and rectum, not threshold it.
+surrounding tissue by 18-40 HU under 6-14 HU noise and metal streaks (an enhancing cervix on
+contrast CT, still far below what a threshold could separate from bladder, rectum and muscle): a
+network must learn its texture and where it lies relative to the applicator, bladder and rectum.
 
 Labels: 1 = CTV, 2 = bladder, 3 = rectum (``LABELS``).
 """
@@ -211,11 +212,15 @@ class PhantomAnatomy:
         layers.append(Layer(cervix, soft + u(0, 8)))
 
         # The CTV: cervix, the adjacent uterus and parametria (HR-CTV style), minus bladder and rectum.
-        # It is brighter than its surroundings by only 10-30 HU, under 8-18 HU noise and metal streaks.
+        # On the contrast-enhanced planning CT the tumour-bearing cervix enhances more than the uterine
+        # body and parametria: 18-40 HU above them, under 6-14 HU noise and metal streaks. Still a
+        # low-contrast target, but one a reader could outline: with 10-30 HU under 8-18 HU noise its
+        # edge vanished inside the dark bands between metal parts, and no model (or person) could
+        # learn where the truth was drawn.
         ctv_center = os_point + axis * u(10, 18) + np.array([u(-3, 3), u(-3, 3), 0])
         ctv = Blob.make(rng, ctv_center, [u(22, 32), u(16, 24), u(20, 34)], _frame_from_axis(axis) @ rotation_matrix(0, 0, u(-15, 15)), bumps=5, bump_amp=0.10)
         # Cervix and tumour enhance a little more than the uterine body and parametria on contrast CT.
-        ctv_delta = u(10, 22)
+        ctv_delta = u(18, 32)
         p.update(ctv_contrast_hu=ctv_delta)
         layers.append(Layer(ctv, soft + 8 + ctv_delta, label=LABELS["CTV"], edge_mm=2.0))
 
@@ -256,7 +261,7 @@ class PhantomAnatomy:
         if not metal:  # plastic tandems are hollow: an air-filled source channel
             layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
         self.metal_parts = app_parts if metal else []
-        p.update(streak_hu=u(80, 350) if metal else 0.0, noise_hu=u(8, 18))
+        p.update(streak_hu=u(60, 280) if metal else 0.0, noise_hu=u(6, 14))
 
         self.layers = layers
         self.body_center = body_center
@@ -364,7 +369,7 @@ class PhantomAnatomy:
                     continue
                 t = np.clip(((plane_pts - p0) @ seg) / (seg @ seg), 0, 1)
                 dist = np.sqrt(((plane_pts - (p0 + t[..., None] * seg)) ** 2).sum(-1))
-                out -= amp * np.exp(-(dist**2) / (2 * 4.0**2))
+                out -= 0.5 * amp * np.exp(-(dist**2) / (2 * 4.0**2))
         return out
 
 

@@ -29,6 +29,10 @@ def add_train_options(p) -> None:
     g.add_argument("--threads", type=int, default=0, help="CPU threads (0: torch's default)")
     g.add_argument("--max-minutes", type=float, default=0.0,
                    help="per training run: stop after the epoch that passes this budget (0: none)")
+    g.add_argument("--roi-size", type=int, default=None, metavar="PX",
+                   help="network input, square, a multiple of 16 (default: 128); stored in the card")
+    g.add_argument("--roi-spacing", type=float, default=None, metavar="MM",
+                   help="in-plane spacing of the ROI crop (default: 1.0); size x spacing is the field of view")
     g.add_argument("--model-options", type=_json_object, default=None, metavar="JSON",
                    help='build options per model, e.g. \'{"Mnet_Im": {"norm": "none"}}\' (default: the paper\'s)')
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
@@ -36,12 +40,18 @@ def add_train_options(p) -> None:
 
 def train_config_from_args(args, model: str = "Mnet_Im"):
     """A TrainConfig from the options of :func:`add_train_options` (or of ``mnetim train``)."""
+    from ..roi import RoiSpec
     from .trainer import TrainConfig
 
+    roi = RoiSpec().to_dict()
+    if getattr(args, "roi_size", None) is not None:
+        roi["size_px"] = [args.roi_size, args.roi_size]
+    if getattr(args, "roi_spacing", None) is not None:
+        roi["spacing_mm"] = [args.roi_spacing, args.roi_spacing]
     return TrainConfig(model=model, epochs=args.epochs, windows_per_epoch=args.windows_per_epoch,
                        batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
                        lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
-                       num_threads=args.threads, max_minutes=args.max_minutes)
+                       num_threads=args.threads, max_minutes=args.max_minutes, roi=roi)
 
 
 def _json_object(text: str) -> dict:

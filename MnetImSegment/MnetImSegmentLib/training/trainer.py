@@ -188,6 +188,22 @@ class Trainer:
             raise DatasetError(f"'{self.run_dir}' was started with another configuration; resume with the same options.")
         return saved
 
+    def _check_roi_size(self) -> None:
+        """Refuse an ROI the network cannot take before anything is written or read."""
+        import torch
+
+        from ..models import build_model
+
+        cfg = self.config
+        size = RoiSpec.from_dict(cfg.roi).size_px
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            multiple = build_model(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window,
+                                   **cfg.model_overrides).size_multiple
+        if any(int(n) < multiple or int(n) % multiple for n in size):
+            suggestion = max(multiple, int(size[0]) // multiple * multiple)
+            raise DatasetError(f"The ROI size {size[0]} x {size[1]} px is not a multiple of {multiple}, which "
+                               f"{cfg.model} needs; choose e.g. --roi-size {suggestion}.")
+
     def run(self, resume: bool = False) -> Optional[dict]:
         """Train; return the summary (on rank 0; ``None`` on the other ranks of a torchrun job).
 
@@ -211,6 +227,7 @@ class Trainer:
         if main:
             try:
                 self._check_run_dir(resume)
+                self._check_roi_size()
             except DatasetError as exc:
                 problem = str(exc)
         problem = dist_.broadcast_object(ctx, problem)  # every rank fails with rank 0's message
