@@ -1,8 +1,9 @@
 """The shipped demo weights end to end: oblique + anisotropic input, the card, the demo command.
 
-Thresholds here are set from what the demo weights measured on held-out phantoms (test Dice 0.79
-mean, 0.59 worst; see their model card), with margin: they check that the contour lands where the
-truth is, on the right grid, whatever the direction matrix.
+Thresholds here are set from what the demo weights measured on held-out phantoms (test Dice 0.91
+mean, 0.76 worst; see their model card) with margin: they check that the contour lands where the
+truth is, on the right grid, whatever the direction matrix. The oblique case scores 0.90, the demo
+0.91.
 """
 
 import json
@@ -42,6 +43,8 @@ def test_card_is_honest_about_its_data(demo_weights):
     assert "synthetic" in json.dumps(card["training"]["data"])
     assert card["training"]["command"].startswith("mnetim train")
     assert card["test"]["volumetric_dice_mean"] == pytest.approx(np.mean([s["vd"] for s in card["test"]["scans"]]), abs=1e-3)
+    # What the project promises of its demo weights: held-out phantoms, full pipeline, Dice >= 0.90.
+    assert card["test"]["volumetric_dice_mean"] >= 0.90 and len(card["test"]["scans"]) >= 10
 
 
 def test_oblique_anisotropic_ct_gets_ctv_where_truth_is(oblique_case, capsys):
@@ -53,15 +56,15 @@ def test_oblique_anisotropic_ct_gets_ctv_where_truth_is(oblique_case, capsys):
     ct = read_image(folder / "ct.nii.gz")
     assert seg.shape == ct.shape and seg.geometry.allclose(ct.geometry, atol=1e-4)
     truth = ph.mask().array
-    assert dice(seg.array, truth) > 0.6
-    assert np.linalg.norm(_centroid_mm(seg) - _centroid_mm(ph.mask())) < 6.0
+    assert dice(seg.array, truth) > 0.8
+    assert np.linalg.norm(_centroid_mm(seg) - _centroid_mm(ph.mask())) < 4.0
     assert report["ctv_ml"] > 10
 
 
 def test_demo_command(tmp_path, capsys):
     assert main(["demo", "-o", str(tmp_path / "demo"), "--json"]) == 0
     report = json.loads(capsys.readouterr().out)
-    assert report["dice"] > 0.6
+    assert report["dice"] > 0.85
     png = tmp_path / "demo" / "overlay.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and png.stat().st_size > 20000
     assert read_segmentation_mask(tmp_path / "demo" / "ctv.seg.nrrd").array.sum() > 0

@@ -14,9 +14,9 @@ pytestmark = pytest.mark.slow
 def test_demo_weights_on_unseen_clinical_size_phantoms(seed, demo_weights):
     """Ten clinical-size phantoms the weights never saw: the contour overlaps the truth.
 
-    The bound is deliberately loose (the demo weights' held-out minimum was 0.59): it catches a
-    broken pipeline or misregistration, not a small accuracy change.
+    They scored 0.87-0.95 (mean 0.91) when the weights were trained; the bound sits below the
+    held-out minimum (0.76), so it catches a broken pipeline or a real accuracy loss, not noise.
     """
     ph = make_phantom(seed, matrix=512, slice_mm=2.5)
     result = Segmenter(demo_weights, device="cpu").segment(ph.ct)
-    assert dice(result.mask.array, ph.mask().array) > 0.4
+    assert dice(result.mask.array, ph.mask().array) > 0.75
