@@ -214,12 +214,10 @@ class PhantomAnatomy:
         # The CTV: cervix, the adjacent uterus and parametria (HR-CTV style), minus bladder and rectum.
         # On the contrast-enhanced planning CT the tumour-bearing cervix enhances more than the uterine
         # body and parametria: 18-40 HU above them, under 6-14 HU noise and metal streaks. Still a
-        # low-contrast target, but one a reader could outline: with 10-30 HU under 8-18 HU noise its
-        # edge vanished inside the dark bands between metal parts, and no model (or person) could
-        # learn where the truth was drawn.
+        # low-contrast target, but one a reader could outline: at 10-30 HU under 8-18 HU noise its
+        # edge vanished inside the dark bands between metal parts.
         ctv_center = os_point + axis * u(10, 18) + np.array([u(-3, 3), u(-3, 3), 0])
         ctv = Blob.make(rng, ctv_center, [u(22, 32), u(16, 24), u(20, 34)], _frame_from_axis(axis) @ rotation_matrix(0, 0, u(-15, 15)), bumps=5, bump_amp=0.10)
-        # Cervix and tumour enhance a little more than the uterine body and parametria on contrast CT.
         ctv_delta = u(18, 32)
         p.update(ctv_contrast_hu=ctv_delta)
         layers.append(Layer(ctv, soft + 8 + ctv_delta, label=LABELS["CTV"], edge_mm=2.0))

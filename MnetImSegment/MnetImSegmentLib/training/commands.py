@@ -44,9 +44,9 @@ def train_config_from_args(args, model: str = "Mnet_Im"):
     from .trainer import TrainConfig
 
     roi = RoiSpec().to_dict()
-    if getattr(args, "roi_size", None) is not None:
+    if args.roi_size is not None:
         roi["size_px"] = [args.roi_size, args.roi_size]
-    if getattr(args, "roi_spacing", None) is not None:
+    if args.roi_spacing is not None:
         roi["spacing_mm"] = [args.roi_spacing, args.roi_spacing]
     return TrainConfig(model=model, epochs=args.epochs, windows_per_epoch=args.windows_per_epoch,
                        batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
