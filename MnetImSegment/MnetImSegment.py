@@ -28,8 +28,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MnetImSegmentLib.errors import Cancelled, MnetImError
-from MnetImSegmentLib.logic import MAX_THRESHOLD, MIN_THRESHOLD
+from MnetImSegmentLib.core.errors import Cancelled, MnetImError
+from MnetImSegmentLib.mrml.kept_probability import MAX_THRESHOLD, MIN_THRESHOLD
 from MnetImSegmentLib.logic import MnetImSegmentLogic as MRMLBridgeLogic
 
 PAPER_CITATION = (
@@ -475,8 +475,8 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         ensureDependencies(logic)
 
     def _phantomVolume(self, seed=41):
-        from MnetImSegmentLib.logic import ijkToRASFromGeometry
-        from MnetImSegmentLib.phantom import make_phantom, rotation_matrix
+        from MnetImSegmentLib.mrml.geometry import ijkToRASFromGeometry
+        from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
 
         # A small, slightly oblique grid: fast, and a misregistered contour would show up in the Dice.
         # The demo model scores 0.92 on this phantom (held-out mean 0.91, worst 0.76), so a result

@@ -133,7 +133,7 @@ def gpu_figures(volume, weights, n_roi: int, size) -> dict:
     """CUDA: network slices/s with mixed precision (large batch) and a whole CT after model load."""
     import torch
 
-    from MnetImSegmentLib.inference import Segmenter
+    from MnetImSegmentLib.engine.inference import Segmenter
 
     seg = Segmenter(weights, device="cuda", batch_size=64)
     x = torch.rand(1024, seg.model.in_channels, size[1], size[0], device="cuda")
@@ -161,9 +161,9 @@ def main(argv=None) -> dict:
     import torch
 
     from MnetImSegmentLib import __version__
-    from MnetImSegmentLib.inference import Segmenter, fold_batchnorm, reference_segment
-    from MnetImSegmentLib.io import write_image
-    from MnetImSegmentLib.phantom import make_phantom
+    from MnetImSegmentLib.engine.inference import Segmenter, fold_batchnorm, reference_segment
+    from MnetImSegmentLib.engine.io import write_image
+    from MnetImSegmentLib.research.phantom import make_phantom
 
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--weights")
@@ -216,7 +216,7 @@ def main(argv=None) -> dict:
     t = time.perf_counter()
     fast = seg.segment(ph.ct)
     t_fast = time.perf_counter() - t
-    from MnetImSegmentLib.weights import load_weights
+    from MnetImSegmentLib.engine.weights import load_weights
 
     ref_model, _ = load_weights(args.weights or _default_weights())
     t = time.perf_counter()
@@ -273,7 +273,7 @@ def main(argv=None) -> dict:
 
 
 def _default_weights():
-    from MnetImSegmentLib.weights import default_weights_dir
+    from MnetImSegmentLib.engine.weights import default_weights_dir
 
     return default_weights_dir()
 

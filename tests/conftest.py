@@ -27,9 +27,9 @@ def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, se
     import torch
 
     from MnetImSegmentLib.models import build_model, model_config
-    from MnetImSegmentLib.roi import RoiSpec
-    from MnetImSegmentLib.weights import save_weights
-    from MnetImSegmentLib.windows import InputSpec
+    from MnetImSegmentLib.engine.roi import RoiSpec
+    from MnetImSegmentLib.engine.weights import save_weights
+    from MnetImSegmentLib.engine.windows import InputSpec
 
     cfg = {**TINY_CONFIG, **config} if name == "Mnet_Im" else config
     torch.manual_seed(seed)
@@ -49,7 +49,7 @@ def tiny_weights(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def demo_weights() -> Path:
-    from MnetImSegmentLib.weights import default_weights_dir
+    from MnetImSegmentLib.engine.weights import default_weights_dir
 
     return default_weights_dir()
 
@@ -57,7 +57,7 @@ def demo_weights() -> Path:
 @pytest.fixture(scope="session")
 def small_phantom():
     """A quick phantom (192 x 192 in-plane, 2.5 mm slices) with a metal or plastic applicator."""
-    from MnetImSegmentLib.phantom import make_phantom
+    from MnetImSegmentLib.research.phantom import make_phantom
 
     return make_phantom(seed=7, matrix=192, slice_mm=2.5, z_extent_mm=100)
 

@@ -20,8 +20,8 @@ def write_dataset(folder: Path, seeds, patients=None, splits=None, fmt: str = ".
         patients: Patient id per seed (default: one patient per scan).
         splits: Split per seed (default: no split column values, i.e. split by the trainer).
     """
-    from MnetImSegmentLib.io import write_image, write_labelmap
-    from MnetImSegmentLib.phantom import make_phantom
+    from MnetImSegmentLib.engine.io import write_image, write_labelmap
+    from MnetImSegmentLib.research.phantom import make_phantom
 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
@@ -42,7 +42,7 @@ def write_dataset(folder: Path, seeds, patients=None, splits=None, fmt: str = ".
 
 def tiny_config(**changes):
     """A TrainConfig that trains a tiny Mnet_Im for a few seconds on CPU."""
-    from MnetImSegmentLib.training import TrainConfig
+    from MnetImSegmentLib.research.training import TrainConfig
 
     base = dict(model="Mnet_Im", model_overrides=dict(TINY_MNET), epochs=2, windows_per_epoch=16, batch_size=4,
                 lr_milestones=(1,), patience=5, device="cpu", num_threads=1, jitter_px=8)

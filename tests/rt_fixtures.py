@@ -1,6 +1,6 @@
 """Builders for the DICOM RT tests: tiny CT series and hand-made RTSTRUCTs (good and deliberately bad).
 
-The RTSTRUCT writer here is deliberately separate from ``MnetImSegmentLib.rtstruct.write_rtstruct``:
+The RTSTRUCT writer here is deliberately separate from ``MnetImSegmentLib.dicomrt.rtstruct_writer.write_rtstruct``:
 it writes arbitrary contours (open, points, self-intersecting, wrong frame of reference) that the
 product never would, and it keeps importer tests independent of the exporter.
 """
@@ -13,8 +13,8 @@ from pathlib import Path
 
 import numpy as np
 
-from MnetImSegmentLib.dicom import write_ct_series
-from MnetImSegmentLib.volume import Geometry, Volume
+from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+from MnetImSegmentLib.core.volume import Geometry, Volume
 
 PATIENT_NAME = "DOE^JANE"
 PATIENT_ID = "MRN12345"
@@ -154,7 +154,7 @@ def independent_rtstruct_mask(rs_path, roi_name, geometry: Geometry, shape) -> n
     """Rasterise an ROI with dicompyler-core's parser and matplotlib's point-in-path test, the way
     dicompyler-core's DVH code does (XOR of the contours of a plane), on an axial grid.
 
-    This shares no code with MnetImSegmentLib.rtstruct: it is the independent reader of the tests.
+    This shares no code with MnetImSegmentLib.dicomrt: it is the independent reader of the tests.
     """
     import matplotlib.path
 

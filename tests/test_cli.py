@@ -9,7 +9,7 @@ import pytest
 import SimpleITK as sitk
 
 from MnetImSegmentLib.cli import main
-from MnetImSegmentLib.io import read_image, read_segmentation_mask, write_image
+from MnetImSegmentLib.engine.io import read_image, read_segmentation_mask, write_image
 
 
 @pytest.fixture(scope="module")
@@ -128,7 +128,7 @@ def test_folder_without_dicom(tmp_path, tiny_weights, capsys):
 def test_folder_with_dicom_but_no_ct(tmp_path, small_phantom, tiny_weights, capsys):
     import pydicom
 
-    from MnetImSegmentLib.dicom import write_ct_series
+    from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 
     series = write_ct_series(small_phantom.ct, tmp_path / "mr")
     for f in series.files:  # the same slices, relabelled as an MR series
@@ -204,7 +204,7 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
 def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
     """A DICOM series folder segments; several CT series are listed and --series picks one;
     a missing slice (irregular spacing) is refused."""
-    from MnetImSegmentLib.dicom import write_ct_series
+    from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 
     for sub in ("one", "two"):
         (tmp_path / sub).mkdir()

@@ -6,11 +6,12 @@ import numpy as np
 import pydicom
 import pytest
 
-from MnetImSegmentLib.dicom import find_ct_series, scan_tree, write_ct_series
-from MnetImSegmentLib.errors import InputError, OutputError
-from MnetImSegmentLib.io import read_image
-from MnetImSegmentLib.phantom import rotation_matrix
-from MnetImSegmentLib.volume import Geometry, Volume
+from MnetImSegmentLib.dicomrt.ct_series import find_ct_series, scan_tree
+from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+from MnetImSegmentLib.core.errors import InputError, OutputError
+from MnetImSegmentLib.engine.io import read_image
+from MnetImSegmentLib.research.phantom import rotation_matrix
+from MnetImSegmentLib.core.volume import Geometry, Volume
 
 from rt_fixtures import ct_volume, dciodvfy_errors, have_dciodvfy
 

@@ -12,11 +12,13 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib import cli
-from MnetImSegmentLib.errors import DatasetError, OutputError
-from MnetImSegmentLib.evaluation import REPORT_FILES, add_commands, compare_models, evaluate, summarize
-from MnetImSegmentLib.io import write_image, write_labelmap, write_segmentation
-from MnetImSegmentLib.metrics import METRICS, segmentation_metrics
-from MnetImSegmentLib.volume import Geometry, Volume
+from MnetImSegmentLib.core.errors import DatasetError, OutputError
+from MnetImSegmentLib.research.evaluation.report import REPORT_FILES
+from MnetImSegmentLib.cli.evaluate import add_parser as add_commands
+from MnetImSegmentLib.research.evaluation.scoring import compare_models, evaluate, summarize
+from MnetImSegmentLib.engine.io import write_image, write_labelmap, write_segmentation
+from MnetImSegmentLib.research.metrics import METRICS, segmentation_metrics
+from MnetImSegmentLib.core.volume import Geometry, Volume
 
 GEOMETRY = Geometry(spacing=(0.9, 0.8, 2.5), origin=(-20.0, -31.5, 40.0))  # (x, y, z) as SimpleITK
 SPACING_ZYX = (2.5, 0.8, 0.9)
@@ -65,7 +67,7 @@ def read_csv(path: Path) -> list[dict]:
 
 
 def _arrays(folders, case, with_spacing=False):
-    from MnetImSegmentLib.evaluation import read_mask
+    from MnetImSegmentLib.research.evaluation.cases import read_mask
 
     truth = read_mask(folders["truth"] / f"{case}.nii.gz")
     pred_path = next(folders["pred"].glob(f"{case}.*"))
@@ -172,7 +174,7 @@ def test_compare_scores_only_cases_every_model_has(dataset, tmp_path):
 
 def test_phantom_ct_oblique_grid_segmentation_roundtrip(tmp_path):
     """A CT-like phantom on an oblique grid: .seg.nrrd prediction vs labelmap truth, overlay on the CT."""
-    from MnetImSegmentLib.phantom import LABELS, make_phantom, rotation_matrix
+    from MnetImSegmentLib.research.phantom import LABELS, make_phantom, rotation_matrix
 
     ph = make_phantom(5, matrix=128, slice_mm=2.5, z_extent_mm=60, direction=rotation_matrix(4, -3, 10))
     for name in ("truth", "pred", "images"):

@@ -9,9 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.errors import DatasetError
-from MnetImSegmentLib.training.data import DatasetWarning, ScanRecord, read_manifest
-from MnetImSegmentLib.training.experiments import case_ids, crossval_splits, kfold_by_patient, write_truths
+from MnetImSegmentLib.core.errors import DatasetError
+from MnetImSegmentLib.research.training.data import DatasetWarning
+from MnetImSegmentLib.research.manifest import ScanRecord, read_manifest
+from MnetImSegmentLib.research.training.experiments import case_ids, crossval_splits, kfold_by_patient, write_truths
 from MnetImSegmentLib.models.baselines import smp_available
 
 from research_data import TINY_MNET, TINY_UNET_MO, tiny_config, write_dataset
@@ -30,7 +31,7 @@ def dataset(tmp_path_factory) -> Path:
 def mnetim(argv, capsys):
     """Run ``mnetim`` with this module's commands wired in as cli.py will; return (exit code, stdout, stderr)."""
     from MnetImSegmentLib import cli
-    from MnetImSegmentLib.training.commands import add_commands
+    from MnetImSegmentLib.cli.research import add_parser as add_commands
 
     parser = argparse.ArgumentParser(prog="mnetim")
     add_commands(parser.add_subparsers(dest="command", required=True))
@@ -87,7 +88,7 @@ def test_case_ids_are_file_names_and_collisions_are_refused():
 
 
 def test_write_truths_leaves_out_scans_without_ctv(tmp_path):
-    from MnetImSegmentLib.io import read_image, write_labelmap
+    from MnetImSegmentLib.engine.io import read_image, write_labelmap
 
     manifest = write_dataset(tmp_path / "ds", [30, 31])
     recs = read_manifest(manifest)
@@ -100,7 +101,7 @@ def test_write_truths_leaves_out_scans_without_ctv(tmp_path):
 
 # --------------------------------------------------------------------------- crossval
 def test_crossval_end_to_end_resume_and_refusal(dataset, tmp_path, capsys, monkeypatch):
-    import MnetImSegmentLib.training.experiments as exp
+    import MnetImSegmentLib.research.training.experiments as exp
 
     out = tmp_path / "cv"
     argv = ["crossval", dataset, "-o", out, "--folds", "3", "--model", "Mnet_Im", *FAST,
@@ -194,7 +195,7 @@ def test_compare_input_errors(dataset, tmp_path, capsys):
 
 # --------------------------------------------------------------------------- export command
 def test_export_command(dataset, tmp_path, capsys):
-    from MnetImSegmentLib.training import Trainer
+    from MnetImSegmentLib.research.training import Trainer
 
     run = tmp_path / "run"
     Trainer(dataset, run, tiny_config(epochs=1), progress=False).run()  # an unfinished run: no weights/ yet

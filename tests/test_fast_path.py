@@ -3,11 +3,12 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.inference import Segmenter, reference_segment, resolve_precision
-from MnetImSegmentLib.errors import MnetImError
-from MnetImSegmentLib.phantom import make_phantom
-from MnetImSegmentLib.training.trainer import dice
-from MnetImSegmentLib.weights import load_weights
+from MnetImSegmentLib.engine.inference import Segmenter, reference_segment
+from MnetImSegmentLib.engine.device import resolve_precision
+from MnetImSegmentLib.core.errors import MnetImError
+from MnetImSegmentLib.research.phantom import make_phantom
+from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.engine.weights import load_weights
 
 
 @pytest.fixture(scope="module")

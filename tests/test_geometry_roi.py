@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.phantom import PhantomAnatomy, rotation_matrix
-from MnetImSegmentLib.roi import RoiSpec, Roi, closest_axes, crop, locate_roi, paste, roi_geometry
-from MnetImSegmentLib.volume import Geometry, Volume
-from MnetImSegmentLib.windows import InputSpec, make_windows, normalise, window_indices
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
+from MnetImSegmentLib.engine.roi import RoiSpec, Roi, closest_axes, crop, locate_roi, paste, roi_geometry
+from MnetImSegmentLib.core.volume import Geometry, Volume
+from MnetImSegmentLib.engine.windows import InputSpec, make_windows, normalise, window_indices
 
 FLIPS = {
     "axial": np.eye(3),
@@ -110,7 +110,7 @@ def test_roi_geometry_keeps_slices_on_image_slices():
 
 
 def test_locate_roi_without_body_is_an_input_error():
-    from MnetImSegmentLib.errors import InputError
+    from MnetImSegmentLib.core.errors import InputError
 
     with pytest.raises(InputError, match="No patient body"):
         locate_roi(Volume(np.full((6, 32, 32), -1000, np.int16)), RoiSpec())

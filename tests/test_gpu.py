@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 import torch
 
-from MnetImSegmentLib.inference import Segmenter
-from MnetImSegmentLib.phantom import make_phantom
-from MnetImSegmentLib.training.trainer import dice
+from MnetImSegmentLib.engine.inference import Segmenter
+from MnetImSegmentLib.research.phantom import make_phantom
+from MnetImSegmentLib.research.metrics import volumetric_dice as dice
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")]
@@ -39,7 +39,7 @@ def test_cuda_is_repeatable(phantom, demo_weights):
 def test_cuda_training_step_with_amp(tmp_path):
     from research_data import tiny_config, write_dataset
 
-    from MnetImSegmentLib.training import Trainer
+    from MnetImSegmentLib.research.training import Trainer
 
     manifest = write_dataset(tmp_path / "data", [31, 32, 33], splits=["train", "train", "val"])
     Trainer(manifest, tmp_path / "run", tiny_config(epochs=1, device="cuda"), progress=False).run()

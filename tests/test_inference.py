@@ -6,10 +6,11 @@ import shutil
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.errors import Cancelled, InputError, MnetImError, WeightsError
-from MnetImSegmentLib.inference import Segmenter, check_ct, resolve_device
-from MnetImSegmentLib.volume import Volume
-from MnetImSegmentLib.weights import load_weights, read_card
+from MnetImSegmentLib.core.errors import Cancelled, InputError, MnetImError, WeightsError
+from MnetImSegmentLib.engine.inference import Segmenter, check_ct
+from MnetImSegmentLib.engine.device import resolve_device
+from MnetImSegmentLib.core.volume import Volume
+from MnetImSegmentLib.engine.weights import load_weights, read_card
 
 from conftest import make_weights
 
@@ -76,7 +77,7 @@ def test_cuda_requested_without_gpu():
 
     if torch.cuda.is_available():
         pytest.skip("this machine has a GPU")
-    with pytest.raises(MnetImError, match="CUDA was requested"):
+    with pytest.raises(MnetImError, match="GPU \\(CUDA\\) was requested"):
         resolve_device("cuda")
     assert resolve_device("auto") == "cpu"
     with pytest.raises(MnetImError, match="Unknown device"):

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from MnetImSegmentLib.losses import DeepSupervisionLoss, bce_dice_loss, reduce_target
+from MnetImSegmentLib.research.losses import DeepSupervisionLoss, bce_dice_loss, reduce_target
 
 
 def test_single_scale_hand_computed():

@@ -13,9 +13,8 @@ import time
 import numpy as np
 import pytest
 
-from MnetImSegmentLib import metrics as M
-from MnetImSegmentLib.metrics import (BOTH_EMPTY, DEFAULT_TOLERANCE_MM, METRIC_DEFINITIONS, ONE_EMPTY,
-                                      neighbour_code_areas, segmentation_metrics, squared_edt, surface_distances)
+from MnetImSegmentLib.research import metrics as M
+from MnetImSegmentLib.research.metrics import (BOTH_EMPTY, DEFAULT_TOLERANCE_MM, METRIC_DEFINITIONS, ONE_EMPTY, neighbour_code_areas, segmentation_metrics, squared_edt, surface_distances)
 
 # The reference calls scipy.ndimage.filters/morphology, deprecated namespaces: not our concern here.
 pytestmark = pytest.mark.filterwarnings("ignore::DeprecationWarning:surface_distance.*")

@@ -84,9 +84,9 @@ def test_config_is_json_and_rebuilds_the_same_network(name):
 
 @pytest.mark.parametrize("name", ALL)
 def test_weights_round_trip(name, tmp_path):
-    from MnetImSegmentLib.roi import RoiSpec
-    from MnetImSegmentLib.weights import load_weights, save_weights
-    from MnetImSegmentLib.windows import InputSpec
+    from MnetImSegmentLib.engine.roi import RoiSpec
+    from MnetImSegmentLib.engine.weights import load_weights, save_weights
+    from MnetImSegmentLib.engine.windows import InputSpec
 
     model = _model(name).eval()
     card = {"name": f"test-{name}", "version": "0.0.0", "architecture": name, "config": model_config(name),

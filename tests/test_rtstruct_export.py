@@ -8,13 +8,16 @@ import numpy as np
 import pydicom
 import pytest
 
-from MnetImSegmentLib.dicom import find_ct_series, write_ct_series, write_segmentation_dicom
-from MnetImSegmentLib.errors import InputError, MnetImError, OutputError
-from MnetImSegmentLib.io import read_image
-from MnetImSegmentLib.phantom import PhantomAnatomy, make_phantom, rotation_matrix
-from MnetImSegmentLib.rt_import import add_commands
-from MnetImSegmentLib.rtstruct import rasterize_structure_set, read_structure_set
-from MnetImSegmentLib.volume import Volume
+from MnetImSegmentLib.dicomrt.ct_series import find_ct_series
+from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
+from MnetImSegmentLib.core.errors import InputError, MnetImError, OutputError
+from MnetImSegmentLib.engine.io import read_image
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
+from MnetImSegmentLib.cli.import_rt import add_parser as add_commands
+from MnetImSegmentLib.dicomrt.rasterize import rasterize_structure_set
+from MnetImSegmentLib.dicomrt.structure_set import read_structure_set
+from MnetImSegmentLib.core.volume import Volume
 
 from rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
 
@@ -160,7 +163,7 @@ def test_structure_set_without_part10_header_is_read(axial_case, tmp_path):
     bare = tmp_path / "bare_rs"
     ds.save_as(bare, implicit_vr=True, little_endian=True)
     assert bare.read_bytes()[128:132] != b"DICM"
-    from MnetImSegmentLib.dicom import index_dicom_files
+    from MnetImSegmentLib.dicomrt.ct_series import index_dicom_files
 
     tree = index_dicom_files([bare, *series.files], tmp_path)
     assert tree.rtstructs == [bare] and not tree.unreadable

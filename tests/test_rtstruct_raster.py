@@ -5,13 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.errors import InputError
-from MnetImSegmentLib.phantom import rotation_matrix
-from MnetImSegmentLib.rtstruct import (
-    Contour, RoiContours, StructureSet, fill_even_odd, grid_from_contours, load_name_map, mask_to_polygons,
-    polygon_self_intersects, rasterize_rois, rasterize_structure_set, select_rois,
-)
-from MnetImSegmentLib.volume import Geometry
+from MnetImSegmentLib.core.errors import InputError
+from MnetImSegmentLib.research.phantom import rotation_matrix
+from MnetImSegmentLib.dicomrt.structure_set import Contour, RoiContours, StructureSet, load_name_map, select_rois
+from MnetImSegmentLib.dicomrt.polygons import fill_even_odd, mask_to_polygons, polygon_self_intersects
+from MnetImSegmentLib.dicomrt.rasterize import grid_from_contours, rasterize_rois, rasterize_structure_set
+from MnetImSegmentLib.core.volume import Geometry
 
 from rt_fixtures import circle, dice, square
 

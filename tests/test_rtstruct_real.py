@@ -10,9 +10,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.dicom import find_ct_series, write_segmentation_dicom
-from MnetImSegmentLib.io import read_image
-from MnetImSegmentLib.rtstruct import grid_from_contours, rasterize_rois, rasterize_structure_set, read_structure_set, select_rois
+from MnetImSegmentLib.dicomrt.ct_series import find_ct_series
+from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
+from MnetImSegmentLib.engine.io import read_image
+from MnetImSegmentLib.dicomrt.rasterize import grid_from_contours, rasterize_rois, rasterize_structure_set
+from MnetImSegmentLib.dicomrt.structure_set import read_structure_set, select_rois
 
 from rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
 

@@ -24,19 +24,15 @@ import pytest
 import vtk
 
 import slicer
-from MnetImSegmentLib import io as engine_io
-from MnetImSegmentLib.errors import Cancelled, InputError, MnetImError, WeightsError
-from MnetImSegmentLib.inference import Segmenter
-from MnetImSegmentLib.logic import (
-    LPS_RAS,
-    PROBABILITY_REFERENCE_ROLE,
-    MnetImSegmentLogic,
-    geometryFromIJKToRAS,
-    ijkToRASFromGeometry,
-    nodeIJKToRAS,
-)
-from MnetImSegmentLib.phantom import PhantomAnatomy, make_phantom, rotation_matrix
-from MnetImSegmentLib.volume import Geometry
+from MnetImSegmentLib.core import style
+from MnetImSegmentLib.engine import io as engine_io
+from MnetImSegmentLib.core.errors import Cancelled, InputError, MnetImError, WeightsError
+from MnetImSegmentLib.engine.inference import Segmenter
+from MnetImSegmentLib.logic import MnetImSegmentLogic
+from MnetImSegmentLib.mrml.geometry import LPS_RAS, geometryFromIJKToRAS, ijkToRASFromGeometry, nodeIJKToRAS
+from MnetImSegmentLib.mrml.kept_probability import PROBABILITY_REFERENCE_ROLE
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
+from MnetImSegmentLib.core.volume import Geometry
 from slicer_scene import add_volume, new_scene
 
 TAG_MODEL = "MnetImSegment.Model"
@@ -234,8 +230,8 @@ def test_segment_name_colour_terminology_tags_surface_and_study(scene, phantom, 
     assert segmentation.GetNumberOfSegments() == 1
     segment = segmentation.GetSegment(ctv_id(seg))
     assert segment.GetName() == "CTV"
-    np.testing.assert_allclose(segment.GetColor(), engine_io.CTV_COLOR, atol=1e-6)
-    assert segment.GetTerminology() == engine_io.CTV_TERMINOLOGY
+    np.testing.assert_allclose(segment.GetColor(), style.CTV_COLOR, atol=1e-6)
+    assert segment.GetTerminology() == style.CTV_TERMINOLOGY
     assert tag(segment, TAG_MODEL) == "test-Mnet_Im 0.0.0"
     assert tag(segment, TAG_THRESHOLD) == "0.5"
     assert tag(segment, "MnetImSegment.ModelVersion") == "0.0.0"
@@ -271,7 +267,7 @@ def test_picked_output_gets_its_ctv_replaced_and_keeps_other_segments(scene, pha
     target.SetReferenceImageGeometryParameterFromVolumeNode(node)
     bladder = np.zeros(phantom.ct.shape, np.uint8)
     bladder[10:20, 40:60, 50:70] = 1
-    from MnetImSegmentLib.logic import _orientedImage
+    from MnetImSegmentLib.mrml.geometry import orientedImage as _orientedImage
 
     bladder_id = target.GetSegmentation().AddEmptySegment("Bladder", "Bladder", [1.0, 1.0, 0.0])
     assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
@@ -289,7 +285,7 @@ def test_picked_output_gets_its_ctv_replaced_and_keeps_other_segments(scene, pha
     ctv, _ = export_segment(scene, target, ctv_id(target), node)
     engine = Segmenter(tiny_weights, device="cpu").segment(phantom.ct)
     assert np.count_nonzero(ctv != (engine.mask.array > 0)) <= 2
-    np.testing.assert_allclose(segmentation.GetSegment(ctv_id(target)).GetColor(), engine_io.CTV_COLOR, atol=1e-6)
+    np.testing.assert_allclose(segmentation.GetSegment(ctv_id(target)).GetColor(), style.CTV_COLOR, atol=1e-6)
 
 
 def test_picked_output_made_of_contours_gets_a_labelmap_ctv(scene, phantom, tiny_weights):
@@ -352,8 +348,8 @@ def test_seg_nrrd_round_trip_through_the_storage_node(scene, phantom, tiny_weigh
     assert reader.ReadData(loaded)
     segment = loaded.GetSegmentation().GetSegment(ctv_id(loaded))
     assert segment.GetName() == "CTV"
-    np.testing.assert_allclose(segment.GetColor(), engine_io.CTV_COLOR, atol=1e-6)
-    assert segment.GetTerminology() == engine_io.CTV_TERMINOLOGY
+    np.testing.assert_allclose(segment.GetColor(), style.CTV_COLOR, atol=1e-6)
+    assert segment.GetTerminology() == style.CTV_TERMINOLOGY
     assert tag(segment, TAG_MODEL) == "test-Mnet_Im 0.0.0"
     assert tag(segment, TAG_THRESHOLD) == "0.5"
     after, _ = export_segment(scene, loaded, ctv_id(loaded), node)
@@ -374,10 +370,10 @@ def test_engine_seg_nrrd_written_by_slicerio_loads_in_slicer(scene, tmp_path):
     segmentation = loaded.GetSegmentation()
     assert segmentation.GetNumberOfSegments() == 1
     segment = segmentation.GetSegment(ctv_id(loaded))
-    np.testing.assert_allclose(segment.GetColor(), engine_io.CTV_COLOR, atol=1e-6)
+    np.testing.assert_allclose(segment.GetColor(), style.CTV_COLOR, atol=1e-6)
     assert tag(segment, TAG_MODEL) == "Mnet_Im_test 1.2.3"
     assert tag(segment, TAG_THRESHOLD) == "0.45"
-    assert segment.GetTerminology() == engine_io.CTV_TERMINOLOGY
+    assert segment.GetTerminology() == style.CTV_TERMINOLOGY
     # Geometry: the stored labelmap lies on the CT's grid (same IJK->RAS), voxels identical.
     image = segment.GetRepresentation("Binary labelmap")
     m = vtk.vtkMatrix4x4()
@@ -472,7 +468,7 @@ def test_rethreshold_refuses_to_overwrite_an_edited_ctv(scene, phantom, tiny_wei
     edited, _ = export_segment(scene, seg, ctv_id(seg), node)
     edited = edited.astype(np.uint8)
     edited[5:8, 60:70, 60:70] ^= 1  # the user paints / erases a few voxels in Segment Editor
-    from MnetImSegmentLib.logic import _orientedImage
+    from MnetImSegmentLib.mrml.geometry import orientedImage as _orientedImage
 
     assert slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
         _orientedImage(edited, nodeIJKToRAS(node)), seg, ctv_id(seg),
@@ -484,7 +480,7 @@ def test_rethreshold_refuses_to_overwrite_an_edited_ctv(scene, phantom, tiny_wei
 
 
 def test_rethreshold_sees_edits_far_from_the_ctv_but_not_other_segments(scene, phantom, tiny_weights):
-    from MnetImSegmentLib.logic import _orientedImage
+    from MnetImSegmentLib.mrml.geometry import orientedImage as _orientedImage
 
     node = add_ct(scene, phantom)
     logic = MnetImSegmentLogic()

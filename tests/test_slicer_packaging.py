@@ -105,7 +105,7 @@ def test_cmake_lists_every_resource_and_they_exist(module_sets):
 
 
 def test_cmake_ships_the_demo_weights_where_weights_py_finds_them(module_sets):
-    from MnetImSegmentLib import weights
+    from MnetImSegmentLib.engine import weights
 
     name = module_sets["MODULE_WEIGHTS_NAME"][0]
     assert name == weights.DEFAULT_WEIGHTS_NAME
@@ -118,7 +118,7 @@ def test_cmake_ships_the_demo_weights_where_weights_py_finds_them(module_sets):
     assert installed == f"Resources/model_weights/{name}"
     assert module_sets["_weights_install_dir"][0].startswith("${Slicer_INSTALL_QTSCRIPTEDMODULES_LIB_DIR}")
     assert module_sets["_weights_build_dir"][0].startswith("${CMAKE_BINARY_DIR}/${Slicer_QTSCRIPTEDMODULES_LIB_DIR}")
-    lib_dir = Path(weights.__file__).resolve().parent
+    lib_dir = Path(weights.__file__).resolve().parents[1]  # MnetImSegmentLib (weights.py lives in engine/)
     module_dir_of_lib = lib_dir.parent
     assert module_dir_of_lib / "Resources" / "model_weights" in weights._SEARCH
 
@@ -237,21 +237,24 @@ def test_self_test_runs_the_phantom_on_the_cpu_with_a_dice_check(module_ast):
 
 
 def test_logic_imports_only_vtk_mrml_slicer_util_and_the_engine():
-    path = MODULE_DIR / "MnetImSegmentLib" / "logic.py"
-    tree = ast.parse(path.read_text())
+    lib = MODULE_DIR / "MnetImSegmentLib"
+    bridge = [lib / "logic.py"] + sorted((lib / "mrml").glob("*.py"))
+    assert len(bridge) >= 5, bridge
     allowed_top = {"__future__", "importlib", "logging", "threading", "time", "collections", "dataclasses",
                    "pathlib", "typing", "numpy", "vtk", "slicer"}
-    for node in ast.walk(tree):
-        if isinstance(node, ast.Import):
-            for alias in node.names:
-                assert alias.name.split(".")[0] in allowed_top | {"torch"}, alias.name
-                assert alias.name in ("slicer", "slicer.util") or not alias.name.startswith("slicer"), alias.name
-        elif isinstance(node, ast.ImportFrom) and node.level == 0:
-            assert node.module.split(".")[0] in allowed_top, node.module
-            assert node.module in ("vtk.util",) or not node.module.startswith(("slicer.", "qt", "ctk")), node.module
-    text = path.read_text()
-    for forbidden in ("import qt", "import ctk", "ScriptedLoadableModule", "slicer.app", "slicer.modules"):
-        assert forbidden not in text, forbidden
+    for path in bridge:
+        tree = ast.parse(path.read_text())
+        for node in ast.walk(tree):
+            if isinstance(node, ast.Import):
+                for alias in node.names:
+                    assert alias.name.split(".")[0] in allowed_top | {"torch"}, (path.name, alias.name)
+                    assert alias.name in ("slicer", "slicer.util") or not alias.name.startswith("slicer"), alias.name
+            elif isinstance(node, ast.ImportFrom) and node.level == 0:
+                assert node.module.split(".")[0] in allowed_top, (path.name, node.module)
+                assert node.module in ("vtk.util",) or not node.module.startswith(("slicer.", "qt", "ctk")), node.module
+        text = path.read_text()
+        for forbidden in ("import qt", "import ctk", "ScriptedLoadableModule", "slicer.app", "slicer.modules"):
+            assert forbidden not in text, (path.name, forbidden)
 
 
 # --------------------------------------------------------------------------- the .ui file

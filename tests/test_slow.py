@@ -3,9 +3,9 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.inference import Segmenter
-from MnetImSegmentLib.phantom import make_phantom
-from MnetImSegmentLib.training.trainer import dice
+from MnetImSegmentLib.engine.inference import Segmenter
+from MnetImSegmentLib.research.phantom import make_phantom
+from MnetImSegmentLib.research.metrics import volumetric_dice as dice
 
 pytestmark = pytest.mark.slow
 

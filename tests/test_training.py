@@ -4,17 +4,17 @@ import numpy as np
 import pytest
 import torch
 
-from MnetImSegmentLib.losses import DeepSupervisionLoss
+from MnetImSegmentLib.research.losses import DeepSupervisionLoss
 from MnetImSegmentLib.models import build_model
-from MnetImSegmentLib.training import TrainConfig, Trainer, lr_at
+from MnetImSegmentLib.research.training import TrainConfig, Trainer, lr_at
 
 from research_data import tiny_config, write_dataset
 
 
 def test_loss_falls_when_fitting_phantom_windows(small_phantom):
     """A few Adam steps on real phantom windows: the deep-supervision loss must drop clearly."""
-    from MnetImSegmentLib.roi import RoiSpec, crop, locate_roi
-    from MnetImSegmentLib.windows import make_windows, normalise
+    from MnetImSegmentLib.engine.roi import RoiSpec, crop, locate_roi
+    from MnetImSegmentLib.engine.windows import make_windows, normalise
 
     torch.manual_seed(0)
     spec = RoiSpec(size_px=(64, 64), spacing_mm=(2.0, 2.0))

@@ -14,9 +14,10 @@ import numpy as np
 import pytest
 import torch
 
-from MnetImSegmentLib.errors import DatasetError, WeightsError
-from MnetImSegmentLib.training import Trainer
-from MnetImSegmentLib.training.data import DatasetWarning, read_manifest
+from MnetImSegmentLib.core.errors import DatasetError, WeightsError
+from MnetImSegmentLib.research.training import Trainer
+from MnetImSegmentLib.research.training.data import DatasetWarning
+from MnetImSegmentLib.research.manifest import read_manifest
 
 from research_data import write_dataset, tiny_config
 
@@ -81,7 +82,7 @@ def test_tensorboard_default_follows_installation(dataset, tmp_path):
 
 # --------------------------------------------------------------------------- resume and run folders
 def test_resume_after_interruption_equals_uninterrupted_run(dataset, tmp_path, monkeypatch):
-    import MnetImSegmentLib.training.trainer as trainer_mod
+    import MnetImSegmentLib.research.training.trainer as trainer_mod
 
     cfg = tiny_config(epochs=3, lr_milestones=(1, 2))
     Trainer(dataset, tmp_path / "straight", cfg, progress=False).run()
@@ -164,9 +165,9 @@ class _FixedProbability(torch.nn.Module):
 
 
 def test_validation_picks_the_threshold_of_best_dice_nearest_half():
-    from MnetImSegmentLib.training.data import PreparedScan
-    from MnetImSegmentLib.training.trainer import validate
-    from MnetImSegmentLib.windows import InputSpec
+    from MnetImSegmentLib.research.training.data import PreparedScan
+    from MnetImSegmentLib.research.training.trainer import validate
+    from MnetImSegmentLib.engine.windows import InputSpec
 
     n = 32
     yy, xx = np.mgrid[:n, :n]
@@ -184,8 +185,8 @@ def test_validation_picks_the_threshold_of_best_dice_nearest_half():
 def test_card_threshold_is_the_validation_choice(dataset, tmp_path):
     from safetensors import safe_open
 
-    from MnetImSegmentLib.training.export import train_and_export
-    from MnetImSegmentLib.weights import read_card
+    from MnetImSegmentLib.research.training.export import train_and_export
+    from MnetImSegmentLib.engine.weights import read_card
 
     run = tmp_path / "run"
     summary = train_and_export(dataset, run, tiny_config(epochs=2), name="t", progress=False)
@@ -201,7 +202,7 @@ def test_card_threshold_is_the_validation_choice(dataset, tmp_path):
 
 # --------------------------------------------------------------------------- bad input
 def _rewrite_mask(manifest: Path, scan_index: int, fn) -> None:
-    from MnetImSegmentLib.io import read_image, write_labelmap
+    from MnetImSegmentLib.engine.io import read_image, write_labelmap
 
     rec = read_manifest(manifest)[scan_index]
     vol = read_image(rec.mask)
@@ -209,8 +210,8 @@ def _rewrite_mask(manifest: Path, scan_index: int, fn) -> None:
 
 
 def test_mask_grid_differs_from_image(tmp_path):
-    from MnetImSegmentLib.training.data import read_volume_pair
-    from MnetImSegmentLib.volume import Geometry
+    from MnetImSegmentLib.research.training.data import read_volume_pair
+    from MnetImSegmentLib.core.volume import Geometry
 
     manifest = write_dataset(tmp_path / "ds", [10])
 
@@ -260,10 +261,10 @@ def test_patient_in_two_splits(tmp_path):
 
 # --------------------------------------------------------------------------- export
 def test_export_finished_run_loads_in_segment(dataset, tmp_path):
-    from MnetImSegmentLib.inference import Segmenter
-    from MnetImSegmentLib.phantom import make_phantom
-    from MnetImSegmentLib.training.export import export_run, train_and_export
-    from MnetImSegmentLib.weights import read_card
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.research.phantom import make_phantom
+    from MnetImSegmentLib.research.training.export import export_run, train_and_export
+    from MnetImSegmentLib.engine.weights import read_card
 
     run = tmp_path / "run"
     train_and_export(dataset, run, tiny_config(epochs=1), name="orig", version="0.0.1", progress=False)
@@ -281,9 +282,9 @@ def test_export_finished_run_loads_in_segment(dataset, tmp_path):
 def test_export_unfinished_run_and_old_runs_without_metadata(dataset, tmp_path, monkeypatch):
     from safetensors.torch import load_file, save_file
 
-    import MnetImSegmentLib.training.trainer as trainer_mod
-    from MnetImSegmentLib.training.export import export_run
-    from MnetImSegmentLib.weights import load_weights
+    import MnetImSegmentLib.research.training.trainer as trainer_mod
+    from MnetImSegmentLib.research.training.export import export_run
+    from MnetImSegmentLib.engine.weights import load_weights
 
     real_validate, calls = trainer_mod.validate, []
 
@@ -311,7 +312,7 @@ def test_export_unfinished_run_and_old_runs_without_metadata(dataset, tmp_path, 
 
 
 def test_export_refuses_what_is_not_a_run(tmp_path):
-    from MnetImSegmentLib.training.export import export_run
+    from MnetImSegmentLib.research.training.export import export_run
 
     (tmp_path / "empty").mkdir()
     with pytest.raises(DatasetError, match="not a training run folder"):
@@ -325,8 +326,8 @@ import json, os, sys
 sys.path.insert(0, {tests!r})
 import torch
 from research_data import tiny_config
-from MnetImSegmentLib.training.export import train_and_export
-from MnetImSegmentLib.training import trainer as T
+from MnetImSegmentLib.research.training.export import train_and_export
+from MnetImSegmentLib.research.training import trainer as T
 manifest, run, out = sys.argv[1:4]
 captured = {{}}
 real_run = T.Trainer.run
@@ -385,9 +386,9 @@ def test_roi_size_and_spacing_from_the_command_line(dataset, tmp_path, capsys):
     """``--roi-size``/``--roi-spacing`` reach the card and the Segmenter; a size the network cannot take is
     refused in one sentence before anything is written."""
     from MnetImSegmentLib.cli import main
-    from MnetImSegmentLib.inference import Segmenter
-    from MnetImSegmentLib.phantom import make_phantom
-    from MnetImSegmentLib.weights import read_card
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.research.phantom import make_phantom
+    from MnetImSegmentLib.engine.weights import read_card
 
     from research_data import TINY_MNET
 

@@ -1,9 +1,10 @@
 """MnetImSegment engine: CTV segmentation for cervical-cancer brachytherapy CT with Mnet_Im.
 
-Layers (see DESIGN.md): ``io`` (files), ``roi`` (where to look), ``windows`` (2.5D input),
-``models`` (Mnet_Im family and baselines), ``inference``, ``weights`` (safetensors + model card),
-``training``, ``metrics``, ``phantom``, ``cli``. Nothing here imports Qt or MRML; ``logic.py`` is the
-only bridge to Slicer.
+Layers, lowest first (docs/architecture.md); each imports only itself and the layers below:
+``core`` (errors, volume, atomic files, CTV style) -> ``models`` -> ``dicomrt`` (DICOM in and out)
+-> ``engine`` (io, roi, windows, weights, device, inference, batch) -> ``research`` (metrics,
+phantoms, import, evaluation, training) -> ``mrml`` + ``logic.py`` (the Slicer bridge) and ``cli``.
+Nothing below ``mrml`` imports Qt, vtk or MRML; importing this package loads no torch.
 """
 
 __version__ = "0.1.0"

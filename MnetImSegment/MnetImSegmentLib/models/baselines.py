@@ -53,7 +53,7 @@ from __future__ import annotations
 import copy
 import json
 
-from ..errors import MnetImError
+from ..core.errors import MnetImError
 from .base import SegmentationModel
 
 SMP_INSTALL_HINT = "pip install segmentation-models-pytorch"

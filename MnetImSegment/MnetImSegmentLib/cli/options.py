@@ -1,0 +1,106 @@
+"""Flags several ``mnetim`` commands share, so each has one spelling, default and meaning."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from ..engine.roi import RoiSpec
+from ..research.training.trainer import TrainConfig
+
+DEVICES = ["auto", "cpu", "cuda", "gpu"]
+
+
+def add_device(p, **kwargs) -> None:
+    """``--device auto|cpu|cuda|gpu`` (default auto)."""
+    p.add_argument("--device", default="auto", choices=DEVICES, **kwargs)
+
+
+def add_json(p) -> None:
+    """``--json``: print one JSON object on stdout instead of the human summary."""
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def add_input_output(p, name: str, help: str, output_help: str) -> None:
+    """The positional input ``name`` and the required ``-o/--output``."""
+    p.add_argument(name, help=help)
+    p.add_argument("-o", "--output", required=True, help=output_help)
+
+
+def add_overwrite(p, help: str = "replace existing outputs") -> None:
+    p.add_argument("--overwrite", action="store_true", help=help)
+
+
+def emit(args, report: dict, human, **json_options) -> None:
+    """Print ``report`` as one JSON object with ``--json``, else the human summary.
+
+    Args:
+        args: The parsed arguments (``args.json`` decides).
+        report: What ``--json`` prints.
+        human: A line, a list of lines, or a callable returning either (called only without ``--json``).
+        json_options: Passed to ``json.dumps`` (e.g. ``default=float``).
+    """
+    if args.json:
+        print(json.dumps(report, **json_options))
+        return
+    text = human() if callable(human) else human
+    for line in [text] if isinstance(text, str) else text:
+        print(line)
+
+
+def command_line() -> str:
+    """The command as typed, for run folders and model cards."""
+    return "mnetim " + " ".join(sys.argv[1:])
+
+
+def json_object(text: str) -> dict:
+    """argparse type of ``--model-options``: a JSON object of objects."""
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise argparse.ArgumentTypeError(f"not valid JSON ({exc})") from None
+    if not isinstance(value, dict) or not all(isinstance(v, dict) for v in value.values()):
+        raise argparse.ArgumentTypeError('expected {"MODEL": {"option": value, ...}, ...}')
+    return value
+
+
+def add_train_options(p) -> None:
+    """The training options of ``mnetim train``, ``crossval`` and ``compare`` (defaults: ``TrainConfig``'s)."""
+    d = TrainConfig()
+    g = p.add_argument_group("training options (as for mnetim train)")
+    g.add_argument("--epochs", type=int, default=d.epochs)
+    g.add_argument("--windows-per-epoch", type=int, default=d.windows_per_epoch,
+                   help="0 = one pass over the training ROI slices")
+    g.add_argument("--batch-size", type=int, default=d.batch_size)
+    g.add_argument("--lr", type=float, default=d.lr)
+    g.add_argument("--lr-milestones", type=int, nargs="*", default=list(d.lr_milestones),
+                   help="epochs after which lr *= gamma (paper: 1 2 3)")
+    g.add_argument("--lr-gamma", type=float, default=d.lr_gamma)
+    g.add_argument("--patience", type=int, default=d.patience,
+                   help="early stopping: epochs without a better validation Dice")
+    g.add_argument("--seed", type=int, default=d.seed)
+    add_device(g)
+    g.add_argument("--threads", type=int, default=d.num_threads, help="CPU threads (0: torch's default)")
+    g.add_argument("--max-minutes", type=float, default=d.max_minutes,
+                   help="per training run: stop after the epoch that passes this budget (0: none)")
+    g.add_argument("--roi-size", type=int, default=None, metavar="PX",
+                   help="network input, square, a multiple of 16 (default: 128); stored in the card")
+    g.add_argument("--roi-spacing", type=float, default=None, metavar="MM",
+                   help="in-plane spacing of the ROI crop (default: 1.0); size x spacing is the field of view")
+    g.add_argument("--model-options", type=json_object, default=None, metavar="JSON",
+                   help='build options per model, e.g. \'{"Mnet_Im": {"norm": "none"}}\' (default: the paper\'s)')
+    g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
+
+
+def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
+    """A TrainConfig from the options of :func:`add_train_options`."""
+    roi = RoiSpec().to_dict()
+    if args.roi_size is not None:
+        roi["size_px"] = [args.roi_size, args.roi_size]
+    if args.roi_spacing is not None:
+        roi["spacing_mm"] = [args.roi_spacing, args.roi_spacing]
+    return TrainConfig(model=model, epochs=args.epochs, windows_per_epoch=args.windows_per_epoch,
+                       batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
+                       lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
+                       num_threads=args.threads, max_minutes=args.max_minutes, roi=roi)

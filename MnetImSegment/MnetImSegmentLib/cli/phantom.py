@@ -1,0 +1,69 @@
+"""``mnetim phantom``: synthetic brachytherapy CT phantom(s) with labels (one, or a dataset with a manifest)."""
+
+from __future__ import annotations
+
+import json
+import os
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+
+from ..core.errors import OutputError
+from ..dicomrt.ct_writer import write_ct_series
+from ..engine.io import write_image, write_labelmap
+from ..research.manifest import SPLITS, ScanRecord, split_records, write_manifest
+from ..research.phantom import make_phantom
+from .options import add_json, emit
+
+
+def add_parser(sub) -> None:
+    ph = sub.add_parser("phantom", help="write synthetic brachytherapy CT phantom(s) with labels")
+    ph.add_argument("-o", "--output", required=True, help="folder")
+    ph.add_argument("--seed", type=int, default=0)
+    ph.add_argument("--count", type=int, default=1)
+    ph.add_argument("--dataset", action="store_true", help="write a manifest even for one phantom")
+    ph.add_argument("--matrix", type=int, help="in-plane matrix (default: random 256/384/512)")
+    ph.add_argument("--slice-mm", type=float, help="slice spacing (default: random 1-3 mm)")
+    ph.add_argument("--format", default=".nii.gz", help=".nii.gz, .nrrd or .mha")
+    ph.add_argument("--dicom", action="store_true", help="also write a DICOM CT series")
+    ph.add_argument("--workers", type=int, default=0)
+    add_json(ph)
+    ph.set_defaults(func=run)
+
+
+def write_one_phantom(job) -> dict:
+    """One phantom into its folder (a module-level function, so worker processes can run it)."""
+    seed, folder, matrix, slice_mm, fmt, dicom = job
+    ph = make_phantom(seed, matrix=matrix, slice_mm=slice_mm)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    write_image(ph.ct, folder / f"image{fmt}", overwrite=True)  # phantoms are regenerated, not user data
+    write_labelmap(ph.labels, folder / f"label{fmt}", overwrite=True)
+    (folder / "phantom.json").write_text(json.dumps(ph.params, indent=1))
+    if dicom:
+        write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{seed:04d}", overwrite=True)
+    return {"seed": seed, "folder": str(folder), "shape": ph.ct.shape}
+
+
+def run(args) -> int:
+    from tqdm import tqdm
+
+    out = Path(args.output)
+    fmt = args.format if args.format.startswith(".") else "." + args.format
+    if args.count == 1 and not args.dataset:
+        write_one_phantom((args.seed, out, args.matrix, args.slice_mm, fmt, args.dicom))
+        if not args.json:
+            print(f"phantom seed {args.seed} -> {out}")
+        return 0
+    if (out / "manifest.csv").exists():
+        raise OutputError(f"'{out}' already holds a phantom dataset (manifest.csv); choose a new folder.")
+    jobs = [(args.seed + i, out / f"phantom_{args.seed + i:04d}", args.matrix, args.slice_mm, fmt, args.dicom)
+            for i in range(args.count)]
+    workers = max(1, min(args.workers or (os.cpu_count() or 1), len(jobs)))
+    with ProcessPoolExecutor(workers) as pool:
+        done = list(tqdm(pool.map(write_one_phantom, jobs), total=len(jobs), desc="phantoms", disable=args.json))
+    records = [ScanRecord(Path(d["folder"]) / f"image{fmt}", Path(d["folder"]) / f"label{fmt}",
+                          f"phantom{d['seed']:04d}", f"phantom{d['seed']:04d}") for d in done]
+    splits = split_records(records, seed=args.seed)
+    write_manifest(out / "manifest.csv", [r for s in SPLITS for r in splits[s]])
+    emit(args, {"output": str(out), "count": len(done)}, f"{len(done)} phantoms -> {out} (manifest.csv)")
+    return 0

@@ -1,0 +1,123 @@
+"""Segmenting a whole folder of CTs: resumable, with reading and writing overlapped with the network."""
+
+from __future__ import annotations
+
+import sys
+import time
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Callable, Optional
+
+from ..core.errors import InputError, MnetImError, OutputError
+from ..core.files import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
+from ..dicomrt.export import DICOM_FORMATS
+from .inference import Segmenter, SegmentationResult
+from .io import read_image, write_image, write_mask
+
+
+def write_result(result: SegmentationResult, output: Path, overwrite: bool = False,
+                 probability_path: Optional[Path] = None) -> None:
+    """The mask (format from the suffix of ``output``) and, if asked and kept, the probability map."""
+    write_mask(result.mask, output, overwrite=overwrite, model=result.model, threshold=result.threshold)
+    if probability_path is not None and result.probability is not None:
+        write_image(result.probability, probability_path, overwrite=overwrite)
+
+
+def looks_like_series(folder: Path) -> bool:
+    """A folder is one DICOM series (not a batch of files) if it holds no image files at its top."""
+    return not any(suffix_of(p) in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+
+
+def _stderr(line: str) -> None:
+    print(line, file=sys.stderr)
+
+
+def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", batch_size: int = 16,
+                   precision: str = "auto", fmt: Optional[str] = None, threshold: Optional[float] = None,
+                   largest_component: bool = True, overwrite: bool = False, progress: bool = True,
+                   log: Callable[[str], None] = _stderr) -> dict:
+    """Every image file (or DICOM series subfolder) of ``inp`` into ``out``; skips finished cases.
+
+    Args:
+        inp: Folder of image files and/or DICOM series subfolders.
+        out: Output folder (created).
+        weights, device, batch_size, precision: As for :class:`~.inference.Segmenter`.
+        fmt: Output file format (``.seg.nrrd`` default, ``.nii.gz``, ...).
+        threshold, largest_component: As for :meth:`~.inference.Segmenter.segment`.
+        overwrite: Re-segment cases whose output exists (default: skip them, so a run resumes).
+        progress: Show a progress bar.
+        log: Called with one line per failed case.
+
+    Returns:
+        ``{"output", "cases": [...], "failed": [...]}``: one entry per case done or skipped, and per failure.
+
+    Raises:
+        InputError: ``inp`` is not a folder or holds nothing to segment.
+        OutputError: A DICOM format was asked for (batch mode writes files only).
+    """
+    from tqdm import tqdm
+
+    if not inp.is_dir():
+        raise InputError(f"Batch input '{inp}' must be a folder.")
+    cases = []
+    for p in sorted(inp.iterdir()):
+        suffix = suffix_of(p)
+        if p.is_file() and suffix in IMAGE_SUFFIXES:
+            cases.append((p, p.name[: -len(suffix)]))
+        elif p.is_dir():
+            cases.append((p, p.name))
+    if not cases:
+        raise InputError(f"'{inp}' holds no image files or series folders to segment.")
+    out.mkdir(parents=True, exist_ok=True)
+    fmt = fmt or SEGMENTATION_SUFFIX
+    if fmt in DICOM_FORMATS:
+        raise OutputError("Batch mode writes .seg.nrrd or labelmaps; export DICOM RT one series at a time.")
+    ext = fmt if fmt.startswith(".") else "." + fmt
+    segmenter = Segmenter(weights, device=device, batch_size=batch_size, precision=precision)
+    results, failures = [], []
+    todo = []
+    for path, stem in cases:
+        target = out / f"{stem}{ext}"
+        if target.exists() and not overwrite:
+            results.append({"input": str(path), "output": str(target), "skipped": "already done"})
+        else:
+            todo.append((path, target))
+
+    def read(path):
+        try:
+            return read_image(path), None
+        except MnetImError as exc:
+            return None, exc
+
+    def finish(pending) -> None:
+        future, path, target, result, t0 = pending
+        try:
+            future.result()
+            results.append({"input": str(path), "output": str(target), "ctv_ml": round(result.volume_ml, 2),
+                            "seconds": round(time.perf_counter() - t0, 3), "device": result.device})
+        except MnetImError as exc:
+            failures.append({"input": str(path), "error": str(exc)})
+            log(f"skipped {path}: {exc}")
+
+    # One reader and one writer thread overlap file I/O with the network, which releases the GIL:
+    # while CT n is segmented, CT n+1 is read and result n-1 is written.
+    with ThreadPoolExecutor(1) as reader, ThreadPoolExecutor(1) as writer:
+        pending_read = reader.submit(read, todo[0][0]) if todo else None
+        pending_write = None
+        for i, (path, target) in enumerate(tqdm(todo, desc="CTs", unit="CT", disable=not progress)):
+            t0 = time.perf_counter()
+            volume, error = pending_read.result()
+            pending_read = reader.submit(read, todo[i + 1][0]) if i + 1 < len(todo) else None
+            try:
+                if error is not None:
+                    raise error
+                result = segmenter.segment(volume, threshold=threshold, largest_component=largest_component)
+                if pending_write is not None:
+                    finish(pending_write)
+                pending_write = (writer.submit(write_result, result, target, overwrite), path, target, result, t0)
+            except MnetImError as exc:
+                failures.append({"input": str(path), "error": str(exc)})
+                log(f"skipped {path}: {exc}")
+        if pending_write is not None:
+            finish(pending_write)
+    return {"output": str(out), "cases": results, "failed": failures}

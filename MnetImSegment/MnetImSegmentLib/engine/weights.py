@@ -1,0 +1,181 @@
+"""Weights folders: ``model.safetensors`` + ``model.json`` (the model card).
+
+Loading never unpickles (safetensors holds raw tensors only, so a weights file cannot run code) and
+validates everything before a single tensor reaches the network: the card's schema and version, the
+architecture and its configuration, the SHA-256 of the tensor file, and every tensor's name and
+shape against the model the card describes.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+from ..core.errors import WeightsError
+from ..core.files import atomic_dir
+from .roi import RoiSpec
+from .windows import InputSpec
+
+CARD_FORMAT = 1
+TENSORS = "model.safetensors"
+CARD = "model.json"
+REQUIRED = ("format_version", "name", "version", "architecture", "config", "input", "threshold",
+            "intended_use", "tensors_sha256")
+
+# Shipped with the project (see model_weights/README): a source checkout keeps them beside the
+# module folder, an installed Slicer extension inside the module's Resources.
+_HERE = Path(__file__).resolve().parent.parent  # the MnetImSegmentLib folder
+DEFAULT_WEIGHTS_NAME = "Mnet_Im_phantom_demo"
+_SEARCH = (_HERE.parent.parent / "model_weights", _HERE.parent / "Resources" / "model_weights")
+
+
+def default_weights_dir() -> Path:
+    """The shipped demo weights (synthetic training data: not for clinical use)."""
+    for root in _SEARCH:
+        if (root / DEFAULT_WEIGHTS_NAME / CARD).is_file():
+            return root / DEFAULT_WEIGHTS_NAME
+    raise WeightsError(
+        f"The shipped weights '{DEFAULT_WEIGHTS_NAME}' were not found (looked in "
+        + ", ".join(str(p) for p in _SEARCH) + "); pass a weights folder explicitly."
+    )
+
+
+def resolve_weights_dir(weights=None) -> Path:
+    """The weights folder to use: ``None``, '' or '.' mean the shipped demo weights; ``~`` is expanded."""
+    if weights is None or str(weights).strip() in ("", "."):
+        return default_weights_dir()
+    return Path(weights).expanduser()
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+@dataclass
+class ModelCard:
+    """The parsed ``model.json``; ``raw`` keeps every field (training summary, metrics...)."""
+
+    raw: dict
+
+    @property
+    def architecture(self) -> str:
+        return self.raw["architecture"]
+
+    @property
+    def config(self) -> dict:
+        return self.raw["config"]
+
+    @property
+    def threshold(self) -> float:
+        return float(self.raw["threshold"])
+
+    @property
+    def input_spec(self) -> InputSpec:
+        return InputSpec.from_dict(self.raw["input"])
+
+    @property
+    def roi_spec(self) -> RoiSpec:
+        return RoiSpec.from_dict(self.raw["input"].get("roi", {}))
+
+    @property
+    def largest_component(self) -> bool:
+        return bool(self.raw.get("postprocessing", {}).get("largest_component", True))
+
+    @property
+    def label(self) -> str:
+        return f"{self.raw['name']} {self.raw['version']}"
+
+
+def read_card(folder) -> ModelCard:
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise WeightsError(f"Weights folder '{folder}' does not exist.")
+    path = folder / CARD
+    if not path.is_file():
+        raise WeightsError(f"Weights folder '{folder}' has no model card ({CARD}).")
+    try:
+        raw = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise WeightsError(f"The model card '{path}' is not valid JSON ({exc}).") from None
+    if not isinstance(raw, dict):
+        raise WeightsError(f"The model card '{path}' must hold a JSON object.")
+    missing = [k for k in REQUIRED if k not in raw]
+    if missing:
+        raise WeightsError(f"The model card '{path}' lacks the field(s): {', '.join(missing)}.")
+    if raw["format_version"] != CARD_FORMAT:
+        raise WeightsError(f"The model card '{path}' has format_version {raw['format_version']}; "
+                           f"this version of MnetImSegment reads {CARD_FORMAT}.")
+    try:
+        threshold = float(raw["threshold"])
+        InputSpec.from_dict(raw["input"])
+        RoiSpec.from_dict(raw["input"].get("roi", {}))
+    except (TypeError, ValueError, AttributeError) as exc:
+        raise WeightsError(f"The model card '{path}' has an invalid input spec or threshold ({exc}).") from None
+    if not 0.0 < threshold < 1.0:
+        raise WeightsError(f"The model card '{path}' has threshold {threshold}; it must lie strictly between 0 and 1.")
+    return ModelCard(raw)
+
+
+def load_weights(folder, device: str = "cpu"):
+    """Validate a weights folder and return ``(model in eval mode, ModelCard)``."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load_file
+
+    from ..models import build_model  # torch: imported only when weights are loaded
+
+    folder = Path(folder)
+    card = read_card(folder)
+    tensors_path = folder / TENSORS
+    if not tensors_path.is_file():
+        raise WeightsError(f"Weights folder '{folder}' has no {TENSORS}.")
+    if sha256_file(tensors_path) != card.raw["tensors_sha256"]:
+        raise WeightsError(f"'{tensors_path}' does not match the SHA-256 in its model card: "
+                           "the file was changed or belongs to another card.")
+    try:
+        model = build_model(card.architecture, **card.config)
+    except (TypeError, ValueError) as exc:
+        raise WeightsError(f"The model card in '{folder}' describes no buildable model ({exc}).") from None
+    try:
+        state = load_file(str(tensors_path), device="cpu")
+    except (SafetensorError, OSError, ValueError) as exc:
+        raise WeightsError(f"'{tensors_path}' is not a readable safetensors file ({exc}).") from None
+    expected = model.state_dict()
+    missing = sorted(set(expected) - set(state))
+    unexpected = sorted(set(state) - set(expected))
+    if missing or unexpected:
+        raise WeightsError(
+            f"The tensors in '{tensors_path}' do not match the card's {card.architecture}: "
+            f"{len(missing)} missing (e.g. {missing[:2]}), {len(unexpected)} unexpected (e.g. {unexpected[:2]})."
+        )
+    wrong = [k for k in expected if tuple(expected[k].shape) != tuple(state[k].shape)]
+    if wrong:
+        k = wrong[0]
+        raise WeightsError(f"The tensors in '{tensors_path}' do not match the card's {card.architecture}: "
+                           f"'{k}' is {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}.")
+    model.load_state_dict(state, strict=True)
+    model.eval()
+    return model.to(device), card
+
+
+def save_weights(model, folder, card: dict) -> Path:
+    """Write tensors and card atomically (a temporary folder renamed into place)."""
+    from safetensors.torch import save_file
+
+    folder = Path(folder)
+    if folder.exists() and any(folder.iterdir()):
+        raise WeightsError(f"'{folder}' already holds files; choose a new folder for the weights.")
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    with atomic_dir(folder, prefix=".tmp-weights-") as tmp:
+        save_file(state, str(tmp / TENSORS), metadata={"format": "pt"})
+        card = dict(card)
+        card.setdefault("format_version", CARD_FORMAT)
+        card["tensors_sha256"] = sha256_file(tmp / TENSORS)
+        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+    return folder

@@ -1,0 +1,141 @@
+"""Training data: the scans of a manifest (:mod:`..manifest`) as ROI crops and 2.5D windows.
+
+Each scan is reduced once to what the network sees: the automatic ROI (the same code inference
+uses), cropped with ``jitter_px`` extra context on each side so training can shift the crop, then
+normalised. Augmentation, chosen for CT: random in-plane shift of the crop (ROI-location error),
+left-right mirroring (the pelvis is near-symmetric), a global HU offset and small gain (scanner
+calibration), Gaussian noise (dose). No rotations or elastic warps of the HU values: phantoms and
+patients already vary in pose.
+"""
+
+from __future__ import annotations
+
+import warnings
+from dataclasses import dataclass, replace
+
+import numpy as np
+
+from ...core.errors import DatasetError
+from ...core.volume import Volume
+from ...engine.io import read_image
+from ...engine.roi import Roi, RoiSpec, crop, locate_roi
+from ...engine.windows import InputSpec, normalise, window_indices
+from ..manifest import ScanRecord
+
+
+def read_volume_pair(record: ScanRecord) -> tuple[Volume, Volume]:
+    image = read_image(record.image)
+    mask = read_image(record.mask)
+    if image.shape != mask.shape or not image.geometry.allclose(mask.geometry, atol=1e-3):
+        raise DatasetError(f"Scan '{record.scan_id}': mask grid {mask.shape} {mask.geometry} differs from image grid "
+                           f"{image.shape} {image.geometry}.")
+    return image, mask
+
+
+@dataclass
+class PreparedScan:
+    """One scan as the network sees it: normalised ROI stack with context, and its CTV mask."""
+
+    scan_id: str
+    image: np.ndarray  # (slices, H + 2 jitter, W + 2 jitter) float16 in [0, 1]
+    mask: np.ndarray  # same shape, uint8
+    roi: Roi
+    spacing_mm: tuple[float, float, float]  # of the crop, (x, y, z)
+
+
+def ctv_mask(labels: np.ndarray, label_value: int = 1) -> np.ndarray:
+    """The CTV of a mask file as booleans: ``== label_value`` in a multi-label map, else ``> 0``."""
+    return (labels == label_value) if labels.max() > 1 else (labels > 0)
+
+
+class DatasetWarning(UserWarning):
+    """Data that can be used but deserves a look (a scan without CTV, a CTV cut by the ROI)."""
+
+
+# Below this share of the CTV volume inside the training crop, the ROI location probably failed.
+MIN_CTV_INSIDE_CROP = 0.9
+
+
+def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, jitter_px: int = 16,
+                 label_value: int = 1) -> PreparedScan:
+    """Crop, normalise and binarise one scan (see the module docstring).
+
+    A scan without CTV is kept (its windows are negative examples) with a :class:`DatasetWarning`;
+    so is a scan whose CTV lies partly outside the crop, since that points at a failed ROI location.
+    """
+    image, mask = read_volume_pair(record)
+    roi = locate_roi(image, roi_spec)
+    padded = replace(roi_spec, size_px=(roi_spec.size_px[0] + 2 * jitter_px, roi_spec.size_px[1] + 2 * jitter_px))
+    img = crop(image, roi, padded)
+    target = ctv_mask(mask.array, label_value)
+    msk = crop(mask.with_array(target.astype(np.float32)), roi, padded, default=0.0)
+    binary = (msk.array >= 0.5).astype(np.uint8)
+    if not target.any():
+        warnings.warn(f"Scan '{record.scan_id}': the mask '{record.mask}' holds no CTV; the scan is kept as a "
+                      "negative example.", DatasetWarning, stacklevel=2)
+    else:
+        # Compare physical volumes: the crop is resampled in-plane, so voxel counts differ.
+        ml_all = float(target.sum()) * float(np.prod(mask.geometry.spacing))
+        ml_kept = float(binary.sum()) * float(np.prod(msk.geometry.spacing))
+        if ml_kept < MIN_CTV_INSIDE_CROP * ml_all:
+            warnings.warn(f"Scan '{record.scan_id}': only {100 * ml_kept / ml_all:.0f}% of the CTV lies inside the "
+                          f"training crop around the located ROI (method '{roi.method}'); check the ROI location "
+                          "or enlarge the ROI.", DatasetWarning, stacklevel=2)
+    return PreparedScan(record.scan_id, normalise(img.array, input_spec).astype(np.float16), binary, roi,
+                        img.geometry.spacing)
+
+
+class WindowSampler:
+    """Random training batches of (windows, middle-slice masks) with CT-appropriate augmentation.
+
+    Args:
+        scans: Prepared training scans.
+        size_px: Network input (W, H).
+        slices_per_window: 5 in the paper.
+        positive_fraction: Share of windows whose middle slice contains CTV (the CTV is small).
+        hu_window_width: Width of the HU window, to express HU offsets in normalised units.
+    """
+
+    def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
+                 positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment: bool = True):
+        if not scans:
+            raise DatasetError("No training scans.")
+        self.scans = scans
+        self.size = (int(size_px[1]), int(size_px[0]))  # (H, W)
+        self.w = slices_per_window
+        self.positive_fraction = positive_fraction
+        self.hu_unit = 1.0 / hu_window_width
+        self.augment = augment
+        self.index_pos, self.index_neg = [], []
+        for s_i, s in enumerate(scans):
+            has = s.mask.reshape(s.mask.shape[0], -1).any(1)
+            self.index_pos += [(s_i, z) for z in np.flatnonzero(has)]
+            self.index_neg += [(s_i, z) for z in np.flatnonzero(~has)]
+        if not self.index_pos:
+            raise DatasetError("No training slice contains any CTV (inside the ROI crops): a dataset without CTV "
+                               "cannot train; check the masks, the label value and the ROI.")
+
+    def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
+        h, w = self.size
+        x = np.empty((batch_size, self.w, h, w), np.float32)
+        y = np.empty((batch_size, 1, h, w), np.float32)
+        for b in range(batch_size):
+            pool = self.index_pos if (rng.random() < self.positive_fraction or not self.index_neg) else self.index_neg
+            s_i, z = pool[rng.integers(len(pool))]
+            scan = self.scans[s_i]
+            H, W = scan.image.shape[1:]
+            if self.augment:
+                oy, ox = rng.integers(0, H - h + 1), rng.integers(0, W - w + 1)
+            else:
+                oy, ox = (H - h) // 2, (W - w) // 2
+            idx = window_indices(scan.image.shape[0], [z], self.w)[0]
+            win = scan.image[idx, oy:oy + h, ox:ox + w].astype(np.float32)
+            lab = scan.mask[z, oy:oy + h, ox:ox + w].astype(np.float32)
+            if self.augment:
+                if rng.random() < 0.5:
+                    win, lab = win[:, :, ::-1], lab[:, ::-1]
+                win = win * rng.uniform(0.95, 1.05) + rng.normal(0, 15) * self.hu_unit
+                win = win + rng.normal(0, rng.uniform(0, 10) * self.hu_unit, win.shape).astype(np.float32)
+            x[b] = win
+            y[b, 0] = lab
+        return x, y

@@ -1,0 +1,255 @@
+"""Finish a run: evaluate the held-out test scans through the real inference pipeline, write the card.
+
+The test Dice in the card is measured exactly as a user would get it: the full ``Segmenter`` on the
+original CT grid (ROI location, crop, windows, paste-back, threshold, largest component), against
+the original mask, never on the training crops.
+"""
+
+from __future__ import annotations
+
+import datetime as _dt
+import json
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ... import __version__
+from ...core.errors import DatasetError
+from ...engine.inference import Segmenter
+from ...engine.io import write_labelmap
+from ...engine.roi import RoiSpec
+from ...engine.weights import CARD, TENSORS, load_weights, read_card, save_weights
+from ...engine.windows import InputSpec
+from ..metrics import volumetric_dice
+from . import distributed as dist_
+from .data import read_volume_pair
+from .trainer import TrainConfig, Trainer
+
+INTENDED_USE_RESEARCH = (
+    "Research use. Weights trained with MnetImSegment; validate on your own institution's data before any use."
+)
+
+
+def evaluate_scans(segmenter, records, threshold: Optional[float] = None, save_dir=None,
+                   save_names: Optional[dict] = None) -> list[dict]:
+    """Per-scan volumetric Dice and volumes of the full pipeline against the masks.
+
+    Args:
+        segmenter: A loaded :class:`~MnetImSegmentLib.engine.inference.Segmenter`.
+        records: The scans.
+        threshold: Override of the card's threshold.
+        save_dir: Also write the predicted masks here, as labelmaps ``<name>.nii.gz`` (so an
+            experiment does not segment the test scans a second time); existing files are kept.
+        save_names: scan_id -> file name (without suffix) of the scans to save; default all, by scan_id.
+    """
+
+    rows = []
+    for r in records:
+        image, mask = read_volume_pair(r)
+        truth = mask.array == 1 if mask.array.max() > 1 else mask.array > 0
+        result = segmenter.segment(image, threshold=threshold)
+        name = r.scan_id if save_names is None else save_names.get(r.scan_id)
+        if save_dir is not None and name is not None:
+            target = Path(save_dir) / f"{name}.nii.gz"
+            if not target.exists():
+                Path(save_dir).mkdir(parents=True, exist_ok=True)
+                write_labelmap(result.mask, target)
+        voxel_ml = float(np.prod(image.geometry.spacing)) / 1000
+        rows.append({"scan_id": r.scan_id, "vd": round(volumetric_dice(result.mask.array, truth), 4),
+                     "pred_ml": round(result.volume_ml, 2), "truth_ml": round(float(truth.sum()) * voxel_ml, 2),
+                     "roi_method": result.roi.method, "seconds": round(result.seconds["total"], 2)})
+    return rows
+
+
+PAPER = ("Huang M, Feng C, Sun D, Cui M, Zhao D. Segmentation of Clinical Target Volume From CT Images "
+         "for Cervical Cancer Using Deep Learning. Technol Cancer Res Treat. 2023;22. doi:10.1177/15330338221139164")
+THRESHOLD_SELECTION = ("best mean volumetric Dice on the validation scans (ROI crops), "
+                       "candidates 0.10-0.90 in steps of 0.05")
+
+
+def build_card(config: TrainConfig, summary: dict, name: str, version: str, intended_use: str,
+               training_data: Optional[dict], command: str, manifest) -> dict:
+    """The model card of a trained run (without ``test``, which is measured on the saved file)."""
+    card = {
+        "name": name,
+        "version": version,
+        "architecture": config.model,
+        "config": summary["model_config"],
+        "input": dict(InputSpec.from_dict(config.input).to_dict(), roi=RoiSpec.from_dict(config.roi).to_dict()),
+        "threshold": summary["threshold"],
+        "threshold_selection": THRESHOLD_SELECTION,
+        "postprocessing": {"largest_component": True},
+        "intended_use": intended_use,
+        "paper": PAPER,
+        "training": {
+            "command": command, "seed": config.seed, "config": config.to_dict(),
+            "data": training_data or {"manifest": str(manifest)},
+            "scans": {k: len(v) for k, v in summary["scans"].items()},
+            "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
+            "stopped_by": summary["stopped_by"], "seconds": summary["train_seconds"],
+            "device": summary["device"], "environment": summary["environment"],
+        },
+        "validation": {"volumetric_dice_roi": summary["val_dice"], "scans": len(summary["scans"].get("val", []))},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": f"MnetImSegment {__version__}",
+    }
+    if "distributed" in summary:
+        card["training"]["distributed"] = summary["distributed"]
+    return card
+
+
+def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version: str = "0.1.0",
+                     intended_use: str = INTENDED_USE_RESEARCH, training_data: Optional[dict] = None,
+                     command: str = "", resume: bool = False, progress: bool = True,
+                     tensorboard: Optional[bool] = None, predictions_dir=None,
+                     prediction_names: Optional[dict] = None) -> dict:
+    """Train, evaluate the test split, export ``run_dir/weights`` and ``run_dir/summary.json``.
+
+    In a torchrun job rank 0 evaluates and exports while the other ranks wait; every rank returns
+    rank 0's summary. ``predictions_dir`` / ``prediction_names``: keep the test predictions (see
+    :func:`evaluate_scans`).
+    """
+
+    trainer = Trainer(manifest, run_dir, config, progress=progress, tensorboard=tensorboard)
+    summary = trainer.run(resume=resume)
+    ctx = dist_.setup(config.device)
+    if not ctx.is_main:
+        return dist_.handoff(ctx)
+    card = build_card(config, summary, name, version, intended_use, training_data, command, manifest)
+    # Weights are written first without test metrics, then evaluated through the real loader,
+    # so the numbers in the card are those of the file that ships.
+    staging = Path(run_dir) / "weights.staging"
+    _remove_stale_weights(staging)
+    _remove_stale_weights(Path(run_dir) / "weights")  # from an export interrupted before summary.json
+    save_weights(trainer.model, staging, card)
+    segmenter = Segmenter(staging, device=ctx.device)
+    # The staging tensors are those that ship, so these predictions are the shipped model's.
+    rows = evaluate_scans(segmenter, trainer.splits["test"], save_dir=predictions_dir, save_names=prediction_names)
+    vds = [r["vd"] for r in rows]
+    card["test"] = {
+        "volumetric_dice_mean": round(float(np.mean(vds)), 4) if vds else None,
+        "volumetric_dice_median": round(float(np.median(vds)), 4) if vds else None,
+        "volumetric_dice_min": round(float(np.min(vds)), 4) if vds else None,
+        "scans": rows,
+        "how": "full inference pipeline (ROI, crop, windows, paste-back, threshold, largest component) on the "
+               "original CT grid against the original mask",
+    }
+    _remove_stale_weights(staging)
+    save_weights(trainer.model, Path(run_dir) / "weights", card)
+    summary["test"] = card["test"]
+    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    return dist_.handoff(ctx, summary)
+
+
+def _remove_stale_weights(folder: Path) -> None:
+    """Remove a weights folder this run wrote itself (only its two files; anything else is refused)."""
+
+    if not folder.exists():
+        return
+    for f in folder.iterdir():
+        if f.name not in (CARD, TENSORS):
+            raise DatasetError(f"'{folder}' holds '{f.name}', which this run did not write; move it away and resume.")
+    for f in folder.iterdir():
+        f.unlink()
+    folder.rmdir()
+
+
+# --------------------------------------------------------------------------- export a run folder
+def run_threshold(run_dir) -> dict:
+    """Epoch, validation Dice and threshold of a run's ``best.safetensors``, without unpickling anything.
+
+    Read from the file's metadata (runs since this version), else ``summary.json``, else the
+    epoch with the best Dice in ``log.csv`` (the first one: the trainer keeps the first best).
+    """
+    import csv
+
+    from safetensors import safe_open
+
+    run_dir = Path(run_dir)
+    with safe_open(str(run_dir / "best.safetensors"), framework="pt") as f:
+        meta = f.metadata() or {}
+    if "threshold" in meta:
+        return {"epoch": int(meta["epoch"]), "val_dice": float(meta["val_dice"]), "threshold": float(meta["threshold"])}
+    if (run_dir / "summary.json").is_file():
+        s = json.loads((run_dir / "summary.json").read_text())
+        return {"epoch": s["best_epoch"], "val_dice": s["val_dice"], "threshold": s["threshold"]}
+    log = run_dir / "log.csv"
+    rows = list(csv.DictReader(open(log, newline=""))) if log.is_file() else []
+    if not rows:
+        raise DatasetError(f"'{run_dir}' records no validated epoch (log.csv is empty); cannot tell its threshold.")
+    best = max(rows, key=lambda r: float(r["val_dice"]))  # max keeps the first of equal values
+    return {"epoch": int(best["epoch"]), "val_dice": float(best["val_dice"]), "threshold": float(best["val_threshold"])}
+
+
+def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Optional[str] = None,
+               intended_use: Optional[str] = None) -> Path:
+    """Turn a training run folder into a weights folder that ``mnetim segment --weights`` and Slicer load.
+
+    Works for a finished run (its card is carried over, test metrics included) and for an unfinished
+    or interrupted one (the card is built from ``config.json``, the best epoch's threshold and
+    ``log.csv``, and says that the run did not finish).
+
+    Args:
+        run_dir: A folder written by ``mnetim train`` (``config.json`` + ``best.safetensors``).
+        weights_dir: New (or empty) folder for ``model.safetensors`` + ``model.json``.
+        name, version, intended_use: Card fields; default: the finished run's card, else the
+            model name, "0.1.0" and the research-use statement.
+
+    Returns:
+        ``weights_dir``, after checking that it loads.
+
+    Raises:
+        DatasetError: ``run_dir`` is not a run folder or its files disagree.
+        WeightsError: ``weights_dir`` already holds files.
+    """
+    from safetensors.torch import load_file
+
+    from ...models import build_model, model_config  # torch
+
+    run_dir = Path(run_dir)
+    for f in ("config.json", "best.safetensors"):
+        if not (run_dir / f).is_file():
+            raise DatasetError(f"'{run_dir}' is not a training run folder with a validated epoch: {f} is missing.")
+    config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
+    in_channels = InputSpec.from_dict(config.input).slices_per_window
+    try:
+        model = build_model(config.model, in_channels=in_channels, **config.model_overrides)
+        model.load_state_dict(load_file(str(run_dir / "best.safetensors")), strict=True)
+    except (RuntimeError, TypeError, ValueError) as exc:
+        raise DatasetError(f"'{run_dir / 'best.safetensors'}' does not fit the {config.model} of its config.json "
+                           f"({str(exc).splitlines()[0]}).") from None
+    best = run_threshold(run_dir)
+    finished_card = run_dir / "weights" / CARD
+    if (run_dir / "summary.json").is_file() and finished_card.is_file():
+        card = dict(read_card(finished_card.parent).raw)
+        if abs(float(card["threshold"]) - best["threshold"]) > 1e-9:
+            raise DatasetError(f"'{run_dir}': the card's threshold {card['threshold']} is not that of best.safetensors "
+                               f"({best['threshold']}); the folder was changed after training.")
+        card.pop("tensors_sha256", None)
+        card.pop("format_version", None)
+    else:
+        summary = {
+            "model_config": model_config(config.model, in_channels=in_channels, **config.model_overrides),
+            "threshold": best["threshold"], "val_dice": round(best["val_dice"], 4), "best_epoch": best["epoch"],
+            "epochs_run": _epochs_logged(run_dir), "stopped_by": "not finished (exported from best.safetensors)",
+            "train_seconds": None, "device": None, "environment": None, "scans": {},
+        }
+        card = build_card(config, summary, name or config.model, version or "0.1.0",
+                          intended_use or INTENDED_USE_RESEARCH, None, "", "see config.json")
+        card["validation"] = {"volumetric_dice_roi": summary["val_dice"]}
+    card["exported_from"] = {"run": str(run_dir.resolve()), "best_epoch": best["epoch"],
+                             "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
+    for key, value in (("name", name), ("version", version), ("intended_use", intended_use)):
+        if value is not None:
+            card[key] = value
+    save_weights(model.eval(), weights_dir, card)
+    load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
+    return Path(weights_dir)
+
+
+def _epochs_logged(run_dir: Path) -> int:
+    import csv
+
+    log = run_dir / "log.csv"
+    return len(list(csv.DictReader(open(log, newline="")))) if log.is_file() else 0

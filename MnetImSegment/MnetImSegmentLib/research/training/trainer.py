@@ -1,0 +1,435 @@
+"""The training loop of the paper, resumable and seeded.
+
+Recipe (Huang et al. 2023, "Training Details"): Adam, initial learning rate 1e-3 "decayed by a
+factor of 0.1 for each of the first three epochs" (``lr_milestones``: the epochs after which the
+rate is multiplied by ``lr_gamma``; the paper's reading is (1, 2, 3)), deep-supervision loss with
+alpha 0.1 / beta 0.9, early stopping on the validation volumetric Dice, and the binarisation
+threshold chosen where the validation volumetric Dice is best.
+
+An "epoch" here is ``windows_per_epoch`` sampled windows (the paper's epoch is one pass over 3770
+slices); the default of 0 means one pass over the training slices that lie inside the ROIs.
+
+A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``checkpoint.pt`` (last state,
+for ``resume``), ``best.safetensors`` (best validation Dice; its metadata records the epoch, the Dice
+and the threshold), ``tensorboard/`` (the same scalars for TensorBoard, when the ``tensorboard``
+package is installed) and, once finished, ``weights/`` (the exported weights folder with its model
+card) and ``summary.json``. A finished run folder is never overwritten.
+
+Started by ``torchrun`` the same loop trains with DistributedDataParallel (``distributed.py``); in
+a single process it is exactly the one-device loop (same random draws, same weights).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import random
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Optional
+
+import numpy as np
+
+from ...core.errors import DatasetError
+from ...core.files import atomic_path
+from ...engine.roi import RoiSpec
+from ...engine.windows import InputSpec, make_windows
+from ..manifest import read_manifest, split_records
+from ..metrics import volumetric_dice
+from . import distributed as dist_
+from .data import PreparedScan, WindowSampler, prepare_scan
+
+THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
+
+
+@dataclass
+class TrainConfig:
+    """Everything that defines a training run (written to ``config.json`` and the model card)."""
+
+    model: str = "Mnet_Im"
+    model_overrides: dict = field(default_factory=dict)
+    epochs: int = 30
+    windows_per_epoch: int = 0
+    batch_size: int = 8
+    lr: float = 1e-3
+    lr_milestones: tuple = (1, 2, 3)
+    lr_gamma: float = 0.1
+    patience: int = 5
+    alpha: float = 0.1
+    beta: float = 0.9
+    scale_weights: Optional[tuple] = None
+    positive_fraction: float = 0.7
+    jitter_px: int = 16
+    seed: int = 0
+    device: str = "auto"
+    amp: bool = True
+    num_threads: int = 0
+    max_minutes: float = 0.0
+    roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
+    input: dict = field(default_factory=lambda: InputSpec().to_dict())
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["lr_milestones"] = list(self.lr_milestones)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TrainConfig":
+        """The configuration a run folder's ``config.json`` holds."""
+        unknown = sorted(set(d) - set(cls.__dataclass_fields__))
+        if unknown:
+            raise DatasetError(f"Unknown training option(s) {', '.join(unknown)} (written by a newer MnetImSegment?).")
+        d = dict(d)
+        if "lr_milestones" in d:
+            d["lr_milestones"] = tuple(d["lr_milestones"])
+        if d.get("scale_weights") is not None:
+            d["scale_weights"] = tuple(d["scale_weights"])
+        return cls(**d)
+
+
+def seed_everything(seed: int) -> None:
+    import torch
+
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def lr_at(config: TrainConfig, epoch: int) -> float:
+    """Learning rate of (0-based) ``epoch``: lr * gamma ** (number of milestones <= epoch)."""
+    return config.lr * config.lr_gamma ** sum(1 for m in config.lr_milestones if epoch >= m)
+
+
+def predict_prepared(model, scan: PreparedScan, size_px, input_spec: InputSpec, device: str,
+                     batch_size: int = 16) -> np.ndarray:
+    """Probabilities on the centre crop of a prepared scan (all its ROI slices)."""
+    import torch
+
+
+    h, w = int(size_px[1]), int(size_px[0])
+    H, W = scan.image.shape[1:]
+    oy, ox = (H - h) // 2, (W - w) // 2
+    stack = scan.image[:, oy:oy + h, ox:ox + w].astype(np.float32)
+    out = np.empty(stack.shape, np.float32)
+    model.eval()
+    with torch.inference_mode():
+        for b0 in range(0, len(stack), batch_size):
+            c = np.arange(b0, min(b0 + batch_size, len(stack)))
+            x = torch.from_numpy(make_windows(stack, c, input_spec.slices_per_window)).to(device)
+            out[c] = torch.sigmoid(model(x).float())[:, 0].cpu().numpy()
+    return out
+
+
+def validate(model, scans: list[PreparedScan], size_px, input_spec: InputSpec, device: str) -> dict:
+    """Mean volumetric Dice over scans for each candidate threshold; the best one."""
+    h, w = int(size_px[1]), int(size_px[0])
+    per_t = {t: [] for t in THRESHOLDS}
+    for scan in scans:
+        prob = predict_prepared(model, scan, size_px, input_spec, device)
+        H, W = scan.mask.shape[1:]
+        truth = scan.mask[:, (H - h) // 2:(H - h) // 2 + h, (W - w) // 2:(W - w) // 2 + w]
+        for t in THRESHOLDS:
+            per_t[t].append(volumetric_dice(prob >= t, truth))
+    means = {t: float(np.mean(v)) for t, v in per_t.items()}
+    best = max(means, key=lambda t: (means[t], -abs(t - 0.5)))
+    return {"dice": means[best], "threshold": best, "dice_at_0.5": means[0.5]}
+
+
+class Trainer:
+    """Train one model on a manifest into a run folder (see module docstring).
+
+    Args:
+        manifest: The CSV manifest (see ``data.py``).
+        run_dir: The run folder: new, or holding an unfinished run of the same configuration (resume).
+        config: What to train.
+        progress: Show a progress bar.
+        tensorboard: Also write TensorBoard scalars to ``run_dir/tensorboard``. ``None`` (default):
+            when the ``tensorboard`` package is installed. Logging only; the training is the same.
+    """
+
+    def __init__(self, manifest, run_dir, config: TrainConfig, progress: bool = True,
+                 tensorboard: Optional[bool] = None):
+        self.manifest = Path(manifest)
+        self.run_dir = Path(run_dir)
+        self.config = config
+        self.progress = progress
+        self.tensorboard = tensorboard
+
+    # -- run folder -------------------------------------------------------------------------
+    def _check_run_dir(self, resume: bool) -> Optional[dict]:
+        d = self.run_dir
+        if (d / "summary.json").exists():
+            raise DatasetError(f"'{d}' holds a finished training run; choose a new run folder (nothing was overwritten).")
+        if (d / "checkpoint.pt").exists():
+            if not resume:
+                raise DatasetError(f"'{d}' holds an unfinished run; pass --resume to continue it or choose a new folder.")
+            return self._same_config_or_fail()
+        if (d / "config.json").exists() and _EARLY_FILES >= {p.name for p in d.iterdir() if not p.name.startswith(".")}:
+            # The run stopped before finishing its first epoch: nothing of value to keep, restart it.
+            if not resume:
+                raise DatasetError(f"'{d}' holds a run that stopped before its first epoch ended; pass --resume "
+                                   "to start it again or choose a new folder.")
+            self._same_config_or_fail()
+            return None
+        if d.exists() and any(d.iterdir()):
+            raise DatasetError(f"'{d}' is not empty and holds no training run; choose a new run folder.")
+        return None
+
+    def _same_config_or_fail(self) -> dict:
+        saved = json.loads((self.run_dir / "config.json").read_text())
+        if saved != json.loads(json.dumps(self.config.to_dict())):
+            raise DatasetError(f"'{self.run_dir}' was started with another configuration; resume with the same options.")
+        return saved
+
+    def _check_roi_size(self) -> None:
+        """Refuse an ROI the network cannot take before anything is written or read."""
+        import torch
+
+        from ...models import build_model  # torch
+
+        cfg = self.config
+        size = RoiSpec.from_dict(cfg.roi).size_px
+        with torch.device("meta"):  # shapes only: no memory, no initialisation cost
+            multiple = build_model(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window,
+                                   **cfg.model_overrides).size_multiple
+        if any(int(n) < multiple or int(n) % multiple for n in size):
+            suggestion = max(multiple, int(size[0]) // multiple * multiple)
+            raise DatasetError(f"The ROI size {size[0]} x {size[1]} px is not a multiple of {multiple}, which "
+                               f"{cfg.model} needs; choose e.g. --roi-size {suggestion}.")
+
+    def run(self, resume: bool = False) -> Optional[dict]:
+        """Train; return the summary (on rank 0; ``None`` on the other ranks of a torchrun job).
+
+        Args:
+            resume: Continue the unfinished run in ``run_dir`` (same configuration required).
+
+        Raises:
+            DatasetError: The run folder holds a finished run, another configuration, or unrelated
+                files; the manifest or the data are unusable.
+        """
+        import torch
+
+        from ...models import build_model, model_config  # torch
+        from ..losses import DeepSupervisionLoss  # torch
+
+        cfg = self.config
+        ctx = dist_.setup(cfg.device)
+        main = ctx.is_main
+        problem = None
+        if main:
+            try:
+                self._check_run_dir(resume)
+                self._check_roi_size()
+            except DatasetError as exc:
+                problem = str(exc)
+        problem = dist_.broadcast_object(ctx, problem)  # every rank fails with rank 0's message
+        if problem:
+            raise DatasetError(problem)
+        if main:
+            self.run_dir.mkdir(parents=True, exist_ok=True)
+            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+        if cfg.num_threads:
+            torch.set_num_threads(cfg.num_threads)
+        seed_everything(cfg.seed)
+        device = ctx.device
+        roi_spec, input_spec = RoiSpec.from_dict(cfg.roi), InputSpec.from_dict(cfg.input)
+
+        records = read_manifest(self.manifest)
+        splits = split_records(records, seed=cfg.seed)
+        if not splits["train"] or not splits["val"]:
+            raise DatasetError("Training needs at least one training and one validation scan.")
+        t_prep = time.perf_counter()
+        # Only rank 0 validates, so only it needs the validation scans.
+        prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]]
+                    for s in (("train", "val") if main else ("train",))}
+        t_prep = time.perf_counter() - t_prep
+        if main and not any(s.mask.any() for s in prepared["val"]):
+            raise DatasetError("No validation scan contains CTV (inside its ROI crop): the threshold and early "
+                               "stopping would be chosen on nothing; put scans with CTV in the validation split.")
+        sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
+                                cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0])
+        n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
+        windows_per_epoch = cfg.windows_per_epoch or n_train_slices
+        steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))
+
+        model = build_model(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides).to(device)
+        optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
+        loss_fn = DeepSupervisionLoss(cfg.alpha, cfg.beta, cfg.scale_weights)
+        use_amp = cfg.amp and device.startswith("cuda")
+        scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+        # Each rank draws its own windows; rank 0 draws what a one-process run draws.
+        rng = np.random.default_rng(cfg.seed + ctx.rank)
+        state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "best_threshold": 0.5, "bad_epochs": 0,
+                 "seconds": 0.0}
+        ckpt = self.run_dir / "checkpoint.pt"
+        if resume and ckpt.exists():
+            saved = torch.load(ckpt, map_location=device, weights_only=False)
+            model.load_state_dict(saved["model"])
+            optimiser.load_state_dict(saved["optimiser"])
+            state = saved["state"]
+            rng_states = saved.get("rng_ranks") or [saved["rng"]]
+            if ctx.rank < len(rng_states) and len(rng_states) == ctx.world_size:
+                rng.bit_generator.state = rng_states[ctx.rank]
+            elif ctx.rank == 0:
+                rng.bit_generator.state = saved["rng"]
+            else:  # resumed with more processes than saved: a fresh, still distinct stream
+                rng = np.random.default_rng([cfg.seed + ctx.rank, state["epoch"]])
+            torch.set_rng_state(saved["torch_rng"].cpu())  # map_location moved it to the GPU on CUDA
+            if use_amp and saved.get("scaler"):
+                scaler.load_state_dict(saved["scaler"])  # else AMP restarts from its initial loss scale
+
+        net = model
+        if ctx.distributed:
+            from torch.nn.parallel import DistributedDataParallel
+
+            net = DistributedDataParallel(model, device_ids=[ctx.local_rank] if device.startswith("cuda") else None)
+
+        log = writer = board = None
+        if main:
+            log_path = self.run_dir / "log.csv"
+            new_log = not log_path.exists()
+            log = open(log_path, "a", newline="")
+            writer = csv.writer(log)
+            if new_log:
+                writer.writerow(["epoch", "lr", "train_loss", "val_dice", "val_threshold", "val_dice_at_0.5", "seconds"])
+            board = _tensorboard_writer(self.run_dir / "tensorboard", self.tensorboard)
+        started = time.perf_counter() - state["seconds"]
+        bar = _progress_bar(cfg.epochs, state["epoch"], self.progress and main)
+        stopped = state.get("stopped_by", "epochs")
+        while state["epoch"] < cfg.epochs and "stopped_by" not in state:
+            epoch = state["epoch"]
+            lr = lr_at(cfg, epoch)
+            for group in optimiser.param_groups:
+                group["lr"] = lr
+            net.train()
+            losses = []
+            t_epoch = time.perf_counter()
+            for _ in range(steps):
+                x, y = sampler.batch(rng, cfg.batch_size)
+                x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+                optimiser.zero_grad(set_to_none=True)
+                with torch.autocast("cuda", dtype=torch.float16, enabled=use_amp):
+                    outputs = net(x)
+                loss = loss_fn(outputs, y)
+                scaler.scale(loss).backward()
+                scaler.step(optimiser)
+                scaler.update()
+                losses.append(loss.item())
+            train_loss = dist_.mean_over_ranks(ctx, float(np.mean(losses)))
+            rng_states = dist_.gather_objects(ctx, rng.bit_generator.state) if ctx.distributed else None
+            decision = None
+            if main:
+                # The unwrapped model: a DDP forward on one rank alone would wait for the others.
+                val = validate(model, prepared["val"], roi_spec.size_px, input_spec, device)
+                state["epoch"] = epoch + 1
+                state["seconds"] = time.perf_counter() - started
+                improved = val["dice"] > state["best_dice"]
+                if improved:
+                    state.update(best_dice=val["dice"], best_epoch=epoch + 1, best_threshold=val["threshold"], bad_epochs=0)
+                    _save_tensors(model, self.run_dir / "best.safetensors",
+                                  {"epoch": epoch + 1, "val_dice": val["dice"], "threshold": val["threshold"]})
+                else:
+                    state["bad_epochs"] += 1
+                writer.writerow([epoch + 1, f"{lr:.3g}", f"{train_loss:.5f}", f"{val['dice']:.4f}",
+                                 val["threshold"], f"{val['dice_at_0.5']:.4f}", f"{state['seconds']:.1f}"])
+                log.flush()
+                if board is not None:
+                    _board_epoch(board, epoch + 1, lr, train_loss, val, state, time.perf_counter() - t_epoch)
+                if state["bad_epochs"] >= cfg.patience:
+                    decision = "early stopping"
+                elif cfg.max_minutes and state["seconds"] > 60 * cfg.max_minutes:
+                    decision = "time budget"
+                if decision:
+                    # Kept in the checkpoint so a resumed run does not train past its stop.
+                    state["stopped_by"] = decision
+                ckpt_data = {"model": model.state_dict(), "optimiser": optimiser.state_dict(), "state": state,
+                             "rng": rng.bit_generator.state, "torch_rng": torch.get_rng_state()}
+                if rng_states is not None:
+                    ckpt_data["rng_ranks"] = rng_states
+                if use_amp:
+                    ckpt_data["scaler"] = scaler.state_dict()
+                torch.save(ckpt_data, ckpt)
+                bar.update(1)
+                bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
+            # All ranks leave the loop at the same epoch, on rank 0's decision.
+            decision, state_epoch = dist_.broadcast_object(ctx, (decision, state["epoch"]))
+            state["epoch"] = state_epoch
+            if decision:
+                stopped = decision
+                break
+        bar.close()
+        if not main:
+            self.model = model.eval()
+            self.splits = splits
+            return None
+        log.close()
+        if board is not None:
+            board.close()
+
+        from safetensors.torch import load_file
+
+        model.load_state_dict(load_file(str(self.run_dir / "best.safetensors"), device=device))
+        summary = {
+            "stopped_by": stopped, "epochs_run": state["epoch"], "best_epoch": state["best_epoch"],
+            "val_dice": round(state["best_dice"], 4), "threshold": state["best_threshold"],
+            "train_seconds": round(state["seconds"], 1), "prepare_seconds": round(t_prep, 1),
+            "steps_per_epoch": steps, "batch_size": cfg.batch_size,
+            "scans": {s: [r.scan_id for r in splits[s]] for s in splits},
+            "train_slices_in_roi": n_train_slices, "device": device,
+            "model_config": model_config(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides),
+            "environment": {"torch": torch.__version__, "python": platform.python_version(),
+                            "cpu_threads": torch.get_num_threads()},
+        }
+        if ctx.distributed:
+            summary["distributed"] = ctx.to_dict()
+        self.model = model.eval()
+        self.splits = splits
+        return summary
+
+
+# Files a run writes before its first checkpoint; a folder holding only these (and the hidden
+# temporary files of interrupted atomic writes) can be restarted.
+_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard"}
+
+
+def _save_tensors(model, path: Path, info: Optional[dict] = None) -> None:
+    """Write the weights atomically; ``info`` (epoch, Dice, threshold) goes into the file's metadata."""
+    from safetensors.torch import save_file
+
+    metadata = {k: str(v) for k, v in (info or {}).items()} or None
+    with atomic_path(path, overwrite=True) as tmp:
+        save_file({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}, str(tmp), metadata=metadata)
+
+
+def _tensorboard_writer(folder: Path, wanted: Optional[bool]):
+    """A SummaryWriter, or None when not wanted or (for the default ``None``) not installed."""
+    if wanted is False:
+        return None
+    try:
+        from torch.utils.tensorboard import SummaryWriter
+    except ImportError:
+        if wanted:
+            raise DatasetError("TensorBoard logging was requested but the 'tensorboard' package is not installed "
+                               "(pip install tensorboard).") from None
+        return None
+    return SummaryWriter(log_dir=str(folder))
+
+
+def _board_epoch(board, epoch: int, lr: float, train_loss: float, val: dict, state: dict, seconds: float) -> None:
+    """The scalars of one epoch: the columns of log.csv plus the best-so-far Dice."""
+    board.add_scalar("train/loss", train_loss, epoch)
+    board.add_scalar("train/lr", lr, epoch)
+    board.add_scalar("train/epoch_seconds", seconds, epoch)
+    board.add_scalar("val/dice", val["dice"], epoch)
+    board.add_scalar("val/threshold", val["threshold"], epoch)
+    board.add_scalar("val/dice_at_0.5", val["dice_at_0.5"], epoch)
+    board.add_scalar("val/best_dice", state["best_dice"], epoch)
+    board.flush()
+
+
+def _progress_bar(total: int, initial: int, enabled: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, initial=initial, desc="epochs", unit="epoch", disable=not enabled, dynamic_ncols=True)
