@@ -104,7 +104,7 @@ def slicer_overhead(volume, weights) -> dict:
     """The Slicer logic on a real MRML scene (slicer-core): total seconds and its own share."""
     try:
         sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-        from slicer_scene import add_volume, new_scene  # needs slicer-core (a test extra)
+        from helpers.slicer_scene import add_volume, new_scene  # needs slicer-core (a test extra)
 
         from MnetImSegmentLib.logic import MnetImSegmentLogic
     except Exception as exc:

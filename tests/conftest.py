@@ -8,6 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from helpers.weights import make_weights
+
 REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
@@ -17,29 +19,6 @@ def pytest_configure(config):
     import torch
 
     torch.set_num_threads(int(os.environ.get("MNETIM_TEST_THREADS", "1")))
-
-
-TINY_CONFIG = dict(features=(8, 16, 32, 64, 128), input_branch_channels=(8, 8, 8, 8))
-
-
-def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, **config) -> Path:
-    """A random-init weights folder with a valid card (for plumbing tests, not accuracy)."""
-    import torch
-
-    from MnetImSegmentLib.models import build_model, model_config
-    from MnetImSegmentLib.engine.roi import RoiSpec
-    from MnetImSegmentLib.engine.weights import save_weights
-    from MnetImSegmentLib.engine.windows import InputSpec
-
-    cfg = {**TINY_CONFIG, **config} if name == "Mnet_Im" else config
-    torch.manual_seed(seed)
-    model = build_model(name, **cfg)
-    card = {
-        "name": f"test-{name}", "version": "0.0.0", "architecture": name, "config": model_config(name, **cfg),
-        "input": dict(InputSpec().to_dict(), roi=RoiSpec().to_dict()), "threshold": threshold,
-        "postprocessing": {"largest_component": True}, "intended_use": "tests only",
-    }
-    return save_weights(model, folder, card)
 
 
 @pytest.fixture(scope="session")

@@ -20,7 +20,8 @@ LIB = Path(__file__).resolve().parents[1] / "MnetImSegment" / "MnetImSegmentLib"
 ROOT = "MnetImSegmentLib"
 
 # Layer of a module: (name, rank), lowest rank first. An import is allowed into the same layer or a
-# lower rank; the two top layers (the Slicer bridge and the command line) never import each other.
+# lower rank; the two top layers (the Slicer bridge and the command line) never import each other,
+# and the Slicer bridge uses only the engine and what is below it (NOT_BELOW).
 LAYERS = {
     "core": 0,
     "models": 1,
@@ -32,6 +33,7 @@ LAYERS = {
 }
 # Modules directly in the package folder: the package itself holds only __version__; metrics.py is
 # the contract path re-exporting research.metrics; logic.py is the Slicer bridge's entry point.
+NOT_BELOW = {"mrml": {"research"}}
 ROOT_MODULES = {ROOT: "core", f"{ROOT}.metrics": "research", f"{ROOT}.logic": "mrml"}
 # Targets that load torch when imported: the only intra-package imports allowed inside functions,
 # so that importing the engine (as Slicer does at start-up) never loads PyTorch.
@@ -149,7 +151,8 @@ def check(modules: dict[str, list[Import]]) -> list[str]:
             if imp.target == ROOT or imp.target.startswith(ROOT + "."):
                 graph[module].add(imp.target)
                 target_layer = layer_of(imp.target)
-                if target_layer != layer and LAYERS[target_layer] >= LAYERS[layer]:
+                if target_layer != layer and (LAYERS[target_layer] >= LAYERS[layer]
+                                              or target_layer in NOT_BELOW.get(layer, ())):
                     problems.append(f"{where} imports {imp.target}: layer '{layer}' may not import layer '{target_layer}'")
                 if imp.in_function and not imp.target.startswith(LAZY_TARGETS):
                     problems.append(f"{where} imports {imp.target} inside a function: move it to the top of the file")
@@ -192,6 +195,7 @@ def test_checker_reports_an_upward_import_a_cycle_argparse_and_vtk_outside_their
         f"{ROOT}.cli": [(f"{ROOT}.logic", False)],
         f"{ROOT}.logic": [(f"{ROOT}.engine.io", False), ("slicer", False)],
         f"{ROOT}.mrml.geometry": [("vtk", False), (f"{ROOT}.core.volume", True)],
+        f"{ROOT}.mrml.segments": [(f"{ROOT}.research.phantom", False)],
         f"{ROOT}.engine.weights": [(f"{ROOT}.models", True)],
     })
     problems = check(modules)
@@ -203,9 +207,10 @@ def test_checker_reports_an_upward_import_a_cycle_argparse_and_vtk_outside_their
     assert f"{ROOT}.research.metrics:2 imports vtk" in text
     assert f"import cycle: {ROOT}.research.metrics -> {ROOT}.research.phantom" in text
     assert f"{ROOT}.mrml.geometry:2 imports {ROOT}.core.volume inside a function" in text
+    assert f"{ROOT}.mrml.segments:1 imports {ROOT}.research.phantom: layer 'mrml' may not import layer 'research'" in text
     assert not any("engine.weights" in p for p in problems)  # models (torch) may be imported lazily
     assert not any(p.startswith(f"{ROOT}.logic") for p in problems)  # the bridge may use slicer and the engine
-    assert len(problems) == 7, problems
+    assert len(problems) == 8, problems
 
 
 def test_read_imports_resolves_relative_function_level_and_absolute_imports(tmp_path):

@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib.cli import main
-from MnetImSegmentLib.engine.io import read_image, read_segmentation_mask, write_image
-from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
-from MnetImSegmentLib.research.metrics import volumetric_dice as dice
 from MnetImSegmentLib.core.volume import Geometry
+from MnetImSegmentLib.engine.io import read_image, read_segmentation_mask, write_image
 from MnetImSegmentLib.engine.weights import read_card
+from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
 
 
 def _centroid_mm(vol):

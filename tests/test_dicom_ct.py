@@ -6,14 +6,14 @@ import numpy as np
 import pydicom
 import pytest
 
+from MnetImSegmentLib.core.errors import InputError, OutputError
+from MnetImSegmentLib.core.volume import Geometry, Volume
 from MnetImSegmentLib.dicomrt.ct_series import find_ct_series, scan_tree
 from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
-from MnetImSegmentLib.core.errors import InputError, OutputError
 from MnetImSegmentLib.engine.io import read_image
 from MnetImSegmentLib.research.phantom import rotation_matrix
-from MnetImSegmentLib.core.volume import Geometry, Volume
 
-from rt_fixtures import ct_volume, dciodvfy_errors, have_dciodvfy
+from helpers.rt_fixtures import ct_volume, dciodvfy_errors, have_dciodvfy
 
 
 @pytest.mark.parametrize("direction", [None, rotation_matrix(10, -7, 25), np.diag([-1.0, -1.0, 1.0]) @ rotation_matrix(0, 20, 0)],

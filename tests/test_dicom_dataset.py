@@ -9,14 +9,14 @@ import re
 import numpy as np
 import pytest
 
+from MnetImSegmentLib.cli.import_rt import add_parser as add_commands
 from MnetImSegmentLib.core.errors import DatasetError, MnetImError
 from MnetImSegmentLib.engine.io import read_image
-from MnetImSegmentLib.cli.import_rt import add_parser as add_commands
-from MnetImSegmentLib.research.rt_import import anonymous_id, import_dataset
 from MnetImSegmentLib.research.manifest import read_manifest
+from MnetImSegmentLib.research.rt_import import anonymous_id, import_dataset
 from MnetImSegmentLib.research.training.data import read_volume_pair
 
-from rt_fixtures import BIRTH_DATE, PATIENT_ID, circle, ct_volume, dice, square, write_ct, write_rs
+from helpers.rt_fixtures import BIRTH_DATE, PATIENT_ID, circle, ct_volume, dice, square, write_ct, write_rs
 
 SECRETS = [PATIENT_ID, "DOE", "JANE", BIRTH_DATE, "DOE_JANE", "PB0002", "PE0005"]
 

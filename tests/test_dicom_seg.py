@@ -5,12 +5,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from MnetImSegmentLib.core.errors import OutputError
 from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
-from MnetImSegmentLib.core.errors import OutputError
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
 
-from rt_fixtures import dciodvfy_errors, have_dciodvfy
+from helpers.rt_fixtures import dciodvfy_errors, have_dciodvfy
 
 hd = pytest.importorskip("highdicom")
 

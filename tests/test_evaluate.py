@@ -12,13 +12,13 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib import cli
-from MnetImSegmentLib.core.errors import DatasetError, OutputError
-from MnetImSegmentLib.research.evaluation.report import REPORT_FILES
 from MnetImSegmentLib.cli.evaluate import add_parser as add_commands
-from MnetImSegmentLib.research.evaluation.scoring import compare_models, evaluate, summarize
-from MnetImSegmentLib.engine.io import write_image, write_labelmap, write_segmentation
-from MnetImSegmentLib.research.metrics import METRICS, segmentation_metrics
+from MnetImSegmentLib.core.errors import DatasetError, OutputError
 from MnetImSegmentLib.core.volume import Geometry, Volume
+from MnetImSegmentLib.engine.io import write_image, write_labelmap, write_segmentation
+from MnetImSegmentLib.research.evaluation.report import REPORT_FILES
+from MnetImSegmentLib.research.evaluation.scoring import compare_models, evaluate, summarize
+from MnetImSegmentLib.research.metrics import METRICS, segmentation_metrics
 
 GEOMETRY = Geometry(spacing=(0.9, 0.8, 2.5), origin=(-20.0, -31.5, 40.0))  # (x, y, z) as SimpleITK
 SPACING_ZYX = (2.5, 0.8, 0.9)

@@ -10,12 +10,12 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib.core.errors import DatasetError
-from MnetImSegmentLib.research.training.data import DatasetWarning
-from MnetImSegmentLib.research.manifest import ScanRecord, read_manifest
-from MnetImSegmentLib.research.training.experiments import case_ids, crossval_splits, kfold_by_patient, write_truths
 from MnetImSegmentLib.models.baselines import smp_available
+from MnetImSegmentLib.research.manifest import ScanRecord, read_manifest
+from MnetImSegmentLib.research.training.data import DatasetWarning
+from MnetImSegmentLib.research.training.experiments import case_ids, crossval_splits, kfold_by_patient, write_truths
 
-from research_data import TINY_MNET, TINY_UNET_MO, tiny_config, write_dataset
+from helpers.research_data import TINY_MNET, TINY_UNET_MO, tiny_config, write_dataset
 
 TINY_OPTIONS = {"Mnet_Im": TINY_MNET, "Unet_mo": TINY_UNET_MO,
                 "U-Net": {"decoder_channels": [16, 8, 8, 8, 8], "encoder_kwargs": {"channels": [8, 16, 32, 64]}}}

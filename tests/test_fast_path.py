@@ -3,12 +3,12 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.engine.inference import Segmenter, reference_segment
-from MnetImSegmentLib.engine.device import resolve_precision
 from MnetImSegmentLib.core.errors import MnetImError
-from MnetImSegmentLib.research.phantom import make_phantom
-from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.engine.device import resolve_precision
+from MnetImSegmentLib.engine.inference import Segmenter, reference_segment
 from MnetImSegmentLib.engine.weights import load_weights
+from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.research.phantom import make_phantom
 
 
 @pytest.fixture(scope="module")

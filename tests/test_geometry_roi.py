@@ -3,10 +3,10 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
-from MnetImSegmentLib.engine.roi import RoiSpec, Roi, closest_axes, crop, locate_roi, paste, roi_geometry
 from MnetImSegmentLib.core.volume import Geometry, Volume
+from MnetImSegmentLib.engine.roi import RoiSpec, Roi, closest_axes, crop, locate_roi, paste, roi_geometry
 from MnetImSegmentLib.engine.windows import InputSpec, make_windows, normalise, window_indices
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
 
 FLIPS = {
     "axial": np.eye(3),

@@ -9,8 +9,8 @@ import pytest
 import torch
 
 from MnetImSegmentLib.engine.inference import Segmenter
-from MnetImSegmentLib.research.phantom import make_phantom
 from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.research.phantom import make_phantom
 
 pytestmark = [pytest.mark.gpu,
               pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA GPU (run on a GPU machine)")]
@@ -37,7 +37,7 @@ def test_cuda_is_repeatable(phantom, demo_weights):
 
 
 def test_cuda_training_step_with_amp(tmp_path):
-    from research_data import tiny_config, write_dataset
+    from helpers.research_data import tiny_config, write_dataset
 
     from MnetImSegmentLib.research.training import Trainer
 

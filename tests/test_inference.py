@@ -7,12 +7,12 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib.core.errors import Cancelled, InputError, MnetImError, WeightsError
-from MnetImSegmentLib.engine.inference import Segmenter, check_ct
-from MnetImSegmentLib.engine.device import resolve_device
 from MnetImSegmentLib.core.volume import Volume
+from MnetImSegmentLib.engine.device import resolve_device
+from MnetImSegmentLib.engine.inference import Segmenter, check_ct
 from MnetImSegmentLib.engine.weights import load_weights, read_card
 
-from conftest import make_weights
+from helpers.weights import make_weights
 
 
 @pytest.fixture(scope="module")

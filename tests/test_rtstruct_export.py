@@ -8,18 +8,18 @@ import numpy as np
 import pydicom
 import pytest
 
+from MnetImSegmentLib.cli.import_rt import add_parser as add_commands
+from MnetImSegmentLib.core.errors import InputError, MnetImError, OutputError
+from MnetImSegmentLib.core.volume import Volume
 from MnetImSegmentLib.dicomrt.ct_series import find_ct_series
 from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
-from MnetImSegmentLib.core.errors import InputError, MnetImError, OutputError
-from MnetImSegmentLib.engine.io import read_image
-from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
-from MnetImSegmentLib.cli.import_rt import add_parser as add_commands
 from MnetImSegmentLib.dicomrt.rasterize import rasterize_structure_set
 from MnetImSegmentLib.dicomrt.structure_set import read_structure_set
-from MnetImSegmentLib.core.volume import Volume
+from MnetImSegmentLib.engine.io import read_image
+from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
 
-from rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
+from helpers.rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
 
 
 @pytest.fixture(scope="module")

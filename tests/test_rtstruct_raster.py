@@ -6,13 +6,13 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib.core.errors import InputError
-from MnetImSegmentLib.research.phantom import rotation_matrix
-from MnetImSegmentLib.dicomrt.structure_set import Contour, RoiContours, StructureSet, load_name_map, select_rois
+from MnetImSegmentLib.core.volume import Geometry
 from MnetImSegmentLib.dicomrt.polygons import fill_even_odd, mask_to_polygons, polygon_self_intersects
 from MnetImSegmentLib.dicomrt.rasterize import grid_from_contours, rasterize_rois, rasterize_structure_set
-from MnetImSegmentLib.core.volume import Geometry
+from MnetImSegmentLib.dicomrt.structure_set import Contour, RoiContours, StructureSet, load_name_map, select_rois
+from MnetImSegmentLib.research.phantom import rotation_matrix
 
-from rt_fixtures import circle, dice, square
+from helpers.rt_fixtures import circle, dice, square
 
 
 def _sq(x0, y0, x1, y1):

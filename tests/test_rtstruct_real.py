@@ -12,11 +12,11 @@ import pytest
 
 from MnetImSegmentLib.dicomrt.ct_series import find_ct_series
 from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
-from MnetImSegmentLib.engine.io import read_image
 from MnetImSegmentLib.dicomrt.rasterize import grid_from_contours, rasterize_rois, rasterize_structure_set
 from MnetImSegmentLib.dicomrt.structure_set import read_structure_set, select_rois
+from MnetImSegmentLib.engine.io import read_image
 
-from rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
+from helpers.rt_fixtures import dciodvfy_errors, dice, have_dciodvfy, independent_rtstruct_mask
 
 
 @pytest.fixture

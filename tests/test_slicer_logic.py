@@ -25,15 +25,15 @@ import vtk
 
 import slicer
 from MnetImSegmentLib.core import style
-from MnetImSegmentLib.engine import io as engine_io
 from MnetImSegmentLib.core.errors import Cancelled, InputError, MnetImError, WeightsError
+from MnetImSegmentLib.core.volume import Geometry
+from MnetImSegmentLib.engine import io as engine_io
 from MnetImSegmentLib.engine.inference import Segmenter
 from MnetImSegmentLib.logic import MnetImSegmentLogic
 from MnetImSegmentLib.mrml.geometry import LPS_RAS, geometryFromIJKToRAS, ijkToRASFromGeometry, nodeIJKToRAS
 from MnetImSegmentLib.mrml.kept_probability import PROBABILITY_REFERENCE_ROLE
 from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
-from MnetImSegmentLib.core.volume import Geometry
-from slicer_scene import add_volume, new_scene
+from helpers.slicer_scene import add_volume, new_scene
 
 TAG_MODEL = "MnetImSegment.Model"
 TAG_THRESHOLD = "MnetImSegment.Threshold"

@@ -4,8 +4,8 @@ import numpy as np
 import pytest
 
 from MnetImSegmentLib.engine.inference import Segmenter
-from MnetImSegmentLib.research.phantom import make_phantom
 from MnetImSegmentLib.research.metrics import volumetric_dice as dice
+from MnetImSegmentLib.research.phantom import make_phantom
 
 pytestmark = pytest.mark.slow
 

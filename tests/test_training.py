@@ -4,11 +4,11 @@ import numpy as np
 import pytest
 import torch
 
-from MnetImSegmentLib.research.losses import DeepSupervisionLoss
 from MnetImSegmentLib.models import build_model
+from MnetImSegmentLib.research.losses import DeepSupervisionLoss
 from MnetImSegmentLib.research.training import TrainConfig, Trainer, lr_at
 
-from research_data import tiny_config, write_dataset
+from helpers.research_data import tiny_config, write_dataset
 
 
 def test_loss_falls_when_fitting_phantom_windows(small_phantom):

@@ -15,11 +15,11 @@ import pytest
 import torch
 
 from MnetImSegmentLib.core.errors import DatasetError, WeightsError
+from MnetImSegmentLib.research.manifest import read_manifest
 from MnetImSegmentLib.research.training import Trainer
 from MnetImSegmentLib.research.training.data import DatasetWarning
-from MnetImSegmentLib.research.manifest import read_manifest
 
-from research_data import write_dataset, tiny_config
+from helpers.research_data import write_dataset, tiny_config
 
 HERE = Path(__file__).resolve().parent
 
@@ -165,9 +165,9 @@ class _FixedProbability(torch.nn.Module):
 
 
 def test_validation_picks_the_threshold_of_best_dice_nearest_half():
+    from MnetImSegmentLib.engine.windows import InputSpec
     from MnetImSegmentLib.research.training.data import PreparedScan
     from MnetImSegmentLib.research.training.trainer import validate
-    from MnetImSegmentLib.engine.windows import InputSpec
 
     n = 32
     yy, xx = np.mgrid[:n, :n]
@@ -185,8 +185,8 @@ def test_validation_picks_the_threshold_of_best_dice_nearest_half():
 def test_card_threshold_is_the_validation_choice(dataset, tmp_path):
     from safetensors import safe_open
 
-    from MnetImSegmentLib.research.training.export import train_and_export
     from MnetImSegmentLib.engine.weights import read_card
+    from MnetImSegmentLib.research.training.export import train_and_export
 
     run = tmp_path / "run"
     summary = train_and_export(dataset, run, tiny_config(epochs=2), name="t", progress=False)
@@ -210,8 +210,8 @@ def _rewrite_mask(manifest: Path, scan_index: int, fn) -> None:
 
 
 def test_mask_grid_differs_from_image(tmp_path):
-    from MnetImSegmentLib.research.training.data import read_volume_pair
     from MnetImSegmentLib.core.volume import Geometry
+    from MnetImSegmentLib.research.training.data import read_volume_pair
 
     manifest = write_dataset(tmp_path / "ds", [10])
 
@@ -262,9 +262,9 @@ def test_patient_in_two_splits(tmp_path):
 # --------------------------------------------------------------------------- export
 def test_export_finished_run_loads_in_segment(dataset, tmp_path):
     from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.engine.weights import read_card
     from MnetImSegmentLib.research.phantom import make_phantom
     from MnetImSegmentLib.research.training.export import export_run, train_and_export
-    from MnetImSegmentLib.engine.weights import read_card
 
     run = tmp_path / "run"
     train_and_export(dataset, run, tiny_config(epochs=1), name="orig", version="0.0.1", progress=False)
@@ -283,8 +283,8 @@ def test_export_unfinished_run_and_old_runs_without_metadata(dataset, tmp_path, 
     from safetensors.torch import load_file, save_file
 
     import MnetImSegmentLib.research.training.trainer as trainer_mod
-    from MnetImSegmentLib.research.training.export import export_run
     from MnetImSegmentLib.engine.weights import load_weights
+    from MnetImSegmentLib.research.training.export import export_run
 
     real_validate, calls = trainer_mod.validate, []
 
@@ -325,9 +325,9 @@ DRIVER = """
 import json, os, sys
 sys.path.insert(0, {tests!r})
 import torch
-from research_data import tiny_config
-from MnetImSegmentLib.research.training.export import train_and_export
+from helpers.research_data import tiny_config
 from MnetImSegmentLib.research.training import trainer as T
+from MnetImSegmentLib.research.training.export import train_and_export
 manifest, run, out = sys.argv[1:4]
 captured = {{}}
 real_run = T.Trainer.run
@@ -387,10 +387,10 @@ def test_roi_size_and_spacing_from_the_command_line(dataset, tmp_path, capsys):
     refused in one sentence before anything is written."""
     from MnetImSegmentLib.cli import main
     from MnetImSegmentLib.engine.inference import Segmenter
-    from MnetImSegmentLib.research.phantom import make_phantom
     from MnetImSegmentLib.engine.weights import read_card
+    from MnetImSegmentLib.research.phantom import make_phantom
 
-    from research_data import TINY_MNET
+    from helpers.research_data import TINY_MNET
 
     common = ["train", str(dataset), "--epochs", "1", "--windows-per-epoch", "8", "--batch-size", "4",
               "--lr-milestones", "1", "--device", "cpu", "--threads", "1", "--no-tensorboard", "--json",

@@ -70,32 +70,25 @@ class RasterReport:
         return out
 
     def _finish(self, max_spread_mm: float) -> None:
-        n = self.notes
-        if self.skipped_open:
-            n.append(f"{self.skipped_open} open contour(s) (applicator channels or open lines) skipped: they enclose no volume.")
-        if self.skipped_point:
-            n.append(f"{self.skipped_point} POINT contour(s) (markers) skipped.")
-        if self.skipped_degenerate:
-            n.append(f"{self.skipped_degenerate} closed contour(s) with fewer than 3 points or no area skipped.")
-        if self.skipped_too_oblique:
-            n.append(f"{self.skipped_too_oblique} contour(s) spread over more than {max_spread_mm:g} mm across slices "
-                     "(not drawn on this CT's slices?) skipped.")
-        if self.non_axial:
-            n.append(f"{self.non_axial} contour(s) not on one slice (up to {self.max_spread_mm:.1f} mm spread) "
-                     "assigned to the slice of their mean position.")
-        if self.outside:
-            n.append(f"{self.outside} contour(s) lie outside the CT's slice range and were left out.")
-        if self.clipped:
-            n.append(f"{self.clipped} contour(s) extend beyond the CT's field of view and were clipped.")
-        if self.self_intersecting:
-            n.append(f"{self.self_intersecting} self-intersecting contour(s) filled with the even-odd rule.")
-        if self.planes_dropped:
-            n.append(f"{self.planes_dropped} contour(s) on planes between CT slices were dropped for a plane nearer "
-                     "to the same slice.")
-        if self.filled_slices:
-            n.append(f"{self.filled_slices} slice(s) between sparser contour planes took the nearest plane's contours.")
+        # (count, what it means): a note for every count that is not zero, in this order.
+        counted = [
+            (self.skipped_open, "open contour(s) (applicator channels or open lines) skipped: they enclose no volume."),
+            (self.skipped_point, "POINT contour(s) (markers) skipped."),
+            (self.skipped_degenerate, "closed contour(s) with fewer than 3 points or no area skipped."),
+            (self.skipped_too_oblique, f"contour(s) spread over more than {max_spread_mm:g} mm across slices "
+                                       "(not drawn on this CT's slices?) skipped."),
+            (self.non_axial, f"contour(s) not on one slice (up to {self.max_spread_mm:.1f} mm spread) "
+                             "assigned to the slice of their mean position."),
+            (self.outside, "contour(s) lie outside the CT's slice range and were left out."),
+            (self.clipped, "contour(s) extend beyond the CT's field of view and were clipped."),
+            (self.self_intersecting, "self-intersecting contour(s) filled with the even-odd rule."),
+            (self.planes_dropped, "contour(s) on planes between CT slices were dropped for a plane nearer "
+                                  "to the same slice."),
+            (self.filled_slices, "slice(s) between sparser contour planes took the nearest plane's contours."),
+        ]
+        self.notes.extend(f"{count} {text}" for count, text in counted if count)
         if self.max_off_slice_mm > 0.1:
-            n.append(f"Contour planes lie up to {self.max_off_slice_mm:.2f} mm from their slice centres.")
+            self.notes.append(f"Contour planes lie up to {self.max_off_slice_mm:.2f} mm from their slice centres.")
 
 
 def _plane_of(points: np.ndarray) -> tuple[np.ndarray, float, float]:

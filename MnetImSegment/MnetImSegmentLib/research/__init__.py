@@ -1,3 +1,3 @@
 """Research on top of the engine: metrics, losses, phantoms, manifests, dataset import, evaluation,
-training, experiments and the demo. Never imported by the engine, the CLI's segment path or Slicer.
+training, experiments and the demo. The engine and the Slicer bridge never import it.
 """

@@ -13,8 +13,9 @@ from pathlib import Path
 
 import numpy as np
 
-from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 from MnetImSegmentLib.core.volume import Geometry, Volume
+from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+from MnetImSegmentLib.research.metrics import volumetric_dice
 
 PATIENT_NAME = "DOE^JANE"
 PATIENT_ID = "MRN12345"
@@ -120,9 +121,8 @@ def write_rs(path, series=None, rois=None, frame_of_reference_uid=None, referenc
 
 
 def dice(a, b) -> float:
-    a, b = np.asarray(a).astype(bool), np.asarray(b).astype(bool)
-    s = a.sum() + b.sum()
-    return 1.0 if s == 0 else 2.0 * (a & b).sum() / s
+    """Volumetric Dice of two masks of any dtype (non-zero = inside)."""
+    return volumetric_dice(np.asarray(a).astype(bool), np.asarray(b).astype(bool))
 
 
 def dciodvfy_errors(path) -> list[str]:

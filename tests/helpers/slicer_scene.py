@@ -1,8 +1,7 @@
 """A real MRML scene without the Slicer GUI (slicer-core), wired the way Slicer wires its own.
 
-Used by the Slicer tests' ``scene`` fixture and by ``benchmarks/benchmark.py``. See
-``shared/notes/slicer-core.md`` for why each logic is needed (e.g. the Segmentations logic registers
-the labelmap conversion rules; without it ``AddEmptySegment`` fails).
+Used by the Slicer tests' ``scene`` fixture and by ``benchmarks/benchmark.py``. Each logic is set up because MRML needs it (e.g. the Segmentations
+logic registers the labelmap conversion rules; without it ``AddEmptySegment`` fails).
 """
 
 from __future__ import annotations

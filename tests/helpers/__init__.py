@@ -1,0 +1,1 @@
+"""Test helpers shared by the tests and benchmarks/ (import as ``helpers.<module>``)."""
