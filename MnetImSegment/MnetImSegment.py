@@ -6,6 +6,7 @@ nothing else) and the self-test. Everything that touches voxels or geometry live
 """
 
 import enum
+import logging
 import queue
 import threading
 from pathlib import Path
@@ -17,6 +18,14 @@ import vtk
 
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+
+from MnetImSegmentLib.mrml.dependencies import slicerRTProblem, slicerVersionProblem
+
+# Checked first: on a Slicer older than 5.4 the imports below fail with a bare ImportError.
+_SLICER_PROBLEM = slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)
+if _SLICER_PROBLEM:
+    raise ImportError(_SLICER_PROBLEM)
+
 from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.parameterNodeWrapper import WithinRange, parameterNodeWrapper
@@ -31,6 +40,9 @@ from slicer.util import VTKObservationMixin
 from MnetImSegmentLib.core.errors import Cancelled, MnetImError
 from MnetImSegmentLib.mrml.kept_probability import MAX_THRESHOLD, MIN_THRESHOLD
 from MnetImSegmentLib.logic import MnetImSegmentLogic as MRMLBridgeLogic
+
+#: The project's own documentation of the module (no public home yet: see README.md "Availability").
+DOCUMENTATION = Path(__file__).resolve().parents[1] / "docs" / "slicer.md"
 
 PAPER_CITATION = (
     "Huang M, Feng C, Sun D, Cui M, Zhao D. Segmentation of Clinical Target Volume From CT Images for "
@@ -49,7 +61,7 @@ class MnetImSegment(ScriptedLoadableModule):
         self.parent.title = _("MnetImSegment")
         self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
-        self.parent.contributors = ["MnetImSegment developers"]
+        self.parent.contributors = ["MnetImSegment maintainers (independent project)"]
         self.parent.helpText = _(
             "Contours the clinical target volume (CTV) of cervical-cancer brachytherapy on CT with the "
             "Mnet_Im network of Huang et al. 2023 ({citation}).<br><br>"
@@ -62,12 +74,24 @@ class MnetImSegment(ScriptedLoadableModule):
             "leaves the scene unchanged); the threshold slider re-thresholds the last result instantly. "
             "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export."
         ).format(citation=PAPER_CITATION)
-        self.parent.helpText += self.getDefaultModuleDocumentationLink()
+        self.parent.helpText += documentationLink()
         self.parent.acknowledgementText = _(
             "The Mnet_Im architecture is described in {citation}. This module is an independent "
             "implementation; it is not affiliated with the authors. Built on 3D Slicer, PyTorch, "
             "SimpleITK and safetensors."
         ).format(citation=PAPER_CITATION)
+
+
+def documentationLink() -> str:
+    """The help panel's link to the project's own module documentation (docs/slicer.md)."""
+    if DOCUMENTATION.is_file():  # a source checkout: open the file itself
+        return '<p>Documentation: <a href="{url}">docs/slicer.md</a>.</p>'.format(url=DOCUMENTATION.as_uri())
+    return "<p>" + _("Documentation: docs/slicer.md in the MnetImSegment source (see its README, 'Availability').") + "</p>"
+
+
+def slicerRTAvailable() -> bool:
+    """Whether SlicerRT's DICOM RT import/export (RTSTRUCT export of the CTV) is loaded."""
+    return hasattr(slicer.modules, "dicomrtimportexport")
 
 
 #
@@ -250,6 +274,10 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.progressBar.hide()
 
         self.initializeParameterNode()
+        rtProblem = slicerRTProblem(slicerRTAvailable())
+        if rtProblem:
+            logging.warning(rtProblem)
+            self.ui.statusLabel.text = rtProblem
 
     def cleanup(self) -> None:
         self._cancelJob()

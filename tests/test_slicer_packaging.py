@@ -142,14 +142,85 @@ def test_top_level_cmake_declares_the_extension():
                 "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS", "EXTENSION_DEPENDS"):
         assert sets.get(key) and " ".join(sets[key]).strip(), f"{key} is empty"
     assert sets["EXTENSION_CATEGORY"] == ["Segmentation"]
-    assert "PyTorch" in sets["EXTENSION_DEPENDS"]
+    assert "PyTorch" in sets["EXTENSION_DEPENDS"][0].split() and "SlicerRT" in sets["EXTENSION_DEPENDS"][0].split()
+    assert sets["EXTENSION_MINIMUM_SLICER_VERSION"] == ["5.4"]
     assert "not for clinical use" in " ".join(sets["EXTENSION_DESCRIPTION"]).lower()
     assert sets["EXTENSION_ICONURL"][0].endswith("MnetImSegment/Resources/Icons/MnetImSegment.png")
+    # No public home yet: the metadata points into this tree (README "Availability" says so), never
+    # at an invented URL.
+    for key in ("EXTENSION_HOMEPAGE", "EXTENSION_ICONURL", "EXTENSION_SCREENSHOTURLS"):
+        target = sets[key][0]
+        assert "://" not in target, f"{key}: {target}"
+        assert (REPO / target.split("#")[0]).is_file(), f"{key}: {target} is not a file of this tree"
+    assert sets["EXTENSION_HOMEPAGE"] == ["README.md#availability"]
+    contributors = " ".join(sets["EXTENSION_CONTRIBUTORS"])
+    assert re.fullmatch(r"[^(),]+ \([^()]+\)(, [^(),]+ \([^()]+\))*", contributors), contributors
     text = _strip_comments(top.read_text())
     assert re.search(r"project\(\s*MnetImSegment\s*\)", text)
     assert "find_package(Slicer REQUIRED)" in text and "include(${Slicer_USE_FILE})" in text
     assert "add_subdirectory(MnetImSegment)" in text
     assert "include(${Slicer_EXTENSION_GENERATE_CONFIG})" in text and "include(${Slicer_EXTENSION_CPACK})" in text
+
+
+def test_no_placeholder_url_remains_anywhere():
+    hits = []
+    for path in REPO.rglob("*"):
+        if ".git" in path.parts or ".venv" in path.parts or not path.is_file() or path.suffix not in (
+                ".py", ".txt", ".md", ".json", ".ui", ".toml", ".cfg", ".cmake", ""):
+            continue
+        text = path.read_text(errors="ignore")
+        if re.search(r"(github\.com|githubusercontent\.com)/MnetImSegment/MnetImSegment", text):
+            hits.append(path.relative_to(REPO).as_posix())
+    assert not hits, f"placeholder URLs in {hits}"
+
+
+def test_license_file_is_the_apache_2_text_pyproject_declares():
+    license_text = (REPO / "LICENSE").read_text()
+    assert 'license = "Apache-2.0"' in (REPO / "pyproject.toml").read_text()
+    assert "Apache License" in license_text and "Version 2.0, January 2004" in license_text
+    assert "TERMS AND CONDITIONS FOR USE, REPRODUCTION, AND DISTRIBUTION" in license_text
+    assert "END OF TERMS AND CONDITIONS" in license_text and len(license_text) > 10000
+
+
+def test_minimum_slicer_version_and_slicerrt_are_stated_and_checked():
+    for doc in (REPO / "README.md", REPO / "docs" / "slicer.md"):
+        text = doc.read_text()
+        assert "Slicer 5.4 or newer" in text, doc.name
+        assert "SlicerRT" in text, doc.name
+    assert "## Availability" in (REPO / "README.md").read_text()
+    source = MODULE_FILE.read_text()
+    assert "slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)" in source
+    # The check runs before the first import that needs 5.4.
+    assert source.index("slicerVersionProblem(slicer.app") < source.index("from slicer.i18n import")
+    assert "slicerRTProblem(slicerRTAvailable())" in source
+    from MnetImSegmentLib.mrml.dependencies import slicerRTProblem, slicerVersionProblem
+
+    assert slicerVersionProblem(5, 4) is None and slicerVersionProblem(6, 0) is None
+    assert "5.4" in slicerVersionProblem(5, 2) and "5.2" in slicerVersionProblem(5, 2)
+    assert slicerRTProblem(True) is None and "Extensions Manager" in slicerRTProblem(False)
+
+
+def test_catalog_entry_draft_follows_the_extensions_index_format():
+    import json
+
+    entry = json.loads((REPO / "docs" / "extension_catalog_entry.json").read_text())
+    assert entry["$schema"].startswith("https://raw.githubusercontent.com/Slicer/Slicer/main/Schemas/"
+                                       "slicer-extension-catalog-entry-schema-")
+    # The index schema allows only these keys (additionalProperties is false).
+    assert set(entry) <= {"$schema", "build_dependencies", "build_subdirectory", "category", "scm_revision",
+                          "scm_type", "scm_url", "tier"}
+    top = cmake_sets(REPO / "CMakeLists.txt")
+    assert entry["category"] == top["EXTENSION_CATEGORY"][0]
+    assert sorted(entry["build_dependencies"]) == sorted(top["EXTENSION_DEPENDS"][0].split())
+    assert "scm_url" not in entry  # added when the repository is published (README "Availability")
+
+
+def test_help_links_to_the_projects_own_documentation():
+    source = MODULE_FILE.read_text()
+    assert "getDefaultModuleDocumentationLink" not in source
+    assert "helpText += documentationLink()" in source
+    assert 'Path(__file__).resolve().parents[1] / "docs" / "slicer.md"' in source
+    assert (REPO / "docs" / "slicer.md").is_file()
 
 
 def test_icon_is_a_128_pixel_png():
@@ -241,7 +312,9 @@ def test_logic_imports_only_vtk_mrml_slicer_util_and_the_engine():
     bridge = [lib / "logic.py"] + sorted((lib / "mrml").glob("*.py"))
     assert len(bridge) >= 5, bridge
     allowed_top = {"__future__", "importlib", "logging", "threading", "time", "collections", "dataclasses",
-                   "pathlib", "typing", "numpy", "vtk", "slicer"}
+                   "pathlib", "typing", "numpy", "vtk", "slicer",
+                   # the standard library the worker process client needs (no Qt: it is polled by the widget)
+                   "json", "os", "queue", "re", "shutil", "signal", "subprocess", "sys", "tempfile"}
     for path in bridge:
         tree = ast.parse(path.read_text())
         for node in ast.walk(tree):
