@@ -37,6 +37,7 @@ from .core.volume import Volume
 from .engine.device import is_cuda_failure, release_cuda_cache, resolve_device
 from .engine.inference import SegmentationResult, SegmenterCache
 from .engine.weights import TENSORS, ModelCard, read_card, resolve_weights_dir
+from .mrml.background import BackgroundRun, startBackgroundRun
 from .mrml.dependencies import raiseForMissingDependencies
 from .mrml.geometry import geometryFromIJKToRAS, nodeIJKToRAS, orientedImage
 from .mrml.kept_probability import (MAX_THRESHOLD, MIN_THRESHOLD, PROBABILITY_REFERENCE_ROLE, KeptProbabilities,
@@ -273,6 +274,41 @@ class MnetImSegmentLogic:
         logging.info(f"MnetImSegment: CTV {run.result.volume_ml:.1f} ml in '{segNode.GetName()}' "
                      f"({time.perf_counter() - start:.1f} s on {run.device}, {run.card.label})")
         return segNode
+
+    # ------------------------------------------------------------------ phase 2 in a worker process
+    def startProcess(self, inputVolume, weights=None, device: str = "auto", threshold: Optional[float] = None,
+                     largestComponent: Optional[bool] = None, python: Optional[str] = None,
+                     threads: Optional[int] = None) -> BackgroundRun:
+        """Start the network on ``inputVolume`` in a separate process (what the GUI uses); see :mod:`.mrml.background`.
+
+        Poll with :meth:`pollProcess`, then call :meth:`finishProcess` (or ``run.cancel()`` and
+        ``run.cleanup()``). The scene is touched only by :meth:`finishProcess`.
+        """
+        prepared = self.prepareInput(inputVolume)
+        folder = self.resolveWeights(weights)
+        if threshold is not None and not (0.0 < float(threshold) < 1.0):
+            raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
+        return startBackgroundRun(prepared, folder, read_card(folder), device, threshold, largestComponent, python,
+                                  threads=threads)
+
+    @staticmethod
+    def pollProcess(run: BackgroundRun) -> list:
+        """The worker's events since the last poll: progress, log, then one done or error (never blocks)."""
+        return run.poll()
+
+    def finishProcess(self, inputVolume, run: BackgroundRun, outputSegmentation=None, keepProbability: bool = False):
+        """Read a finished worker's result into the scene through :meth:`createOutput`; always removes its files.
+
+        Raises:
+            Cancelled: The run was cancelled; the scene is unchanged.
+            MnetImError: The worker failed or died (one sentence); the scene is unchanged.
+        """
+        try:
+            engineRun = run.engineRun()
+            self.lastWarnings = list(engineRun.warnings)
+            return self.createOutput(inputVolume, engineRun, outputSegmentation, keepProbability=keepProbability)
+        finally:
+            run.cleanup()
 
     # ------------------------------------------------------------------ re-thresholding
     def hasProbability(self, segNode) -> bool:
