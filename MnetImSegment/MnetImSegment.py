@@ -6,7 +6,9 @@ nothing else) and the self-test. Everything that touches voxels or geometry live
 """
 
 import enum
+import importlib
 import logging
+import tempfile
 import queue
 import threading
 from pathlib import Path
@@ -19,7 +21,8 @@ import vtk
 import slicer
 from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
-from MnetImSegmentLib.mrml.dependencies import slicerRTProblem, slicerVersionProblem
+from MnetImSegmentLib.mrml.dependencies import (currentVersions, installedVersion, planInstallation, slicerRTProblem,
+                                                slicerVersionProblem, torchVersionRequirement)
 
 # Checked first: on a Slicer older than 5.4 the imports below fail with a bare ImportError.
 _SLICER_PROBLEM = slicerVersionProblem(slicer.app.majorVersion, slicer.app.minorVersion)
@@ -37,9 +40,11 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
+from MnetImSegmentLib import __version__ as MnetImSegmentLibVersion
 from MnetImSegmentLib.core.errors import Cancelled, MnetImError
 from MnetImSegmentLib.mrml.kept_probability import MAX_THRESHOLD, MIN_THRESHOLD
 from MnetImSegmentLib.logic import MnetImSegmentLogic as MRMLBridgeLogic
+from MnetImSegmentLib.mrml.settings import ModuleSettings, isDefaultWeights, weightsDescription, weightsForScene
 
 #: The project's own documentation of the module (no public home yet: see README.md "Availability").
 DOCUMENTATION = Path(__file__).resolve().parents[1] / "docs" / "slicer.md"
@@ -139,56 +144,64 @@ class MnetImSegmentParameterNode:
     thresholdWeightsFolder: str = ""
 
 
-def _isDefaultWeights(folder) -> bool:
-    return folder is None or str(folder).strip() in ("", ".")
+_isDefaultWeights = isDefaultWeights
 
 
 #
 # Dependencies
 #
-def ensureDependencies(logic: MRMLBridgeLogic) -> None:
-    """Install what the network needs, with the user's consent, on first use (never at import).
+def ensureDependencies(logic: MRMLBridgeLogic, log=logging.info) -> None:
+    """Install what the network needs, with one confirmation, on first use (never at import).
 
-    PyTorch comes from the PyTorch extension when it is installed (it picks a CUDA build that suits
-    the driver), otherwise from pip; safetensors from pip.
+    The decisions (what is missing or too old, the pip arguments that pin Slicer's own SimpleITK,
+    numpy and vtk) are :func:`MnetImSegmentLib.mrml.dependencies.planInstallation`'s; this function
+    only asks, installs with a progress dialog and logs. PyTorch comes from the PyTorch extension
+    when it is installed (a build that suits the GPU driver), otherwise from pip.
 
     Raises:
-        MnetImError: The user declined, or the installation failed.
+        MnetImError: The user declined, the installation failed, or a Slicer-owned package is missing.
     """
-    missing = logic.missingDependencies()
-    if not missing:
+    try:
+        import PyTorchUtils
+    except ImportError:
+        PyTorchUtils = None
+    plan = planInstallation(currentVersions(), PyTorchUtils is not None)
+    if plan.blockedMessage():
+        raise MnetImError(plan.blockedMessage())
+    if not plan.needed:
         return
-    if "torch" in missing:
-        try:
-            import PyTorchUtils
-        except ImportError:
-            PyTorchUtils = None
-        if PyTorchUtils is not None:
-            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=True)
+    if not slicer.util.confirmOkCancelDisplay(plan.confirmationText(), windowTitle=_("Install Python packages")):
+        raise MnetImError(_("MnetImSegment needs these packages to run the network; installation was declined."))
+    progress = slicer.util.createProgressDialog(labelText=_("Installing Python packages (see the module's log)..."),
+                                                maximum=0, windowTitle=_("MnetImSegment"))
+    try:
+        if plan.torchNeeded and plan.torchThroughPyTorchUtils:
+            log("Installing PyTorch " + torchVersionRequirement() + " through the PyTorch extension")
+            slicer.app.processEvents()
+            torch = PyTorchUtils.PyTorchUtilsLogic().installTorch(askConfirmation=False,
+                                                                  torchVersionRequirement=torchVersionRequirement())
             if torch is None:
-                raise MnetImError(_("PyTorch is needed to run the network and was not installed (declined or "
-                                    "failed). Install it from the PyTorch Utils module, then try again."))
-        else:
-            if not slicer.util.confirmOkCancelDisplay(
-                    _("MnetImSegment needs PyTorch, which is not installed. Download and install it now with pip "
-                      "(about 1-3 GB, a few minutes)?\n\nTip: the PyTorch extension (Extensions Manager) installs "
-                      "a build matched to your GPU driver."),
-                    windowTitle=_("Install PyTorch")):
-                raise MnetImError(_("PyTorch is needed to run the network; installation was declined."))
-            try:
-                slicer.util.pip_install("torch")
-            except Exception as exc:
-                raise MnetImError(_("Installing PyTorch with pip failed: {error}").format(error=exc)) from exc
-    rest = [name for name in logic.missingDependencies() if name != "torch"]
-    if rest:
-        if not slicer.util.confirmOkCancelDisplay(
-                _("MnetImSegment needs the Python package(s) {names}. Install now with pip?").format(names=", ".join(rest)),
-                windowTitle=_("Install Python packages")):
-            raise MnetImError(_("The package(s) {names} are needed; installation was declined.").format(names=", ".join(rest)))
-        try:
-            slicer.util.pip_install(" ".join(rest))
-        except Exception as exc:
-            raise MnetImError(_("Installing {names} with pip failed: {error}").format(names=", ".join(rest), error=exc)) from exc
+                raise MnetImError(_("PyTorch could not be installed through the PyTorch extension; install it from "
+                                    "the PyTorch Utils module, then try again."))
+        with tempfile.TemporaryDirectory(prefix="mnetim-pip-") as folder:
+            constraints = Path(folder) / "constraints.txt"
+            constraints.write_text(plan.constraintsText())
+            arguments = plan.pipArguments(str(constraints))
+            if arguments:
+                log("pip " + " ".join(arguments))
+                slicer.app.processEvents()
+                try:
+                    slicer.util.pip_install(arguments[1:])  # pip_install adds 'install' itself
+                except Exception as exc:
+                    raise MnetImError(_("Installing with pip failed: {error}").format(error=exc)) from exc
+    finally:
+        progress.close()
+    importlib.invalidate_caches()
+    after = planInstallation(currentVersions(), PyTorchUtils is not None)
+    if after.needed:  # the version check, after installing
+        raise MnetImError(_("After installing, these packages are still missing or too old: {names}. Restart "
+                            "Slicer and try again.").format(names=", ".join(r.specifier for r in after.toInstall)))
+    log("Python packages ready: " + ", ".join(f"{r.pip} {installedVersion(r.pip)}" for r in plan.toInstall))
     logic.checkDependencies()
 
 
@@ -196,15 +209,14 @@ def ensureDependencies(logic: MRMLBridgeLogic) -> None:
 # Background run
 #
 class SegmentationJob:
-    """One network run on a worker thread. The main thread polls ``messages``; MRML is never touched here.
+    """One network run on a worker thread of Slicer's own process (the in-process setting).
 
-    Messages: ``("progress", fraction, text)``, then exactly one ``("done", EngineRun)`` or
-    ``("error", exception)``.
+    The main thread calls :meth:`drain` from a timer; MRML is never touched on the thread.
     """
 
-    def __init__(self, logic, prepared, inputVolume, outputSegmentation, keepProbability, engineArguments):
+    def __init__(self, logic, inputVolume, outputSegmentation, keepProbability, engineArguments):
         self.logic = logic
-        self.prepared = prepared
+        self.prepared = logic.prepareInput(inputVolume)
         self.inputVolume = inputVolume
         self.outputSegmentation = outputSegmentation
         self.keepProbability = keepProbability
@@ -219,16 +231,74 @@ class SegmentationJob:
     def cancel(self) -> None:
         self.cancelEvent.set()
 
+    def drain(self) -> list:
+        """``("progress", fraction, text)``, ``("log", text)``, and last ``("finished", outcome)``."""
+        out = []
+        while True:
+            try:
+                out.append(self.messages.get_nowait())
+            except queue.Empty:
+                return out
+
+    def finish(self, outcome):
+        """Create the output on the main thread; return ``(segmentation node, EngineRun)``."""
+        if self.cancelEvent.is_set() or isinstance(outcome, Cancelled):
+            raise Cancelled(_("Cancelled; the scene was not changed."))
+        if isinstance(outcome, BaseException):
+            raise outcome
+        return self.logic.createOutput(self.inputVolume, outcome, self.outputSegmentation,
+                                       keepProbability=self.keepProbability), outcome
+
     def _run(self) -> None:
         try:
             run = self.logic.runEngine(self.prepared, progressCallback=self._progress, cancel=self.cancelEvent,
                                        **self.engineArguments)
-            self.messages.put(("done", run))
+            self.messages.put(("finished", run))
         except BaseException as exc:  # handed to the main thread, which reports it
-            self.messages.put(("error", exc))
+            self.messages.put(("finished", exc))
 
     def _progress(self, fraction: float, text: str) -> None:
         self.messages.put(("progress", float(fraction), str(text)))
+
+
+class ProcessJob:
+    """One network run in a worker process (the default): a crash there cannot end Slicer."""
+
+    def __init__(self, logic, inputVolume, outputSegmentation, keepProbability, engineArguments):
+        self.logic = logic
+        self.inputVolume = inputVolume
+        self.outputSegmentation = outputSegmentation
+        self.keepProbability = keepProbability
+        self.engineArguments = engineArguments
+        self.cancelEvent = threading.Event()
+        self.run = None
+
+    def start(self) -> None:
+        self.run = self.logic.startProcess(self.inputVolume, **self.engineArguments)
+
+    def cancel(self) -> None:
+        self.cancelEvent.set()
+        if self.run is not None:
+            self.run.cancel()
+
+    def drain(self) -> list:
+        out = []
+        for event in self.logic.pollProcess(self.run):
+            if event.get("event") == "progress":
+                out.append(("progress", float(event.get("fraction", 0.0)), str(event.get("message", ""))))
+            elif event.get("event") in ("log", "error"):
+                out.append(("log", str(event.get("message", ""))))
+            elif event.get("event") == "done":
+                versions = f"torch {event.get('torch', '?')}, CUDA {event.get('cuda') or 'none'}"
+                out.append(("versions", versions))
+        if self.run.worker.finished:
+            out.append(("finished", None))
+        return out
+
+    def finish(self, outcome):
+        segmentation = self.logic.finishProcess(self.inputVolume, self.run, self.outputSegmentation,
+                                                keepProbability=self.keepProbability)
+        return segmentation, self.logic.lastRun
 
 
 #
@@ -243,7 +313,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic = None
         self._parameterNode = None
         self._parameterNodeGuiTag = None
-        self._job: Optional[SegmentationJob] = None
+        self._job = None  # a ProcessJob (default) or SegmentationJob (in-process setting)
         self._weightsShown = None
 
     def setup(self) -> None:
@@ -254,6 +324,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         uiWidget.setMRMLScene(slicer.mrmlScene)
 
         self.logic = MnetImSegmentLogic()
+        self.settings = ModuleSettings(qt.QSettings())
 
         # The worker thread cannot touch Qt; a timer on the main thread drains its messages.
         self._pollTimer = qt.QTimer()
@@ -272,6 +343,15 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.defaultWeightsButton.connect("clicked(bool)", self.onDefaultWeightsButton)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.progressBar.hide()
+        self.ui.show3DCheckBox.checked = self.settings.show3D
+        self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
+        self.ui.inProcessCheckBox.checked = self.settings.inProcess
+        self.ui.inProcessCheckBox.connect("toggled(bool)", self.onInProcessToggled)
+        torchVersion = installedVersion("torch")
+        self.ui.versionsLabel.text = _("MnetImSegment {version}; PyTorch {torch} (CUDA is reported after the first "
+                                       "run); Slicer {slicer}").format(
+            version=MnetImSegmentLibVersion, torch=torchVersion or _("not installed"),
+            slicer=slicer.app.applicationVersion)
 
         self.initializeParameterNode()
         rtProblem = slicerRTProblem(slicerRTAvailable())
@@ -313,8 +393,12 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if plain:
                 p.inputVolume = plain[0]
         if _isDefaultWeights(p.weightsFolder):
+            # A new scene (or a restart) starts from the weights chosen last time, not silently the demo.
+            folder, problem = weightsForScene(p.weightsFolder, self.settings)
+            if problem:
+                self.log(problem)
             try:
-                p.weightsFolder = self.logic.resolveWeights(None)
+                p.weightsFolder = folder if folder is not None else self.logic.resolveWeights(None)
             except MnetImError as exc:
                 self.ui.modelInfoLabel.text = str(exc)
 
@@ -357,9 +441,9 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         except MnetImError as exc:
             self.ui.modelInfoLabel.text = str(exc)
             return
-        self.ui.modelInfoLabel.text = _("{label} ({architecture}), threshold {threshold:.2f}. Intended use: {use}").format(
-            label=card.label, architecture=card.architecture, threshold=card.threshold,
-            use=card.raw.get("intended_use", "?"))
+        self.ui.modelInfoLabel.text = _("{description}. Intended use: {use}").format(
+            description=weightsDescription(card), use=card.raw.get("intended_use", "?"))
+        self.settings.weightsFolder = folder  # remembered across scenes and restarts
         if p.thresholdWeightsFolder != folder and self._job is None:
             # Another model's probabilities mean something else: the slider stops steering the
             # previous result, and starts at the threshold this model was validated with.
@@ -372,6 +456,20 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onDefaultWeightsButton(self) -> None:
         with slicer.util.tryWithErrorDisplay(_("The shipped demo weights are not available."), waitCursor=True):
             self._parameterNode.weightsFolder = self.logic.resolveWeights(None)
+
+    def onShow3DToggled(self, checked) -> None:
+        self.settings.show3D = bool(checked)
+        node = self._parameterNode.resultSegmentation if self._parameterNode else None
+        if node is not None and node.GetDisplayNode() is not None:
+            node.GetDisplayNode().SetVisibility3D(bool(checked))
+
+    def onInProcessToggled(self, checked) -> None:
+        self.settings.inProcess = bool(checked)
+
+    def log(self, text: str) -> None:
+        """A line in the module's log pane (and Slicer's log)."""
+        logging.info(f"MnetImSegment: {text}")
+        self.ui.logTextEdit.appendPlainText(text)
 
     def onThresholdChanged(self, value) -> None:
         p = self._parameterNode
@@ -399,14 +497,20 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             return
         p = self._parameterNode
         with slicer.util.tryWithErrorDisplay(_("Segment CTV could not start."), waitCursor=True):
-            ensureDependencies(self.logic)
-            prepared = self.logic.prepareInput(p.inputVolume)
+            ensureDependencies(self.logic, log=self.log)
             weights = self.logic.resolveWeights(None if _isDefaultWeights(p.weightsFolder) else p.weightsFolder)
-            self.logic.resolveDevice(p.device.value)  # a GPU request without a GPU fails here, before any work
-            self._job = SegmentationJob(
-                self.logic, prepared, p.inputVolume, p.outputSegmentation, p.keepProbability,
-                dict(weights=weights, device=p.device.value, threshold=p.threshold, largestComponent=p.largestComponent))
+            arguments = dict(weights=weights, device=p.device.value, threshold=p.threshold,
+                             largestComponent=p.largestComponent)
+            if self.settings.inProcess:
+                self.logic.resolveDevice(p.device.value)  # a GPU request without a GPU fails here, before any work
+                jobClass = SegmentationJob
+            else:  # the worker process checks the device and reports a missing GPU in one sentence
+                jobClass = ProcessJob
+            self._job = jobClass(self.logic, p.inputVolume, p.outputSegmentation, p.keepProbability, arguments)
             self._job.start()
+            self.log(_("Segmenting '{name}' with {weights} on {device} ({where}).").format(
+                name=p.inputVolume.GetName(), weights=weights, device=p.device.value,
+                where=_("in Slicer's process") if self.settings.inProcess else _("worker process")))
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = _("Starting...")
@@ -424,43 +528,54 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if job is None:
             self._pollTimer.stop()
             return
-        while True:
-            try:
-                message = job.messages.get_nowait()
-            except queue.Empty:
-                return
+        outcome = None
+        finished = False
+        for message in job.drain():
             if message[0] == "progress":
                 self.ui.progressBar.value = int(round(100 * message[1]))
                 if not job.cancelEvent.is_set():
                     self.ui.statusLabel.text = message[2]
-                continue
-            self._pollTimer.stop()
-            self._job = None
-            self.ui.progressBar.hide()
-            self._updateGui()
-            if message[0] == "done" and not job.cancelEvent.is_set():
-                self._finishJob(job, message[1])
-            elif message[0] == "done" or isinstance(message[1], Cancelled):
-                self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
-            else:
-                self.ui.statusLabel.text = _("Segmentation failed; the scene was not changed.")
-                with slicer.util.tryWithErrorDisplay(_("Segmentation failed; the scene was not changed.")):
-                    raise message[1]
+            elif message[0] == "log":
+                self.log(message[1])
+            elif message[0] == "versions":
+                self.ui.versionsLabel.text = self.ui.versionsLabel.text.split(";")[0] + "; " + message[1]
+            elif message[0] == "finished":
+                finished, outcome = True, message[1]
+        if not finished:
             return
+        self._pollTimer.stop()
+        self._job = None
+        self.ui.progressBar.hide()
+        self._updateGui()
+        try:
+            segmentation, run = job.finish(outcome)
+        except Cancelled:
+            self.ui.statusLabel.text = _("Cancelled; the scene was not changed.")
+            self.log(self.ui.statusLabel.text)
+        except MnetImError as exc:
+            self.ui.statusLabel.text = _("Segmentation failed; the scene was not changed.")
+            self.log(str(exc))
+            slicer.util.errorDisplay(str(exc), windowTitle=_("MnetImSegment"))
+        except Exception as exc:  # a bug: shown with its details
+            self.ui.statusLabel.text = _("Segmentation failed; the scene was not changed.")
+            with slicer.util.tryWithErrorDisplay(_("Segmentation failed; the scene was not changed.")):
+                raise exc
+        else:
+            self._showResult(job, segmentation, run)
 
-    def _finishJob(self, job: SegmentationJob, run) -> None:
-        """Create the output on the main thread, only now that the network has finished."""
-        with slicer.util.tryWithErrorDisplay(_("Could not add the CTV to the scene."), waitCursor=True):
-            segmentation = self.logic.createOutput(job.inputVolume, run, job.outputSegmentation,
-                                                   keepProbability=job.keepProbability)
-            self._parameterNode.resultSegmentation = segmentation
-            text = _("CTV {volume:.1f} ml in '{name}': {seconds:.1f} s on {device} ({model}).").format(
-                volume=run.result.volume_ml, name=segmentation.GetName(), seconds=run.seconds,
-                device=run.device.upper(), model=run.card.label)
-            for warning in run.warnings:
-                text += "\n" + warning
-            self.ui.statusLabel.text = text
-            slicer.util.setSliceViewerLayers(background=job.inputVolume)
+    def _showResult(self, job, segmentation, run) -> None:
+        """Describe the new result (which model made it, demo weights marked) and show it."""
+        self._parameterNode.resultSegmentation = segmentation
+        text = _("CTV {volume:.1f} ml in '{name}': {seconds:.1f} s on {device} ({model}).").format(
+            volume=run.result.volume_ml, name=segmentation.GetName(), seconds=run.seconds,
+            device=run.device.upper(), model=weightsDescription(run.card))
+        for warning in run.warnings:
+            text += "\n" + warning
+        self.ui.statusLabel.text = text
+        self.log(text)
+        if segmentation.GetDisplayNode() is not None:
+            segmentation.GetDisplayNode().SetVisibility3D(self.settings.show3D)
+        slicer.util.setSliceViewerLayers(background=job.inputVolume)
 
 
 #

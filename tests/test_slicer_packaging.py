@@ -293,8 +293,21 @@ def test_module_installs_nothing_and_imports_no_torch_at_import_time(module_ast)
         if isinstance(stmt, ast.Expr):
             assert "pip_install" not in ast.unparse(stmt)
     source = MODULE_FILE.read_text()
-    assert "PyTorchUtilsLogic().installTorch(askConfirmation=True)" in source
-    assert "slicer.util.pip_install" in source and "confirmOkCancelDisplay" in source
+    # One confirmation listing everything (the plan's text), torch through SlicerPyTorch with the pinned
+    # minimum, pip arguments that pin Slicer's own packages, and a version check afterwards.
+    assert source.count("confirmOkCancelDisplay") == 1 and "confirmOkCancelDisplay(plan.confirmationText()" in source
+    assert "installTorch(askConfirmation=False,\n" in source and "torchVersionRequirement=torchVersionRequirement()" in source
+    assert "slicer.util.pip_install(arguments[1:])" in source and "plan.pipArguments(str(constraints))" in source
+    assert "after = planInstallation(currentVersions()" in source
+
+
+def test_widget_runs_the_network_in_a_worker_process_unless_told_otherwise(module_ast):
+    source = MODULE_FILE.read_text()
+    assert "jobClass = ProcessJob" in source and "if self.settings.inProcess:" in source
+    process_job = ast.unparse(_classes(module_ast)["ProcessJob"])
+    assert "self.logic.startProcess(" in process_job and "self.logic.finishProcess(" in process_job
+    assert "self.settings = ModuleSettings(qt.QSettings())" in source
+    assert "weightsForScene(p.weightsFolder, self.settings)" in source
 
 
 def test_self_test_runs_the_phantom_on_the_cpu_with_a_dice_check(module_ast):

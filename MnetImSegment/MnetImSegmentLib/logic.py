@@ -68,6 +68,7 @@ class MnetImSegmentLogic:
         self._segmenters = SegmenterCache()
         self._kept = KeptProbabilities()
         self.lastWarnings: list[str] = []
+        self.lastRun: Optional[EngineRun] = None
 
     # ------------------------------------------------------------------ dependencies
     @staticmethod
@@ -304,7 +305,7 @@ class MnetImSegmentLogic:
             MnetImError: The worker failed or died (one sentence); the scene is unchanged.
         """
         try:
-            engineRun = run.engineRun()
+            engineRun = self.lastRun = run.engineRun()
             self.lastWarnings = list(engineRun.warnings)
             return self.createOutput(inputVolume, engineRun, outputSegmentation, keepProbability=keepProbability)
         finally:

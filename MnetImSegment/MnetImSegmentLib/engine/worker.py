@@ -37,7 +37,8 @@ from ..core.errors import Cancelled, InputError, MnetImError
 from ..core.files import atomic_path
 from ..core.volume import Volume
 from .device import is_cuda_failure, release_cuda_cache
-from .inference import Segmenter
+from .inference import SegmentationResult, Segmenter
+from .roi import Roi
 from .weights import read_card
 
 #: Keys a request must have.
@@ -134,11 +135,71 @@ def run_request(request: dict, events: EventStream) -> dict:
     with atomic_path(request["probability"], overwrite=True) as tmp:
         sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(probability, np.float32)), str(tmp))
     events.progress(1.0, "done")
+    import torch
+
     seconds = dict(result.seconds)
     seconds["worker"] = time.perf_counter() - started
     return dict(threshold=float(result.threshold), device=result.device, model=result.model, seconds=seconds,
                 probability_box=_box_list(box), warnings=warnings, volume_ml=result.volume_ml, roi=result.roi.to_dict(),
-                largest_component=largest)
+                largest_component=largest, torch=torch.__version__, cuda=torch.version.cuda,
+                cuda_available=bool(torch.cuda.is_available()))
+
+
+# --------------------------------------------------------------------------- the client's side of the files
+INPUT_NAME = "ct.nrrd"
+MASK_NAME = "mask.nrrd"
+PROBABILITY_NAME = "probability.nrrd"
+REQUEST_NAME = "request.json"
+
+
+def write_request(volume: Volume, folder: Path, weights, device: str = "auto", threshold: Optional[float] = None,
+                  largest_component: Optional[bool] = None, threads: Optional[int] = None) -> Path:
+    """Write a CT (LPS, SimpleITK conventions) and the request for it into ``folder``; return the request path."""
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    image = folder / INPUT_NAME
+    # Uncompressed: the worker reads it once; compressing a 512x512x120 CT would cost seconds.
+    sitk.WriteImage(volume.to_sitk(), str(image), False)
+    request = {"image": str(image), "weights": str(weights), "device": str(device), "threshold": threshold,
+               "largest_component": largest_component, "mask": str(folder / MASK_NAME),
+               "probability": str(folder / PROBABILITY_NAME), "threads": threads}
+    path = folder / REQUEST_NAME
+    path.write_text(json.dumps(request, indent=1))
+    return path
+
+
+def read_result(done: dict, folder: Path, volume: Volume) -> SegmentationResult:
+    """The worker's result as the engine's :class:`SegmentationResult` on ``volume``'s grid.
+
+    Raises:
+        MnetImError: The files are missing or unreadable, or not on the CT's grid.
+    """
+    import SimpleITK as sitk
+
+    folder = Path(folder)
+    try:
+        mask = Volume.from_sitk(sitk.ReadImage(str(folder / MASK_NAME)))
+        inside = sitk.GetArrayFromImage(sitk.ReadImage(str(folder / PROBABILITY_NAME)))
+    except RuntimeError as exc:
+        raise MnetImError("The segmentation process left no readable result "
+                          f"({str(exc).strip().splitlines()[-1][:160]}).") from None
+    if mask.shape != volume.shape or not mask.geometry.allclose(volume.geometry, atol=1e-5):
+        raise MnetImError("The segmentation process returned a result on another grid than the CT's; run it again.")
+    probability = np.zeros(volume.shape, np.float32)
+    box = None
+    if done.get("probability_box"):
+        box = tuple(slice(int(a), int(b)) for a, b in done["probability_box"])
+        if probability[box].shape != inside.shape:
+            raise MnetImError("The segmentation process returned an inconsistent probability map; run it again.")
+        probability[box] = inside
+    fields = done.get("roi") or {}
+    roi = Roi(tuple(fields.get("center_lps_mm", (0.0, 0.0, 0.0))), int(fields.get("slice_axis", 2)),
+              tuple(fields.get("slice_range", (0, 0))), str(fields.get("method", "")))
+    return SegmentationResult(mask=volume.with_array(mask.array.astype(np.uint8)),
+                              probability=volume.with_array(probability), threshold=float(done["threshold"]),
+                              roi=roi, device=str(done.get("device", "")), seconds=dict(done.get("seconds") or {}),
+                              model=str(done.get("model", "")), probability_box=box)
 
 
 def one_sentence(exc: BaseException) -> str:

@@ -15,6 +15,7 @@ from .. import __version__
 from ..core.errors import InputError, MnetImError
 from ..core.style import CTV_COLOR, CTV_NAME, CTV_TERMINOLOGY, LARGEST_COMPONENT_TAG, TAG_PREFIX, segmentation_tags
 from .geometry import orientedImage, vtkMatrix
+from .settings import demoTags
 
 
 def validateVolumeNode(inputVolume) -> None:
@@ -87,6 +88,7 @@ def tagCTV(segNode, segmentId: str, run, threshold: float) -> None:
         TAG_PREFIX + "RoiMethod": run.result.roi.method,
         TAG_PREFIX + "Software": f"MnetImSegment {__version__}",
     })
+    tags.update(demoTags(card))  # the demo weights are marked on the segment itself
     for key, value in tags.items():
         segment.SetTag(key, value)
 

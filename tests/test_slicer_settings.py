@@ -1,0 +1,116 @@
+"""Application settings of the Slicer module (weights folder, in-process, Show 3D) and model marking.
+
+The settings layer takes any QSettings-like store; here a dict store, in Slicer ``qt.QSettings()``.
+The weights choice must survive a new scene: a new scene's parameter node has no weights folder,
+and the module must then start from the folder chosen last time, not silently from the demo.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+
+import pytest
+import vtk
+
+import slicer
+from MnetImSegmentLib.engine.weights import default_weights_dir, read_card
+from MnetImSegmentLib.logic import MnetImSegmentLogic
+from MnetImSegmentLib.mrml.settings import (DEMO_TAG, DEMO_TAG_VALUE, WEIGHTS_KEY, DictStore, ModuleSettings,
+                                            isDemoCard, weightsDescription, weightsForScene)
+from MnetImSegmentLib.research.phantom import make_phantom
+from helpers.slicer_scene import add_volume, new_scene
+
+
+class StringStore(DictStore):
+    """Like QSettings with an INI file: every value comes back as a string."""
+
+    def setValue(self, key, value):
+        super().setValue(key, str(value).lower() if isinstance(value, bool) else str(value))
+
+
+@pytest.fixture
+def scene():
+    scene = new_scene()
+    yield scene
+    slicer.mrmlScene = scene._previous_mrml_scene
+    scene.Clear(1)
+
+
+def segment_tags(seg_node) -> dict:
+    segment = seg_node.GetSegmentation().GetSegment(seg_node.GetSegmentation().GetSegmentIdBySegmentName("CTV"))
+    out = {}
+    for key in ("MnetImSegment.Model", DEMO_TAG):
+        value = vtk.reference("")
+        if segment.GetTag(key, value):
+            out[key] = str(value)
+    return out
+
+
+@pytest.mark.parametrize("store_class", [DictStore, StringStore])
+def test_settings_round_trip_through_a_qsettings_like_store(store_class, tiny_weights):
+    store = store_class()
+    settings = ModuleSettings(store)
+    assert settings.weightsFolder == "" and settings.inProcess is False and settings.show3D is True
+    settings.weightsFolder = tiny_weights
+    settings.inProcess = True
+    settings.show3D = False
+    again = ModuleSettings(store)  # e.g. after a restart
+    assert again.weightsFolder == str(tiny_weights) and again.inProcess is True and again.show3D is False
+    again.weightsFolder = "."  # choosing the demo weights again is remembered as the demo
+    assert store.value(WEIGHTS_KEY) == "" and ModuleSettings(store).weightsFolder == ""
+
+
+def test_weights_choice_survives_a_new_scene(tiny_weights, tmp_path):
+    settings = ModuleSettings(DictStore())
+    logic = MnetImSegmentLogic()
+    phantom = make_phantom(seed=5, matrix=96, slice_mm=3.0, z_extent_mm=70)
+
+    first = new_scene()
+    try:
+        # The user picks weights in the first scene: the widget stores them in the settings.
+        settings.weightsFolder = tiny_weights
+        seg = logic.process(add_volume(first, phantom.ct), weights=tiny_weights, device="cpu")
+        assert segment_tags(seg)["MnetImSegment.Model"] == "test-Mnet_Im 0.0.0"
+    finally:
+        slicer.mrmlScene = first._previous_mrml_scene
+        first.Clear(1)
+
+    second = new_scene()  # a new scene: its parameter node has no weights folder
+    try:
+        folder, problem = weightsForScene(None, settings)
+        assert folder == tiny_weights and problem is None
+        seg = logic.process(add_volume(second, phantom.ct), weights=folder, device="cpu")
+        tags = segment_tags(seg)
+        assert tags["MnetImSegment.Model"] == "test-Mnet_Im 0.0.0" and DEMO_TAG not in tags
+    finally:
+        slicer.mrmlScene = second._previous_mrml_scene
+        second.Clear(1)
+
+    # A folder the scene names wins over the remembered one.
+    assert weightsForScene(str(tmp_path), settings) == (tmp_path, None)
+    # The remembered folder is gone: the demo weights, with one sentence saying why.
+    gone = tmp_path / "gone"
+    shutil.copytree(tiny_weights, gone)
+    settings.weightsFolder = gone
+    shutil.rmtree(gone)
+    folder, problem = weightsForScene("", settings)
+    assert folder is None and "chosen last time cannot be used" in problem and "\n" not in problem
+
+
+def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, tiny_weights, tmp_path):
+    demo_card = read_card(default_weights_dir())
+    assert isDemoCard(demo_card) and "NOT FOR CLINICAL USE" in weightsDescription(demo_card)
+    assert not isDemoCard(read_card(tiny_weights)) and "CLINICAL" not in weightsDescription(read_card(tiny_weights))
+    assert "test-Mnet_Im 0.0.0" in weightsDescription(read_card(tiny_weights))
+
+    # Any card whose intended use says so is marked, and the segment carries the tag (its name stays CTV).
+    marked = tmp_path / "marked"
+    shutil.copytree(tiny_weights, marked)
+    card = json.loads((marked / "model.json").read_text())
+    card["intended_use"] = "Teaching only. NOT FOR CLINICAL USE."
+    (marked / "model.json").write_text(json.dumps(card))
+    phantom = make_phantom(seed=6, matrix=96, slice_mm=3.0, z_extent_mm=70)
+    seg = MnetImSegmentLogic().process(add_volume(scene, phantom.ct), weights=marked, device="cpu")
+    assert seg.GetSegmentation().GetSegmentIdBySegmentName("CTV")
+    assert segment_tags(seg)[DEMO_TAG] == DEMO_TAG_VALUE
