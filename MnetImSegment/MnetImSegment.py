@@ -80,6 +80,8 @@ class MnetImSegment(ScriptedLoadableModule):
             "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export."
         ).format(citation=PAPER_CITATION)
         self.parent.helpText += documentationLink()
+        # The CTV's terminology list must be loaded before any segment refers to it (scene loading too).
+        slicer.app.connect("startupCompleted()", loadTerminology)
         self.parent.acknowledgementText = _(
             "The Mnet_Im architecture is described in {citation}. This module is an independent "
             "implementation; it is not affiliated with the authors. Built on 3D Slicer, PyTorch, "
@@ -92,6 +94,16 @@ def documentationLink() -> str:
     if DOCUMENTATION.is_file():  # a source checkout: open the file itself
         return '<p>Documentation: <a href="{url}">docs/slicer.md</a>.</p>'.format(url=DOCUMENTATION.as_uri())
     return "<p>" + _("Documentation: docs/slicer.md in the MnetImSegment source (see its README, 'Availability').") + "</p>"
+
+
+def loadTerminology() -> None:
+    """Load the module's terminology context (the CTV code) into Slicer's Terminologies module."""
+    path = Path(__file__).resolve().parent / "Resources" / "Terminology" / "MnetImSegment.term.json"
+    terminologies = getattr(slicer.modules, "terminologies", None)
+    if terminologies is None or not path.is_file():
+        logging.warning("MnetImSegment: the CTV terminology could not be loaded (no Terminologies module or file).")
+        return
+    terminologies.logic().LoadTerminologyFromFile(str(path))
 
 
 def slicerRTAvailable() -> bool:

@@ -114,3 +114,21 @@ def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, ti
     seg = MnetImSegmentLogic().process(add_volume(scene, phantom.ct), weights=marked, device="cpu")
     assert seg.GetSegmentation().GetSegmentIdBySegmentName("CTV")
     assert segment_tags(seg)[DEMO_TAG] == DEMO_TAG_VALUE
+
+
+def test_the_ctv_terminology_is_in_the_modules_own_loaded_list():
+    from pathlib import Path
+
+    from MnetImSegmentLib.core import style
+
+    path = Path(__file__).resolve().parents[1] / "MnetImSegment" / "Resources" / "Terminology" / "MnetImSegment.term.json"
+    logic = slicer.vtkSlicerTerminologiesModuleLogic()
+    name = logic.LoadTerminologyFromFile(str(path))
+    assert name == style.CTV_TERMINOLOGY_CONTEXT and style.CTV_TERMINOLOGY.startswith(name + "~")
+    entry = slicer.vtkSlicerTerminologyEntry()
+    assert logic.FindTypeInTerminologyBy3dSlicerLabel(name, "CTV", entry)
+    assert entry.GetTypeObject().GetCodeValue() == "228793007"
+    assert tuple(entry.GetTypeObject().GetRecommendedDisplayRGBValue()) == style.CTV_COLOR_255
+    # The segment's terminology string names exactly the loaded category and type.
+    assert logic.SerializeTerminologyEntry(entry).split("~")[:3] == style.CTV_TERMINOLOGY.split("~")[:3]
+    assert "loadTerminology" in (path.parents[2] / "MnetImSegment.py").read_text()

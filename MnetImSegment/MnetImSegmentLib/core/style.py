@@ -12,10 +12,12 @@ CTV_NAME = "CTV"
 # Slicer's colour for a clinical target volume, as 0-1 floats and as DICOM's 0-255 integers.
 CTV_COLOR = (0.902, 0.376, 0.118)
 CTV_COLOR_255 = (230, 96, 30)
-# Slicer's terminology entry (SCT 228793007 "Clinical target volume").
-CTV_TERMINOLOGY = ("Segmentation category and type - 3D Slicer General Anatomy list"
-                   "~SCT^91723000^Anatomical structure~SCT^228793007^Clinical target volume~^^~"
-                   "Anatomic codes - DICOM master list~^^~^^")
+# Slicer's terminology entry (SCT 228793007 "Clinical target volume"), in the module's own terminology
+# context (MnetImSegment/Resources/Terminology/MnetImSegment.term.json, loaded when the module starts):
+# Slicer's built-in lists have no CTV.
+CTV_TERMINOLOGY_CONTEXT = "MnetImSegment - brachytherapy target volumes"
+CTV_TERMINOLOGY = (CTV_TERMINOLOGY_CONTEXT + "~SCT^91723000^Anatomical Structure~SCT^228793007^Clinical target volume"
+                   "~^^~Anatomic codes - DICOM master list~^^~^^")
 
 TAG_PREFIX = "MnetImSegment."
 MODEL_TAG = TAG_PREFIX + "Model"
