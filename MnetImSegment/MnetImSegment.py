@@ -82,6 +82,7 @@ class MnetImSegment(ScriptedLoadableModule):
         self.parent.helpText += documentationLink()
         # The CTV's terminology list must be loaded before any segment refers to it (scene loading too).
         slicer.app.connect("startupCompleted()", loadTerminology)
+        slicer.app.connect("startupCompleted()", registerSampleData)
         self.parent.acknowledgementText = _(
             "The Mnet_Im architecture is described in {citation}. This module is an independent "
             "implementation; it is not affiliated with the authors. Built on 3D Slicer, PyTorch, "
@@ -104,6 +105,26 @@ def loadTerminology() -> None:
         logging.warning("MnetImSegment: the CTV terminology could not be loaded (no Terminologies module or file).")
         return
     terminologies.logic().LoadTerminologyFromFile(str(path))
+
+
+def registerSampleData() -> None:
+    """Register a synthetic brachytherapy CT in the Sample Data module (generated once into Slicer's cache).
+
+    There is no public brachytherapy CT to download, so the file is written from a phantom the first
+    time Slicer starts with the module (about a second) and Sample Data loads it from a file:// URI.
+    """
+    try:
+        import SampleData
+
+        from MnetImSegmentLib.research.sample_data import SAMPLE_FILE, SAMPLE_NAME, write_sample_ct
+
+        path = write_sample_ct(Path(slicer.app.cachePath) / "MnetImSegment")
+        SampleData.SampleDataLogic.registerCustomSampleDataSource(
+            category="MnetImSegment", sampleName=SAMPLE_NAME, uris=path.as_uri(), fileNames=SAMPLE_FILE,
+            nodeNames="Brachytherapy phantom CT", loadFileType="VolumeFile",
+            thumbnailFileName=str(Path(__file__).resolve().parent / "Resources" / "Icons" / "MnetImSegment.png"))
+    except Exception as exc:  # sample data is a convenience: never stop the module from loading
+        logging.warning(f"MnetImSegment: the phantom sample CT could not be registered ({exc}).")
 
 
 def slicerRTAvailable() -> bool:

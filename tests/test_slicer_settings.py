@@ -132,3 +132,26 @@ def test_the_ctv_terminology_is_in_the_modules_own_loaded_list():
     # The segment's terminology string names exactly the loaded category and type.
     assert logic.SerializeTerminologyEntry(entry).split("~")[:3] == style.CTV_TERMINOLOGY.split("~")[:3]
     assert "loadTerminology" in (path.parents[2] / "MnetImSegment.py").read_text()
+
+
+def test_sample_data_ct_is_written_once_and_loads_as_a_ct(scene, tmp_path):
+    import SimpleITK as sitk
+
+    from MnetImSegmentLib.research.sample_data import sample_ct_path, write_sample_ct
+
+    path = write_sample_ct(tmp_path / "cache")
+    assert path == sample_ct_path(tmp_path / "cache") and path.is_file()
+    mtime = path.stat().st_mtime_ns
+    assert write_sample_ct(tmp_path / "cache") == path and path.stat().st_mtime_ns == mtime  # reused
+    image = sitk.ReadImage(str(path))
+    array = sitk.GetArrayViewFromImage(image)
+    assert array.min() <= -900 and array.max() > 100 and image.GetSize()[:2] == (160, 160)
+    # Slicer's own volume loader reads it (what Sample Data does with the file:// URI).
+    node = slicer.vtkSlicerVolumesLogic()
+    node.SetMRMLScene(scene)
+    loaded = node.AddArchetypeVolume(str(path), "phantom", 0, vtk.vtkStringArray())
+    assert loaded is not None and slicer.util.arrayFromVolume(loaded).shape == array.shape
+    from pathlib import Path
+
+    module = (Path(__file__).resolve().parents[1] / "MnetImSegment" / "MnetImSegment.py").read_text()
+    assert 'connect("startupCompleted()", registerSampleData)' in module and "path.as_uri()" in module
