@@ -394,6 +394,8 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         self._cancelJob()
+        if isinstance(self._job, ProcessJob) and self._job.run is not None:
+            self._job.run.cleanup()  # the worker's temporary files
         self._pollTimer.stop()
         self._rethresholdTimer.stop()
         self.removeObservers()
