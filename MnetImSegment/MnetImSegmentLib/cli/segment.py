@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import os
 import time
 from pathlib import Path
 
+from ..core.commit import OutputTransaction, refuse_output_equals_input
 from ..core.errors import InputError, OutputError
+from ..core.files import suffix_of
+from ..core.validate import validate_segment_options
 from ..dicomrt.export import DICOM_FORMATS, write_segmentation_dicom
 from ..engine.batch import looks_like_series, segment_folder, write_result
 from ..engine.inference import Segmenter
-from ..engine.io import mask_kind, read_image, write_image
+from ..engine.io import IMAGE_WRITE_SUFFIXES, mask_kind, read_image, write_image
 from .options import add_device, add_input_output, add_json, add_overwrite, emit
 
 
@@ -37,6 +41,7 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     inp, out = Path(args.input), Path(args.output)
     t0 = time.perf_counter()
+    validate_segment_options(args)
     if args.batch or (inp.is_dir() and not looks_like_series(inp)):
         return _run_batch(args, inp, out)
     dicom_out = args.format in DICOM_FORMATS
@@ -49,17 +54,20 @@ def run(args) -> int:
         mask_kind(out)
         if out.exists() and not args.overwrite:
             raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
+    _check_single_outputs(args, inp, out)
     volume = read_image(inp, series_uid=args.series)
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
                                keep_probability=args.probability is not None)
-    if dicom_out:
-        out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
-                                       overwrite=args.overwrite)
-        if args.probability:
-            write_image(result.probability, Path(args.probability), overwrite=args.overwrite)
-    else:
-        write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None)
+    # One transaction: the mask (or DICOM object) and the probability map commit together or not at all.
+    with OutputTransaction(overwrite=args.overwrite) as tx:
+        if dicom_out:
+            out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
+                                           overwrite=args.overwrite, tx=tx)
+            if args.probability:
+                write_image(result.probability, Path(args.probability), tx=tx)
+        else:
+            write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None, tx=tx)
     report = {"input": str(inp), "output": str(out), "ctv_ml": round(result.volume_ml, 2),
               "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
               "precision": segmenter.precision,
@@ -67,6 +75,20 @@ def run(args) -> int:
               "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
     emit(args, report, lambda: f"CTV {report['ctv_ml']:.1f} ml -> {out} ({report['seconds']:.1f} s on {result.device})")
     return 0
+
+
+def _check_single_outputs(args, inp: Path, out: Path) -> None:
+    """Refuse, before reading the CT, outputs that are an input, each other, or already exist."""
+    probability = Path(args.probability) if args.probability else None
+    refuse_output_equals_input([out, probability], [inp])
+    if probability is None:
+        return
+    if suffix_of(probability) not in IMAGE_WRITE_SUFFIXES:
+        raise OutputError(f"Cannot write the probability map to '{probability}': use {', '.join(IMAGE_WRITE_SUFFIXES)}.")
+    if os.path.abspath(probability) == os.path.abspath(out):
+        raise OutputError(f"--probability and -o name the same file '{out}'; choose distinct outputs.")
+    if os.path.lexists(probability) and not args.overwrite:
+        raise OutputError(f"'{probability}' already exists; choose another output or pass --overwrite.")
 
 
 def _run_batch(args, inp: Path, out: Path) -> int:

@@ -1,21 +1,22 @@
-"""File names and atomic writes: the one temp-then-rename helper every writer uses.
+"""File names, and the doors every writer uses onto the one commit path (:mod:`.commit`).
 
-Every output goes to a temporary file (or folder) next to its destination and is renamed into place
-only when complete, so a failed or interrupted run never leaves a half-written file, and an existing
-output is replaced only when ``overwrite`` is set.
+Every output goes to a temporary file (or folder) next to its destination, is flushed, read back and
+verified, and only then created at its final name (never replacing an existing output unless
+``overwrite`` is set), so a failed, interrupted or disk-full run never leaves a half-written file.
+:func:`atomic_path`, :func:`atomic_dir`, :func:`write_text` and :func:`publish_files` are all built
+on :class:`~.commit.OutputTransaction`; there is no second way to put an output on disk.
 """
 
 from __future__ import annotations
 
 import contextlib
-import os
+import hashlib
 import shutil
 import tempfile
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
-from .errors import OutputError
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -34,93 +35,100 @@ def suffix_of(path) -> str:
 
 
 @contextmanager
-def atomic_path(path, overwrite: bool = False):
-    """Yield a temporary path next to ``path``; rename it into place only if the block succeeds."""
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise OutputError(f"'{path}' already exists; choose another output or allow overwriting.")
-    parent = path.parent if str(path.parent) else Path(".")
-    if not parent.is_dir():
-        raise OutputError(f"The output folder '{parent}' does not exist.")
-    if not os.access(parent, os.W_OK):
-        raise OutputError(f"The output folder '{parent}' is not writable.")
-    suffix = suffix_of(path)
-    try:
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp" + suffix, dir=parent)
-        os.close(fd)
-    except OSError as exc:
-        raise OutputError(f"Cannot write in '{parent}' ({exc.strerror}).") from None
-    try:
-        yield Path(tmp)
-        os.replace(tmp, path)
-    except OSError as exc:
-        raise OutputError(f"Writing '{path}' failed ({exc.strerror or exc}); nothing was written.") from None
-    except RuntimeError as exc:  # SimpleITK reports I/O failures as RuntimeError
-        raise OutputError(f"Writing '{path}' failed ({str(exc).strip().splitlines()[-1][:160]}); nothing was written.") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+def atomic_path(path, overwrite: bool = False, tx=None, check: Optional[Callable[[Path], object]] = None):
+    """Yield a temporary path next to ``path``; it becomes ``path`` only when the output commits.
 
-
-def replace_folder(tmp: Path, folder: Path) -> None:
-    """Move a completed temporary folder into place, replacing an old one only once the new one is complete."""
-    if folder.exists():
-        old = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", suffix=".old", dir=folder.parent))
-        os.rmdir(old)
-        os.replace(folder, old)
-        try:
-            os.replace(tmp, folder)
-        except BaseException:
-            os.replace(old, folder)
-            raise
-        shutil.rmtree(old, ignore_errors=True)
-    else:
-        os.replace(tmp, folder)
+    A thin door onto :class:`~.commit.OutputTransaction`, the one commit path: with ``tx`` the file
+    joins the caller's transaction (committed together with the run's other outputs), else it
+    commits alone when the block ends. ``check(temp)`` is its read-back verification (see
+    :meth:`~.commit.OutputTransaction.verify`); without one, an empty file is refused.
+    """
+    with transaction(tx, overwrite) as t:
+        tmp = t.path_for(path)
+        yield tmp
+        if check is not None:
+            t.verify(path, check)
 
 
 @contextmanager
-def atomic_dir(folder, prefix: str | None = None):
-    """Yield a temporary folder next to ``folder``; it replaces ``folder`` only if the block succeeds.
+def atomic_dir(folder, overwrite: bool = False, tx=None, check: Optional[Callable[[Path], object]] = None):
+    """Yield a new temporary folder next to ``folder``; it becomes ``folder`` when the output commits.
 
-    The caller checks whether ``folder`` may be replaced; a failed block leaves nothing behind.
+    As :func:`atomic_path`, for a folder of files (a DICOM series, a weights folder, a dataset tree).
     """
-    folder = Path(folder)
-    tmp = Path(tempfile.mkdtemp(prefix=prefix or f".{folder.name}.", suffix=".tmp", dir=folder.parent))
-    try:
+    with transaction(tx, overwrite) as t:
+        tmp = t.dir_for(folder)
         yield tmp
-        replace_folder(tmp, folder)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        if check is not None:
+            t.verify(folder, check)
+
+
+@contextmanager
+def transaction(tx, overwrite: bool = False):
+    """The caller's transaction (it commits), or a new one that commits this output alone.
+
+    Writers take an optional ``tx`` so several outputs of one run commit together::
+
+        with transaction(tx, overwrite) as t:
+            tmp = t.path_for(path)
+            ...write tmp...
+            t.verify(path, readback_check)
+    """
+    from .commit import OutputTransaction
+
+    if tx is not None:
+        yield tx
+        return
+    with OutputTransaction(overwrite=overwrite) as own:
+        yield own
+
+
+def write_text(path, text: str, overwrite: bool = False, tx=None) -> Path:
+    """A text file (JSON, CSV, Markdown report) through the commit path, read back by checksum."""
+    from .commit import check_sha256
+
+    data = text.encode("utf-8")
+    with atomic_path(path, overwrite, tx=tx, check=check_sha256(hashlib.sha256(data).hexdigest())) as tmp:
+        with open(tmp, "wb") as f:
+            f.write(data)
+    return Path(path)
 
 
 def publish_files(out_dir: Path, render: Callable[[Path], list], previous: list[str], prefix: str = ".mnetim-") -> list[str]:
-    """Render files into a temporary folder inside ``out_dir``, then move each into place.
+    """Render files into a scratch folder inside ``out_dir``, then commit them all together.
 
-    For a folder of results that other files share: only the files ``render`` returns are replaced,
-    and the files of the ``previous`` run that this one does not write again are removed (they would
-    be stale). A failure leaves the folder as it was (and removes it if this call created it).
+    For a folder of results that other files share: only the files ``render`` returns are replaced
+    (one transaction: every file is read back by checksum and placed, or none), and the files of the
+    ``previous`` run that this one does not write again are removed (they would be stale). A failure
+    leaves the folder as it was (and removes it if this call created it).
     """
+    from .commit import OutputTransaction, check_sha256, output_error
+
     created = not out_dir.exists()
     try:
         out_dir.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
+        scratch = Path(tempfile.mkdtemp(prefix=prefix, dir=out_dir))
     except OSError as exc:
-        raise OutputError(f"Cannot write in '{out_dir}' ({exc.strerror or exc}).") from None
+        raise output_error(out_dir, exc) from None
     try:
-        try:
-            written = render(tmp)
-        except BaseException:
-            shutil.rmtree(tmp, ignore_errors=True)
-            if created:
-                with contextlib.suppress(OSError):
-                    out_dir.rmdir()  # the folder this run made, empty again: a failed run leaves nothing
-            raise
-        for name in written:
-            os.replace(tmp / name, out_dir / name)
+        written = render(scratch)
+        with OutputTransaction(overwrite=True) as tx:
+            for name in written:
+                data = (scratch / name).read_bytes()
+                tmp = tx.path_for(out_dir / name)
+                with open(tmp, "wb") as f:
+                    f.write(data)
+                tx.verify(out_dir / name, check_sha256(hashlib.sha256(data).hexdigest()))
         for name in set(previous) - set(written):
             (out_dir / name).unlink(missing_ok=True)
         return written
     except OSError as exc:
-        raise OutputError(f"Writing the results to '{out_dir}' failed ({exc.strerror or exc}).") from None
+        raise output_error(out_dir, exc) from None
+    except BaseException:
+        if created:
+            shutil.rmtree(scratch, ignore_errors=True)
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()  # the folder this run made, empty again: a failed run leaves nothing
+        raise
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        shutil.rmtree(scratch, ignore_errors=True)

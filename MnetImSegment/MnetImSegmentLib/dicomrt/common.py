@@ -7,6 +7,7 @@ import datetime as _dt
 import numpy as np
 
 from .. import __version__
+from ..core.validate import sanitize_header_text
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
 RT_STRUCTURE_SET_STORAGE = "1.2.840.10008.5.1.4.1.1.481.3"
@@ -62,9 +63,54 @@ def dcmread_lenient(path, **kwargs):
 
 def split_model_label(model_label: str) -> tuple[str, str]:
     """'Mnet_Im 0.1.0' -> ('Mnet_Im', '0.1.0'); a label without a version gets the package's version."""
-    label = (model_label or "").strip() or "Mnet_Im"
+    # The label comes from a model card: one printable line without backslashes (a DICOM value
+    # separator) before it reaches an attribute, whatever the card held.
+    label = sanitize_header_text(model_label or "", 128, dicom=True).strip() or "Mnet_Im"
     name, _, version = label.rpartition(" ")
     if name and version and any(ch.isdigit() for ch in version):
-        return name, version
-    return label, __version__
+        return name[:64], version[:64]
+    return label[:64], __version__
+
+
+def dicom_text(text, max_len: int = 64) -> str:
+    """A string made safe for a DICOM LO/SH/CS attribute: one printable line, no backslash, bounded."""
+    return sanitize_header_text(text or "", max_len, dicom=True)
+
+
+def dataset_readback_check(data: bytes, sop_instance_uid: str):
+    """A commit check: the file holds exactly the bytes encoded, and parses as that SOP instance."""
+    import hashlib
+
+    from ..core.commit import check_sha256
+
+    by_hash = check_sha256(hashlib.sha256(data).hexdigest())
+
+    def check(path):
+        problem = by_hash(path)
+        if problem:
+            return problem
+        import pydicom
+
+        back = pydicom.dcmread(str(path), stop_before_pixels=True)
+        if str(back.get("SOPInstanceUID", "")) != str(sop_instance_uid):
+            return "its SOP Instance UID differs from the one written"
+        return None
+    return check
+
+
+def encode_dataset(ds) -> bytes:
+    """``ds`` as the bytes of a DICOM Part 10 file (hashed before it reaches the disk)."""
+    import io
+
+    buffer = io.BytesIO()
+    ds.save_as(buffer, enforce_file_format=True)
+    return buffer.getvalue()
+
+
+def save_dataset(ds, path, tmp) -> "callable":
+    """Encode ``ds`` (Part 10) into ``tmp`` and return its read-back check for ``path``."""
+    data = encode_dataset(ds)
+    with open(tmp, "wb") as f:
+        f.write(data)
+    return dataset_readback_check(data, ds.SOPInstanceUID)
 

@@ -13,15 +13,17 @@ The slice geometry is taken from the volume's :class:`~MnetImSegmentLib.core.vol
 
 from __future__ import annotations
 
+import hashlib
 from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..core.errors import OutputError
-from ..core.files import atomic_dir
+from ..core.commit import check_tree_sha256
+from ..core.files import transaction
 from ..core.volume import Geometry, Volume
-from .common import CT_IMAGE_STORAGE, decimal_strings, dicom_now, new_uid
+from .common import CT_IMAGE_STORAGE, decimal_strings, dicom_now, dicom_text, encode_dataset, new_uid
 from .ct_series import CtSeries
 
 
@@ -48,7 +50,7 @@ def write_ct_series(volume: Volume, folder, patient_id: str = "ANONYMOUS", patie
                     frame_of_reference_uid: Optional[str] = None, study_id: str = "1", series_number: int = 1,
                     series_description: str = "MnetImSegment CT", study_description: str = "",
                     accession_number: str = "", patient_position: str = "HFS", body_part: str = "PELVIS",
-                    overwrite: bool = False) -> CtSeries:
+                    overwrite: bool = False, tx=None) -> CtSeries:
     """Write a volume as a DICOM CT series (one CT Image Storage file per slice).
 
     Files are written into a temporary sibling folder renamed into place when complete, so an
@@ -103,8 +105,8 @@ def write_ct_series(volume: Volume, folder, patient_id: str = "ANONYMOUS", patie
     base.Modality = "CT"
     base.Manufacturer = "MnetImSegment"
     base.ReferringPhysicianName = ""
-    base.StudyDescription = study_description
-    base.SeriesDescription = series_description
+    base.StudyDescription = dicom_text(study_description)
+    base.SeriesDescription = dicom_text(series_description)
     base.ManufacturerModelName = "MnetImSegment"
     # A trailing caret marks a one-component name as a family name (not the retired free-text form).
     base.PatientName = patient_name if patient_name is not None else (patient_id if "^" in patient_id else patient_id + "^")
@@ -134,32 +136,35 @@ def write_ct_series(volume: Volume, folder, patient_id: str = "ANONYMOUS", patie
     base.RescaleSlope = decimal_strings([1])[0]
     base.RescaleType = "HU"
 
-    files, uids, positions = [], [], []
-    try:
-        with atomic_dir(folder) as tmp:
-            for k in range(nz):
-                ds = Dataset()
-                ds.update(base)
-                uid = new_uid()
-                position = np.asarray(g.origin) + d[:, 2] * g.spacing[2] * k
-                ds.SOPInstanceUID = uid
-                ds.InstanceNumber = k + 1
-                ds.ImagePositionPatient = decimal_strings(position)
-                ds.SliceLocation = decimal_strings([position @ normal])[0]
-                ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
-                meta = FileMetaDataset()
-                meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
-                meta.MediaStorageSOPInstanceUID = uid
-                meta.TransferSyntaxUID = ExplicitVRLittleEndian
-                meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
-                ds.file_meta = meta
-                name = f"CT_{k + 1:04d}.dcm"
-                ds.save_as(tmp / name, enforce_file_format=True)
-                files.append(folder / name)
-                uids.append(uid)
-                positions.append(position)
-    except OSError as exc:
-        raise OutputError(f"Could not write the CT series to '{folder}' ({exc.strerror or exc}).") from None
+    files, uids, positions, hashes = [], [], [], {}
+    # One transaction: every slice is hashed as encoded, the folder is read back file by file, and
+    # it appears (or replaces the old one, with ``overwrite``) only complete.
+    with transaction(tx, overwrite) as t:
+        tmp = t.dir_for(folder)
+        for k in range(nz):
+            ds = Dataset()
+            ds.update(base)
+            uid = new_uid()
+            position = np.asarray(g.origin) + d[:, 2] * g.spacing[2] * k
+            ds.SOPInstanceUID = uid
+            ds.InstanceNumber = k + 1
+            ds.ImagePositionPatient = decimal_strings(position)
+            ds.SliceLocation = decimal_strings([position @ normal])[0]
+            ds.PixelData = np.ascontiguousarray(stored[k]).tobytes()
+            meta = FileMetaDataset()
+            meta.MediaStorageSOPClassUID = CT_IMAGE_STORAGE
+            meta.MediaStorageSOPInstanceUID = uid
+            meta.TransferSyntaxUID = ExplicitVRLittleEndian
+            meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
+            ds.file_meta = meta
+            name = f"CT_{k + 1:04d}.dcm"
+            data = encode_dataset(ds)
+            (tmp / name).write_bytes(data)
+            hashes[name] = hashlib.sha256(data).hexdigest()
+            files.append(folder / name)
+            uids.append(uid)
+            positions.append(position)
+        t.verify(folder, check_tree_sha256(hashes))
     order = np.argsort(np.asarray(positions) @ normal)  # index order == slice order unless k is flipped
     return CtSeries(
         series_instance_uid=series_instance_uid, study_instance_uid=study_instance_uid,

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 from pathlib import Path
 
+from ..core.commit import output_error
 from ..core.errors import InputError, OutputError
 from ..core.style import CTV_NAME
 from ..core.volume import Volume
@@ -16,7 +18,7 @@ DICOM_FORMATS = ("rtstruct", "dicom-seg")
 
 
 def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str = "rtstruct", model_label: str = "",
-                             overwrite: bool = False, roi_name: str = CTV_NAME) -> Path:
+                             overwrite: bool = False, roi_name: str = CTV_NAME, tx=None) -> Path:
     """Write a CTV mask as an RTSTRUCT or DICOM SEG that references its CT series.
 
     Args:
@@ -29,6 +31,7 @@ def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str =
             description (RTSTRUCT) or algorithm identification (SEG).
         overwrite: Replace an existing output file.
         roi_name: ROI / segment label.
+        tx: An output transaction to commit with the run's other outputs (default: alone).
 
     Returns:
         The written file.
@@ -44,13 +47,23 @@ def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str =
     out_dir = Path(out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise OutputError(f"'{out_dir}' exists and is not a folder.")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    created = not out_dir.exists()
+    try:
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out_dir, exc, "create the folder") from None
     safe_roi = "".join(c if c.isalnum() or c in "-_" else "_" for c in roi_name) or "ROI"
-    if fmt == "rtstruct":
-        return write_rtstruct(result_mask, series, out_dir / f"RTSTRUCT_{safe_roi}.dcm", model_label=model_label,
-                              roi_name=roi_name, overwrite=overwrite)
-    return write_dicom_seg(result_mask, series, out_dir / f"SEG_{safe_roi}.dcm", model_label=model_label,
-                           segment_label=roi_name, overwrite=overwrite)
+    try:
+        if fmt == "rtstruct":
+            return write_rtstruct(result_mask, series, out_dir / f"RTSTRUCT_{safe_roi}.dcm", model_label=model_label,
+                                  roi_name=roi_name, overwrite=overwrite, tx=tx)
+        return write_dicom_seg(result_mask, series, out_dir / f"SEG_{safe_roi}.dcm", model_label=model_label,
+                               segment_label=roi_name, overwrite=overwrite, tx=tx)
+    except BaseException:
+        if created:  # a failed run leaves nothing, not even the folder it made
+            with contextlib.suppress(OSError):
+                out_dir.rmdir()
+        raise
 
 
 def _series_for_mask(mask: Volume, ct_folder) -> CtSeries:

@@ -11,10 +11,10 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import OutputError
-from ..core.files import atomic_path
+from ..core.files import transaction
 from ..core.style import CTV_COLOR_255, CTV_NAME
 from ..core.volume import Volume
-from .common import RT_STRUCTURE_SET_STORAGE, dicom_now, new_uid, split_model_label
+from .common import RT_STRUCTURE_SET_STORAGE, dicom_now, dicom_text, new_uid, save_dataset, split_model_label
 from .ct_series import mask_on_ct_grid
 from .polygons import mask_to_polygons
 from .structure_set import CLOSED
@@ -30,7 +30,8 @@ def _ds_text(values: np.ndarray) -> str:
 
 
 def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: str = CTV_NAME,
-                   overwrite: bool = False, color=CTV_COLOR_255, series_description: str = "MnetImSegment CTV") -> Path:
+                   overwrite: bool = False, color=CTV_COLOR_255, series_description: str = "MnetImSegment CTV",
+                   tx=None) -> Path:
     """Write a mask as an RTSTRUCT with one ROI referencing the CT series it lies on.
 
     Args:
@@ -42,6 +43,8 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
         overwrite: Replace an existing file.
         color: ROIDisplayColor (RGB 0-255).
         series_description: SeriesDescription of the new RT series.
+        tx: An output transaction to commit with (default: this file commits alone, read back
+            byte for byte first).
 
     Returns:
         ``path``.
@@ -76,7 +79,7 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
     ds.ReferringPhysicianName = ct.get("ReferringPhysicianName", "")
     if ct.get("StudyDescription"):
         ds.StudyDescription = ct.StudyDescription
-    ds.SeriesDescription = series_description
+    ds.SeriesDescription = dicom_text(series_description)
     ds.OperatorsName = ""
     ds.ManufacturerModelName = "MnetImSegment"
     for kw in ("PatientName", "PatientID", "PatientBirthDate", "PatientSex"):
@@ -115,7 +118,7 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
     roi = Dataset()
     roi.ROINumber = 1
     roi.ReferencedFrameOfReferenceUID = series.frame_of_reference_uid
-    roi.ROIName = roi_name
+    roi.ROIName = dicom_text(roi_name)
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = f"{model} {version} (MnetImSegment), not reviewed"[:64]
     ds.StructureSetROISequence = Sequence([roi])
@@ -151,9 +154,6 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
     meta.ImplementationClassUID = PYDICOM_IMPLEMENTATION_UID
     ds.file_meta = meta
     path = Path(path)
-    try:
-        with atomic_path(path, overwrite) as tmp:
-            ds.save_as(tmp, enforce_file_format=True)
-    except OSError as exc:
-        raise OutputError(f"Could not write '{path}' ({exc.strerror or exc}).") from None
+    with transaction(tx, overwrite) as t:
+        t.verify(path, save_dataset(ds, path, t.path_for(path)))
     return path

@@ -15,15 +15,15 @@ import numpy as np
 
 from .. import __version__
 from ..core.errors import OutputError
-from ..core.files import atomic_path
+from ..core.files import transaction
 from ..core.style import CTV_NAME
 from ..core.volume import Volume
-from .common import new_uid, split_model_label
+from .common import dicom_text, new_uid, save_dataset, split_model_label
 from .ct_series import mask_on_ct_grid
 
 
 def write_dicom_seg(mask: Volume, series, path, model_label: str = "", segment_label: str = CTV_NAME,
-                    overwrite: bool = False, series_description: str = "MnetImSegment CTV") -> Path:
+                    overwrite: bool = False, series_description: str = "MnetImSegment CTV", tx=None) -> Path:
     """Write a mask as a binary DICOM SEG that references the CT series it lies on.
 
     Args:
@@ -34,6 +34,8 @@ def write_dicom_seg(mask: Volume, series, path, model_label: str = "", segment_l
         segment_label: SegmentLabel.
         overwrite: Replace an existing file.
         series_description: SeriesDescription of the new SEG series.
+        tx: An output transaction to commit with (default: this file commits alone, read back
+            byte for byte first).
 
     Returns:
         ``path``.
@@ -55,7 +57,7 @@ def write_dicom_seg(mask: Volume, series, path, model_label: str = "", segment_l
     sources = series.read_datasets(stop_before_pixels=True)
     description = hd.seg.SegmentDescription(
         segment_number=1,
-        segment_label=segment_label,
+        segment_label=dicom_text(segment_label),
         segmented_property_category=Code("91723000", "SCT", "Anatomical Structure"),
         segmented_property_type=Code("228793007", "SCT", "Clinical target volume"),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC,
@@ -76,16 +78,13 @@ def write_dicom_seg(mask: Volume, series, path, model_label: str = "", segment_l
             manufacturer_model_name=model[:64],
             software_versions=f"MnetImSegment {__version__}",
             device_serial_number="none",
-            content_label=segment_label.upper().replace(" ", "_")[:16] or "CTV",
+            content_label=dicom_text(segment_label, 16).upper().replace(" ", "_")[:16] or "CTV",
             content_description=f"{model} {version}, not reviewed"[:64],
-            series_description=series_description,
+            series_description=dicom_text(series_description),
         )
     except (ValueError, TypeError, AttributeError) as exc:
         raise OutputError(f"highdicom could not build the DICOM SEG ({str(exc)[:160]}).") from None
     path = Path(path)
-    try:
-        with atomic_path(path, overwrite) as tmp:
-            seg.save_as(tmp)
-    except OSError as exc:
-        raise OutputError(f"Could not write '{path}' ({exc.strerror or exc}).") from None
+    with transaction(tx, overwrite) as t:
+        t.verify(path, save_dataset(seg, path, t.path_for(path)))
     return path

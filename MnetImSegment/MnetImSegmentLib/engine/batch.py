@@ -9,18 +9,24 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..core.errors import InputError, MnetImError, OutputError
-from ..core.files import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
+from ..core.commit import (batch_name_collisions, input_error, is_temp_name, output_error,
+                           refuse_output_equals_input, signal_cleanup)
+from ..core.files import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of, transaction
 from ..dicomrt.export import DICOM_FORMATS
 from .inference import Segmenter, SegmentationResult
-from .io import read_image, write_image, write_mask
+from .io import mask_kind, read_image, write_image, write_mask
 
 
 def write_result(result: SegmentationResult, output: Path, overwrite: bool = False,
-                 probability_path: Optional[Path] = None) -> None:
-    """The mask (format from the suffix of ``output``) and, if asked and kept, the probability map."""
-    write_mask(result.mask, output, overwrite=overwrite, model=result.model, threshold=result.threshold)
-    if probability_path is not None and result.probability is not None:
-        write_image(result.probability, probability_path, overwrite=overwrite)
+                 probability_path: Optional[Path] = None, tx=None) -> None:
+    """The mask (format from the suffix of ``output``) and, if asked and kept, the probability map.
+
+    One transaction: both are read back and committed together, or neither is.
+    """
+    with transaction(tx, overwrite) as t:
+        write_mask(result.mask, output, model=result.model, threshold=result.threshold, tx=t)
+        if probability_path is not None and result.probability is not None:
+            write_image(result.probability, probability_path, tx=t)
 
 
 def looks_like_series(folder: Path) -> bool:
@@ -55,25 +61,43 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
         InputError: ``inp`` is not a folder or holds nothing to segment.
         OutputError: A DICOM format was asked for (batch mode writes files only).
     """
-    from tqdm import tqdm
-
     if not inp.is_dir():
         raise InputError(f"Batch input '{inp}' must be a folder.")
+    # The output folder may not be (or lie inside, or hold) the input folder: results would
+    # replace or mix with the CTs, and a resumed run would take CTs for results.
+    refuse_output_equals_input([out], [inp])
     cases = []
     for p in sorted(inp.iterdir()):
         suffix = suffix_of(p)
         if p.is_file() and suffix in IMAGE_SUFFIXES:
             cases.append((p, p.name[: -len(suffix)]))
-        elif p.is_dir():
+        elif p.is_dir() and not is_temp_name(p.name):
             cases.append((p, p.name))
     if not cases:
         raise InputError(f"'{inp}' holds no image files or series folders to segment.")
-    out.mkdir(parents=True, exist_ok=True)
+    stems = dict(cases)
+    collisions = batch_name_collisions(stems, stem=stems.__getitem__)
+    if collisions:
+        names = "; ".join(" and ".join(f"'{p.name}'" for p in group) for group in collisions.values())
+        raise InputError(f"Several inputs of '{inp}' would write the same output ({names}); "
+                         "rename them or segment them separately.")
     fmt = fmt or SEGMENTATION_SUFFIX
     if fmt in DICOM_FORMATS:
         raise OutputError("Batch mode writes .seg.nrrd or labelmaps; export DICOM RT one series at a time.")
     ext = fmt if fmt.startswith(".") else "." + fmt
+    mask_kind(out / f"case{ext}")  # an unknown format is refused before any work
     segmenter = Segmenter(weights, device=device, batch_size=batch_size, precision=precision)
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise output_error(out, exc, "create the folder") from None
+    with signal_cleanup():  # the writer thread's transactions are cleaned on Ctrl-C / SIGTERM too
+        return _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log)
+
+
+def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log) -> dict:
+    from tqdm import tqdm
+
     results, failures = [], []
     todo = []
     for path, stem in cases:
@@ -88,6 +112,10 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
             return read_image(path), None
         except MnetImError as exc:
             return None, exc
+        except OSError as exc:
+            return None, input_error(path, exc)
+        except Exception as exc:  # a reader library's own error on one corrupt file: skip it, by name
+            return None, InputError(f"'{path}' could not be read ({type(exc).__name__}: {str(exc)[:120]}).")
 
     def finish(pending) -> None:
         future, path, target, result, t0 = pending

@@ -19,6 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..core.errors import Cancelled, InputError
+from ..core.validate import MAX_BATCH_SIZE, positive_int, probability
 from ..core.volume import Volume
 from .device import resolve_device, resolve_precision
 from .roi import Roi, crop, locate_roi, paste_box
@@ -121,6 +122,8 @@ class Segmenter:
                  channels_last: bool = True, fold_bn: bool = True, precision: str = "auto", model=None, card=None):
         import torch
 
+        # Checked before any weights are read: a batch size below 1 would skip the network.
+        batch_size = positive_int(batch_size, "The batch size (--batch-size)", MAX_BATCH_SIZE)
         self.device = resolve_device(device)
         if model is None:
             folder = Path(weights) if weights is not None else default_weights_dir()
@@ -173,9 +176,7 @@ class Segmenter:
         t0 = time.perf_counter()
         report = progress or (lambda f, m: None)
         check_ct(volume)
-        threshold = self.card.threshold if threshold is None else float(threshold)
-        if not 0.0 < threshold < 1.0:
-            raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
+        threshold = self.card.threshold if threshold is None else probability(threshold, "The threshold")
         largest_component = self.card.largest_component if largest_component is None else largest_component
         roi_spec = self.card.roi_spec
         report(0.0, "locating region of interest")

@@ -13,8 +13,10 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from ..core.commit import check_tree_sha256, os_error_reason, output_error
 from ..core.errors import WeightsError
-from ..core.files import atomic_dir
+from ..core.files import transaction
+from ..core.validate import MAX_CARD_BYTES, check_finite_tensors, load_card_json, validate_card
 from .roi import RoiSpec
 from .windows import InputSpec
 
@@ -100,25 +102,25 @@ def read_card(folder) -> ModelCard:
     if not path.is_file():
         raise WeightsError(f"Weights folder '{folder}' has no model card ({CARD}).")
     try:
-        raw = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise WeightsError(f"The model card '{path}' is not valid JSON ({exc}).") from None
-    if not isinstance(raw, dict):
-        raise WeightsError(f"The model card '{path}' must hold a JSON object.")
+        with open(path, "rb") as f:
+            data = f.read(MAX_CARD_BYTES + 1)  # bounded: a huge or endless "card" is refused, not read
+    except OSError as exc:
+        raise WeightsError(f"Cannot read the model card '{path}': {os_error_reason(exc)}.") from None
+    raw = load_card_json(data, str(path))
     missing = [k for k in REQUIRED if k not in raw]
     if missing:
         raise WeightsError(f"The model card '{path}' lacks the field(s): {', '.join(missing)}.")
     if raw["format_version"] != CARD_FORMAT:
         raise WeightsError(f"The model card '{path}' has format_version {raw['format_version']}; "
                            f"this version of MnetImSegment reads {CARD_FORMAT}.")
+    # Every field's type and range (schema as data in core.validate): a NaN threshold, an inverted
+    # HU window or a name holding a newline is refused here, not turned into an empty CTV later.
+    validate_card(raw, str(path))
     try:
-        threshold = float(raw["threshold"])
         InputSpec.from_dict(raw["input"])
         RoiSpec.from_dict(raw["input"].get("roi", {}))
-    except (TypeError, ValueError, AttributeError) as exc:
-        raise WeightsError(f"The model card '{path}' has an invalid input spec or threshold ({exc}).") from None
-    if not 0.0 < threshold < 1.0:
-        raise WeightsError(f"The model card '{path}' has threshold {threshold}; it must lie strictly between 0 and 1.")
+    except (TypeError, ValueError, AttributeError, KeyError) as exc:
+        raise WeightsError(f"The model card '{path}' has an invalid input spec ({exc}).") from None
     return ModelCard(raw)
 
 
@@ -158,24 +160,37 @@ def load_weights(folder, device: str = "cpu"):
         k = wrong[0]
         raise WeightsError(f"The tensors in '{tensors_path}' do not match the card's {card.architecture}: "
                            f"'{k}' is {tuple(state[k].shape)}, expected {tuple(expected[k].shape)}.")
+    # A matching checksum proves the file is the card's, not that training produced numbers.
+    check_finite_tensors(state, str(tensors_path))
     model.load_state_dict(state, strict=True)
     model.eval()
     return model.to(device), card
 
 
 def save_weights(model, folder, card: dict) -> Path:
-    """Write tensors and card atomically (a temporary folder renamed into place)."""
+    """Write tensors and card through the commit path: a temporary folder, read back (the tensors'
+    SHA-256 and the card's bytes), then created at ``folder``; nothing is left on failure."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
     if folder.exists() and any(folder.iterdir()):
         raise WeightsError(f"'{folder}' already holds files; choose a new folder for the weights.")
-    folder.parent.mkdir(parents=True, exist_ok=True)
+    try:
+        folder.parent.mkdir(parents=True, exist_ok=True)
+        if folder.is_dir():
+            folder.rmdir()  # an empty folder made beforehand: the committed one takes its place
+    except OSError as exc:
+        raise output_error(folder, exc) from None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
-    with atomic_dir(folder, prefix=".tmp-weights-") as tmp:
+    check_finite_tensors(state, str(folder / TENSORS))  # never save weights that could not be loaded
+    with transaction() as t:
+        tmp = t.dir_for(folder)
         save_file(state, str(tmp / TENSORS), metadata={"format": "pt"})
         card = dict(card)
         card.setdefault("format_version", CARD_FORMAT)
         card["tensors_sha256"] = sha256_file(tmp / TENSORS)
-        (tmp / CARD).write_text(json.dumps(card, indent=2) + "\n", encoding="utf-8")
+        text = json.dumps(card, indent=2) + "\n"
+        (tmp / CARD).write_text(text, encoding="utf-8")
+        t.verify(folder, check_tree_sha256({TENSORS: card["tensors_sha256"],
+                                            CARD: hashlib.sha256(text.encode("utf-8")).hexdigest()}))
     return folder
