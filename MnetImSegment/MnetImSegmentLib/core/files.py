@@ -17,6 +17,8 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
+from .commit import OutputTransaction, check_sha256, output_error
+
 
 IMAGE_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha", ".mhd")
 LABELMAP_SUFFIXES = (".nii", ".nii.gz", ".nrrd", ".mha")
@@ -74,7 +76,6 @@ def transaction(tx, overwrite: bool = False):
             ...write tmp...
             t.verify(path, readback_check)
     """
-    from .commit import OutputTransaction
 
     if tx is not None:
         yield tx
@@ -85,7 +86,6 @@ def transaction(tx, overwrite: bool = False):
 
 def write_text(path, text: str, overwrite: bool = False, tx=None) -> Path:
     """A text file (JSON, CSV, Markdown report) through the commit path, read back by checksum."""
-    from .commit import check_sha256
 
     data = text.encode("utf-8")
     with atomic_path(path, overwrite, tx=tx, check=check_sha256(hashlib.sha256(data).hexdigest())) as tmp:
@@ -102,7 +102,6 @@ def publish_files(out_dir: Path, render: Callable[[Path], list], previous: list[
     ``previous`` run that this one does not write again are removed (they would be stale). A failure
     leaves the folder as it was (and removes it if this call created it).
     """
-    from .commit import OutputTransaction, check_sha256, output_error
 
     created = not out_dir.exists()
     try:

@@ -7,6 +7,7 @@ import datetime as _dt
 import numpy as np
 
 from .. import __version__
+from ..core.commit import check_sha256
 from ..core.validate import sanitize_header_text
 
 CT_IMAGE_STORAGE = "1.2.840.10008.5.1.4.1.1.2"
@@ -81,7 +82,6 @@ def dataset_readback_check(data: bytes, sop_instance_uid: str):
     """A commit check: the file holds exactly the bytes encoded, and parses as that SOP instance."""
     import hashlib
 
-    from ..core.commit import check_sha256
 
     by_hash = check_sha256(hashlib.sha256(data).hexdigest())
 

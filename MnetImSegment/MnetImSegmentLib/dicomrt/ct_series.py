@@ -109,6 +109,8 @@ class CtSeries:
         import SimpleITK as sitk
 
         geometry, shape = self.grid()
+        for f in self.files:
+            check_pixel_data_length(f)
         reader = sitk.ImageSeriesReader()
         reader.SetFileNames([str(f) for f in self.files])
         try:
@@ -145,10 +147,52 @@ class DicomTree:
 
 
 
+def check_pixel_data_length(path) -> None:
+    """Refuse a slice whose pixel data is not Rows x Columns x samples x bits long.
+
+    ITK decodes a short or mis-sized block anyway (sheared stripes, zero padding), which would give
+    a wrong CTV with exit status 0. Compressed (encapsulated) pixel data is left to the decoder.
+
+    Raises:
+        InputError: Naming the file, the bytes found and the bytes its header announces.
+    """
+    import pydicom
+
+    path = Path(path)
+    try:
+        ds = pydicom.dcmread(str(path), defer_size=1024, force=True)  # pixel data not loaded, only its length
+        element = ds.get_item("PixelData") if "PixelData" in ds else None
+        syntax = getattr(getattr(ds, "file_meta", None), "TransferSyntaxUID", None)
+        rows, cols = int(ds.get("Rows", 0) or 0), int(ds.get("Columns", 0) or 0)
+        samples, bits = int(ds.get("SamplesPerPixel", 1) or 1), int(ds.get("BitsAllocated", 0) or 0)
+        frames = int(ds.get("NumberOfFrames", 1) or 1)
+    except OSError as exc:
+        raise InputError(f"Cannot read the CT slice '{path}': {exc.strerror or exc}.") from None
+    except Exception as exc:  # pydicom raises many kinds on damaged headers
+        raise InputError(f"The CT slice '{path}' has an unreadable header ({type(exc).__name__}).") from None
+    if element is None:
+        raise InputError(f"The CT slice '{path}' holds no pixel data.")
+    if syntax is not None and getattr(syntax, "is_compressed", False):
+        return
+    length = int(element.length)
+    if length == 0xFFFFFFFF:  # undefined length: encapsulated frames, decoded (and checked) by ITK
+        return
+    expected = rows * cols * samples * frames * bits // 8
+    if expected <= 0 or length not in (expected, expected + 1):  # +1: DICOM pads odd lengths
+        raise InputError(f"The CT slice '{path}' holds {length} bytes of pixel data where Rows x Columns x "
+                         f"samples x bits ({rows} x {cols} x {samples} x {bits}) needs {expected}: it is truncated "
+                         "or corrupt.")
+
+
 def _header(path: Path):
     """The index fields of a file, or None (with a reason) if it is not readable DICOM."""
     from pydicom.errors import InvalidDicomError
 
+    try:
+        if not path.is_file():  # a FIFO would block forever, a link to /dev/zero never ends
+            return None, "not a regular file (a pipe, device or socket)"
+    except OSError as exc:
+        return None, f"unreadable ({exc.strerror or type(exc).__name__})"
     try:
         ds = dcmread_lenient(path, stop_before_pixels=True, specific_tags=_INDEX_TAGS)
     except InvalidDicomError:

@@ -10,6 +10,7 @@ training and the experiments.
 from __future__ import annotations
 
 import csv
+import os
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -66,12 +67,18 @@ def read_manifest(path) -> list[ScanRecord]:
 
 def write_manifest(path, records: list[ScanRecord]) -> None:
     path = Path(path)
+    # Absolute on both sides: a dataset named by a relative path ('-o dataset') is written through a
+    # temporary file whose path is absolute.
+    base = Path(os.path.abspath(path)).parent
+
+    def rel(p) -> str:
+        return Path(os.path.abspath(p)).relative_to(base).as_posix()
+
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
         for r in records:
-            w.writerow([Path(r.image).relative_to(path.parent).as_posix(), Path(r.mask).relative_to(path.parent).as_posix(),
-                        r.patient_id, r.scan_id, r.split or ""])
+            w.writerow([rel(r.image), rel(r.mask), r.patient_id, r.scan_id, r.split or ""])
 
 
 def split_records(records: list[ScanRecord], seed: int = 0, fractions=PAPER_FRACTIONS) -> dict[str, list[ScanRecord]]:

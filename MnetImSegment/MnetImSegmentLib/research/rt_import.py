@@ -23,6 +23,7 @@ from __future__ import annotations
 import csv
 import hashlib
 import hmac
+import io
 import json
 import re
 import sys
@@ -31,8 +32,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
+from ..core.commit import refuse_output_equals_input
 from ..core.errors import DatasetError, InputError, MnetImError, OutputError
-from ..core.files import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_path, suffix_of
+from ..core.files import LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, atomic_path, suffix_of, transaction, write_text
 from ..core.volume import Volume
 from ..dicomrt.ct_series import scan_tree
 from ..dicomrt.rasterize import rasterize_structure_set
@@ -172,15 +174,17 @@ def import_rt(ct_dir, rtstruct, output, pattern: str = DEFAULT_ROI_PATTERN, name
     for out in (output, Path(image_output) if image_output else None):
         if out is not None and out.exists() and not overwrite:
             raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
+    refuse_output_equals_input([output, image_output], [ct_dir, rtstruct])
     names = load_name_map(name_map) if not isinstance(name_map, dict) else name_map
     ss = read_structure_set(rtstruct)
     tree = scan_tree(ct_dir)
     series = pair_structure_set(ss, tree.ct_series)
     geometry, shape = series.grid()
     mask, report = rasterize_structure_set(ss, geometry, shape, pattern, names, union, max_spread_mm=max_spread_mm)
-    if image_output:
-        write_image(series.read_volume(), image_output, overwrite=overwrite)
-    write_mask(mask, output, overwrite)
+    with transaction(None, overwrite) as tx:  # the image and the mask commit together or not at all
+        if image_output:
+            write_image(series.read_volume(), image_output, tx=tx)
+        write_mask(mask, output, tx=tx)
     return {"output": str(output), "image": str(image_output) if image_output else None, "roi": report.rois,
             "volume_ml": round(report.volume_ml, 3), "shape_zyx": list(shape), "report": report.to_dict(),
             "seconds": round(time.perf_counter() - t0, 3)}
@@ -336,7 +340,7 @@ def import_dataset(tree, out_dir, pattern: str = DEFAULT_ROI_PATTERN, name_map=N
     manifest = None
     if records:
         manifest = out_dir / MANIFEST_NAME
-        with atomic_path(manifest, overwrite=True) as tmp:
+        with atomic_path(manifest, overwrite=True, check=_manifest_rows_check(len(records))) as tmp:
             write_manifest(tmp, records)
     unreadable: dict[str, int] = {}
     for _, reason in index.unreadable:
@@ -351,16 +355,24 @@ def import_dataset(tree, out_dir, pattern: str = DEFAULT_ROI_PATTERN, name_map=N
         "ct_series": len(index.ct_series), "ct_series_unused": len(set(index.ct_series) - used),
     }
     report_path = out_dir / REPORT_NAME
-    with atomic_path(report_path, overwrite=True) as tmp:
-        tmp.write_text(json.dumps(report, indent=1), encoding="utf-8")
+    write_text(report_path, json.dumps(report, indent=1), overwrite=True)
     if key_file is not None:
-        with atomic_path(Path(key_file), overwrite=True) as tmp:
-            with open(tmp, "w", newline="", encoding="utf-8") as f:
-                w = csv.DictWriter(f, fieldnames=["ref", "scan_id", "patient_id", "original_patient_id", "rtstruct",
-                                                  "ct_series"], lineterminator="\n")
-                w.writeheader()
-                w.writerows(keys)
+        buffer = io.StringIO(newline="")
+        w = csv.DictWriter(buffer, fieldnames=["ref", "scan_id", "patient_id", "original_patient_id", "rtstruct",
+                                               "ct_series"], lineterminator="\n")
+        w.writeheader()
+        w.writerows(keys)
+        write_text(Path(key_file), buffer.getvalue(), overwrite=True)
     return DatasetImportResult(out_dir, manifest, report_path, imported, skipped, len(index.unreadable))
+
+
+def _manifest_rows_check(n_records: int):
+    """A commit check: the manifest reads back with its header and one row per imported scan."""
+    def check(path: Path):
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.reader(f))
+        return None if len(rows) == n_records + 1 else f"{len(rows) - 1} rows, {n_records} were written"
+    return check
 
 
 def _import_one(ss, series, rois, patient, scan_id, image_path, mask_path, overwrite, max_spread_mm, pattern, names,
@@ -373,8 +385,9 @@ def _import_one(ss, series, rois, patient, scan_id, image_path, mask_path, overw
         raise InputError("The CT volume's geometry differs from its headers' (internal check).")
     if image_path.exists() and not overwrite:
         raise OutputError("Its image already exists in the output folder; pass --overwrite to replace it.")
-    write_image(volume, image_path, overwrite=overwrite)
-    write_labelmap(Volume(mask.array, volume.geometry), mask_path, overwrite=overwrite)
+    with transaction(None, overwrite) as tx:  # a case is its image and its mask: both or neither
+        write_image(volume, image_path, tx=tx)
+        write_labelmap(Volume(mask.array, volume.geometry), mask_path, tx=tx)
     entry = {"scan_id": scan_id, "patient_id": patient, "roi": report.rois, "volume_ml": round(report.volume_ml, 3),
              "slices": report.slices, "shape_zyx": list(shape), "spacing_mm": [round(s, 4) for s in geometry.spacing],
              "notes": list(report.notes), "counts": {k: v for k, v in report.to_dict().items() if k not in ("notes", "rois")}}
