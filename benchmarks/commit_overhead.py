@@ -30,9 +30,9 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
 
-from MnetImSegmentLib.commit import _fsync_path  # noqa: E402  (the step itself, timed alone)
-from MnetImSegmentLib.io import image_readback_check, write_image, write_labelmap  # noqa: E402
-from MnetImSegmentLib.volume import Geometry, Volume  # noqa: E402
+from MnetImSegmentLib.core.commit import _fsync_path  # noqa: E402  (the step itself, timed alone)
+from MnetImSegmentLib.engine.io import image_readback_check, write_image, write_labelmap  # noqa: E402
+from MnetImSegmentLib.core.volume import Geometry, Volume  # noqa: E402
 
 
 def _volumes(slices: int, matrix: int):

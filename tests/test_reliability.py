@@ -26,15 +26,15 @@ import pytest
 import SimpleITK as sitk
 
 from MnetImSegmentLib.cli import main
-from MnetImSegmentLib.commit import (TEMP_PREFIX, OutputTransaction, batch_name_collisions, check_min_size,
+from MnetImSegmentLib.core.commit import (TEMP_PREFIX, OutputTransaction, batch_name_collisions, check_min_size,
                                      check_sha256, clean_stale_temps, is_temp_name, os_error_reason,
                                      output_error, refuse_output_equals_input, signal_cleanup)
-from MnetImSegmentLib.errors import InputError, OutputError, WeightsError
-from MnetImSegmentLib.io import read_image, write_image, write_labelmap
-from MnetImSegmentLib.validate import (check_finite_tensors, check_geometry, check_volume_geometry, hu_window,
+from MnetImSegmentLib.core.errors import InputError, OutputError, WeightsError
+from MnetImSegmentLib.engine.io import read_image, write_image, write_labelmap
+from MnetImSegmentLib.core.validate import (check_finite_tensors, check_geometry, check_volume_geometry, hu_window,
                                        load_card_json, positive_int, probability, sanitize_header_text,
                                        validate_card)
-from MnetImSegmentLib.volume import Geometry, Volume
+from MnetImSegmentLib.core.volume import Geometry, Volume
 
 PACKAGE_ROOT = Path(__file__).resolve().parents[1] / "MnetImSegment"
 DEMO_CARD = Path(__file__).resolve().parents[1] / "model_weights" / "Mnet_Im_phantom_demo" / "model.json"
@@ -302,7 +302,10 @@ def test_a_sheared_orientation_is_never_silently_straightened(tmp_path):
         write_labelmap(mask, tmp_path / "ctv.nii.gz")
     assert _names(tmp_path) == []
     write_labelmap(mask, tmp_path / "ctv.nrrd")  # NRRD keeps it exactly
-    assert np.allclose(read_image(tmp_path / "ctv.nrrd").geometry.direction, direction.ravel(), atol=1e-9)
+    assert np.allclose(sitk.ReadImage(str(tmp_path / "ctv.nrrd")).GetDirection(), direction.ravel(), atol=1e-9)
+    # ...and a sheared image is never taken as a CT: its voxels would be placed wrongly
+    with pytest.raises(InputError, match="not orthonormal"):
+        read_image(tmp_path / "ctv.nrrd")
 
 
 def test_image_writer_refuses_two_file_formats(tmp_path):
@@ -478,7 +481,7 @@ _CHILD = textwrap.dedent("""
     import sys, time
     sys.path.insert(0, {root!r})
     from pathlib import Path
-    from MnetImSegmentLib.commit import OutputTransaction
+    from MnetImSegmentLib.core.commit import OutputTransaction
     folder = Path({folder!r})
     try:
         with OutputTransaction() as tx:
@@ -815,22 +818,34 @@ def test_required_fields_and_deep_extra(demo_card):
         validate_card(dict(demo_card, validation={"dice": float("nan")}))
 
 
-def test_nan_weights_with_matching_hash_are_refused(tmp_path, tiny_weights):
+def test_nan_weights_with_matching_hash_are_refused(tmp_path, tiny_weights, ct_file, capsys):
     import torch
 
-    from MnetImSegmentLib.weights import load_weights, save_weights
+    from MnetImSegmentLib.engine.weights import load_weights, save_weights
 
     model, card = load_weights(tiny_weights)
     check_finite_tensors(model.state_dict(), "tiny")  # clean weights pass
     with torch.no_grad():
         next(p for p in model.parameters() if p.is_floating_point()).view(-1)[3] = float("nan")
     raw = {k: v for k, v in card.raw.items() if k != "tensors_sha256"}
-    folder = save_weights(model, tmp_path / "nan", raw)  # the card's SHA-256 matches the NaN tensors
-    loaded, _ = load_weights(folder)
+    with pytest.raises(WeightsError, match="NaN"):  # never saved...
+        save_weights(model, tmp_path / "refused", raw)
+    assert not (tmp_path / "refused").exists()
+    # ...and never loaded, even with a card whose SHA-256 matches the NaN tensors (written by hand)
+    from safetensors.torch import save_file
+
+    folder = tmp_path / "nan"
+    folder.mkdir()
+    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, str(folder / "model.safetensors"))
+    raw["tensors_sha256"] = hashlib.sha256((folder / "model.safetensors").read_bytes()).hexdigest()
+    (folder / "model.json").write_text(json.dumps(raw), encoding="utf-8")
     with pytest.raises(WeightsError) as info:
-        check_finite_tensors(loaded.state_dict(), folder / "model.safetensors")
+        load_weights(folder)
     _one_sentence(str(info.value))
     assert "1 NaN or infinite value" in str(info.value)
+    code, _, err = run_cli(["segment", ct_file, "-o", tmp_path / "x.nii.gz", "--weights", folder], capsys)
+    _assert_cli_refused(code, err, "NaN")
+    assert not (tmp_path / "x.nii.gz").exists()
     with pytest.raises(WeightsError, match="infinite"):
         check_finite_tensors({"w": np.array([1.0, np.inf], np.float32), "n": np.array([1, 2])})
 
@@ -870,7 +885,7 @@ def test_geometry_checks_refuse(spacing, origin, direction, match):
     assert match in str(info.value)
 
 
-def test_nan_in_a_nifti_sform_is_caught(tmp_path):
+def test_nan_in_a_nifti_sform_is_caught(tmp_path, capsys):
     import struct
 
     path = tmp_path / "scan.nii"
@@ -880,6 +895,9 @@ def test_nan_in_a_nifti_sform_is_caught(tmp_path):
     header = bytearray(path.read_bytes())
     struct.pack_into("<f", header, 280 + 12, float("nan"))  # srow_x[3]: the sform's x offset
     path.write_bytes(bytes(header))
-    volume = read_image(path)  # TODO(issue 13): read_image should call check_volume_geometry itself
-    with pytest.raises(InputError, match="origin"):
-        check_volume_geometry(volume.geometry, f"'{path}'")
+    with pytest.raises(InputError, match="origin") as info:
+        read_image(path)
+    _one_sentence(str(info.value))
+    code, _, err = run_cli(["segment", path, "-o", tmp_path / "x.nii.gz"], capsys)
+    _assert_cli_refused(code, err, "must be finite")
+    assert not (tmp_path / "x.nii.gz").exists()

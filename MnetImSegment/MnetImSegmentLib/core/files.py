@@ -66,7 +66,7 @@ def atomic_dir(folder, overwrite: bool = False, tx=None, check: Optional[Callabl
 
 
 @contextmanager
-def transaction(tx, overwrite: bool = False):
+def transaction(tx=None, overwrite: bool = False):
     """The caller's transaction (it commits), or a new one that commits this output alone.
 
     Writers take an optional ``tx`` so several outputs of one run commit together::

@@ -57,40 +57,81 @@ def fill_even_odd(polygons: Iterable[np.ndarray], shape_yx: tuple[int, int]) -> 
     return (np.cumsum(toggles, axis=1)[:, :nx] & 1).astype(bool)
 
 
+# Work bound of the self-intersection check: candidate edge pairs tested at most (a real contour
+# of n points yields about 10 n; an adversarial one stops here instead of running for minutes).
+MAX_PAIR_TESTS = 20_000_000
+
+
+def _runs_pairs(order_cells: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """All position pairs (p, q), p < q, within runs of equal values of a sorted array."""
+    n = order_cells.size
+    if n < 2:
+        return np.zeros(0, np.int64), np.zeros(0, np.int64)
+    starts = np.flatnonzero(np.r_[True, order_cells[1:] != order_cells[:-1]])
+    ends = np.r_[starts[1:], n]
+    run_end = np.repeat(ends, ends - starts)
+    after = run_end - np.arange(n) - 1  # later members of the same run
+    total = int(after.sum())
+    if total > MAX_PAIR_TESTS:
+        raise OverflowError
+    first = np.repeat(np.arange(n), after)
+    offset = np.arange(total) - np.repeat(np.cumsum(after) - after, after)
+    return first, first + 1 + offset
+
+
 def polygon_self_intersects(poly: np.ndarray) -> bool:
-    """Whether two non-adjacent edges of a closed polygon cross (proper crossings only)."""
+    """Whether two non-adjacent edges of a closed polygon cross (proper crossings only).
+
+    Edges are bucketed on a uniform grid about one edge long, and only edges sharing a cell are
+    tested: O(n) for a real contour (80,000 points in well under a second), never quadratic.
+    A pathological outline needing more than :data:`MAX_PAIR_TESTS` tests is reported as not
+    self-intersecting (the check only feeds the import report; filling is the same either way).
+    """
     p = np.asarray(poly, float)
+    if p.ndim != 2 or len(p) == 0:
+        return False
     keep = np.ones(len(p), bool)
     keep[1:] = np.any(np.diff(p, axis=0) != 0, axis=1)  # repeated points make zero-length edges
     p = p[keep]
     if len(p) > 1 and np.all(p[0] == p[-1]):
         p = p[:-1]
     n = len(p)
-    if n < 4:
+    if n < 4 or not np.all(np.isfinite(p)):
         return False
     a, b = p, np.roll(p, -1, axis=0)
     lo, hi = np.minimum(a, b), np.maximum(a, b)
+    extent = float(max((hi - lo.min(0)).max(), 1e-9))
+    cell = max(2.0 * float(np.median(np.abs(b - a).max(1))), extent / n, 1e-9)
+    while True:
+        c0 = np.floor((lo - lo.min(0)) / cell).astype(np.int64)
+        c1 = np.floor((hi - lo.min(0)) / cell).astype(np.int64)
+        span = c1 - c0 + 1
+        counts = span[:, 0] * span[:, 1]
+        if int(counts.sum()) <= 8 * n + 1024:
+            break
+        cell *= 2  # long edges: coarser cells keep the bucket count linear
+    edge = np.repeat(np.arange(n), counts)
+    k = np.arange(int(counts.sum())) - np.repeat(np.cumsum(counts) - counts, counts)
+    cx = c0[edge, 0] + k % span[edge, 0]
+    cy = c0[edge, 1] + k // span[edge, 0]
+    key = cy * (int(c1[:, 0].max()) + 2) + cx
+    order = np.argsort(key, kind="stable")
+    try:
+        first, second = _runs_pairs(key[order])
+    except OverflowError:
+        return False
+    ii, jj = edge[order][first], edge[order][second]
+    ii, jj = np.minimum(ii, jj), np.maximum(ii, jj)
+    ok = (jj > ii + 1) & ~((ii == 0) & (jj == n - 1))  # adjacent edges share a vertex: not a crossing
+    ok &= (lo[ii, 0] <= hi[jj, 0]) & (lo[jj, 0] <= hi[ii, 0]) & (lo[ii, 1] <= hi[jj, 1]) & (lo[jj, 1] <= hi[ii, 1])
+    ii, jj = ii[ok], jj[ok]
 
     def orient(p0, p1, q):
         return (p1[..., 0] - p0[..., 0]) * (q[..., 1] - p0[..., 1]) - (p1[..., 1] - p0[..., 1]) * (q[..., 0] - p0[..., 0])
 
-    idx = np.arange(n)
-    chunk = max(1, 2_000_000 // n)  # bounded memory for long outlines
-    for s in range(0, n, chunk):
-        i = idx[s:s + chunk, None]
-        # Bounding boxes first: cheap, and removes almost every pair of a real contour.
-        cand = ((lo[s:s + chunk, None, 0] <= hi[None, :, 0]) & (lo[None, :, 0] <= hi[s:s + chunk, None, 0])
-                & (lo[s:s + chunk, None, 1] <= hi[None, :, 1]) & (lo[None, :, 1] <= hi[s:s + chunk, None, 1]))
-        cand &= (idx[None, :] > i + 1) & ~((i == 0) & (idx[None, :] == n - 1))
-        ii, jj = np.nonzero(cand)
-        if ii.size == 0:
-            continue
-        ii = ii + s
-        d1, d2 = orient(a[ii], b[ii], a[jj]), orient(a[ii], b[ii], b[jj])
-        d3, d4 = orient(a[jj], b[jj], a[ii]), orient(a[jj], b[jj], b[ii])
-        if np.any((d1 * d2 < 0) & (d3 * d4 < 0)):
-            return True
-    return False
+    d1, d2 = orient(a[ii], b[ii], a[jj]), orient(a[ii], b[ii], b[jj])
+    d3, d4 = orient(a[jj], b[jj], a[ii]), orient(a[jj], b[jj], b[ii])
+    return bool(np.any((d1 * d2 < 0) & (d3 * d4 < 0)))
 
 
 # Cell corners: 1 = top-left (y, x), 2 = top-right (y, x+1), 4 = bottom-right (y+1, x+1), 8 = bottom-left (y+1, x).
