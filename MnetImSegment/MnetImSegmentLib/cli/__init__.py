@@ -15,7 +15,9 @@ import argparse
 import sys
 
 from .. import __version__
+from ..core.commit import os_error_reason
 from ..core.errors import Cancelled, MnetImError
+from ..core.validate import validate_options
 from . import demo, evaluate, import_rt, phantom, research, segment, train
 
 # In the order ``mnetim --help`` lists them.
@@ -40,6 +42,7 @@ def main(argv=None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
+        validate_options(args)  # every numeric option of every command, before any work
         return args.func(args)
     except Cancelled as exc:
         print(f"mnetim: {exc}", file=sys.stderr)
@@ -50,6 +53,10 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         print("mnetim: interrupted; nothing was written.", file=sys.stderr)
         return 130
+    except OSError as exc:  # an OS error no writer or reader turned into a sentence: still one line
+        where = f" '{exc.filename}'" if getattr(exc, "filename", None) else ""
+        print(f"mnetim: error: cannot access{where}: {os_error_reason(exc)}.", file=sys.stderr)
+        return 2
     except MemoryError:
         print("mnetim: error: out of memory.", file=sys.stderr)
         return 1

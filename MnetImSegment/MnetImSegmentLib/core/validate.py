@@ -112,6 +112,65 @@ def validate_segment_options(args) -> None:
         probability(threshold, "--threshold")
 
 
+# Every numeric option of every command, by its argparse ``dest``: (kind, minimum, maximum).
+# "int": a whole number in [min, max]; "number": a finite number in [min, max]; "open": a finite
+# number strictly above min, at most max; "probability": strictly between 0 and 1. One table, so a
+# new option gets its range next to the others and :func:`validate_options` checks it for every command.
+OPTION_RULES: dict[str, tuple] = {
+    "batch_size": ("int", 1, MAX_BATCH_SIZE),
+    "threshold": ("probability", None, None),
+    "count": ("int", 1, 100_000),
+    "workers": ("int", 0, 256),
+    "matrix": ("int", 32, 2048),
+    "slice_mm": ("open", 0.0, 20.0),
+    "seed": ("int", 0, 2**32 - 1),
+    "max_spread_mm": ("number", 0.0, 1000.0),
+    "label": ("int", 1, 65535),
+    "epochs": ("int", 1, 100_000),
+    "windows_per_epoch": ("int", 1, 10_000_000),
+    "lr": ("open", 0.0, 10.0),
+    "lr_milestones": ("int", 0, 100_000),
+    "lr_gamma": ("open", 0.0, 1.0),
+    "patience": ("int", 0, 100_000),
+    "threads": ("int", 0, 1024),
+    "max_minutes": ("number", 0.0, 1e6),
+    "roi_size": ("int", 8, 4096),
+    "roi_spacing": ("open", 0.0, 50.0),
+    "folds": ("int", 2, 100),
+}
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-")
+
+
+def _check_option(dest: str, value) -> None:
+    kind, lo, hi = OPTION_RULES[dest]
+    flag = _flag(dest)
+    if kind == "int":
+        if not _is_int(value) or value < lo or value > hi:
+            raise InputError(f"{flag} must be a whole number from {lo} to {hi}, got {value!r}.")
+    elif kind == "probability":
+        probability(value, flag)
+    elif kind == "open":
+        if not (_is_number(value) and math.isfinite(float(value)) and lo < float(value) <= hi):
+            raise InputError(f"{flag} must be a finite number above {lo:g} and at most {hi:g}, got {value!r}.")
+    else:
+        finite_number(value, flag, lo, hi)
+
+
+def validate_options(args) -> None:
+    """Refuse every out-of-range numeric option of any command before any work (see :data:`OPTION_RULES`).
+
+    Options left at ``None`` (meaning "the default") are not checked; lists are checked item by item.
+    """
+    for dest, value in sorted(vars(args).items()):
+        if dest not in OPTION_RULES or value is None:
+            continue
+        for item in (value if isinstance(value, (list, tuple)) else [value]):
+            _check_option(dest, item)
+
+
 # --------------------------------------------------------------------------- header strings
 # Unicode categories that must never reach a header: controls, format characters (bidi
 # overrides), surrogates, private use, unassigned, line and paragraph separators.
@@ -518,4 +577,4 @@ def check_volume_geometry(geometry, source: str = "the image") -> None:
 __all__ = ["CARD_SCHEMA", "MAX_CARD_BYTES", "MAX_CARD_DEPTH", "check_finite_tensors", "check_geometry",
            "check_volume_geometry", "finite_number", "hu_window", "is_header_safe", "json_nesting_depth",
            "load_card_json", "positive_int", "probability", "sanitize_header_text", "validate_card",
-           "validate_segment_options"]
+           "validate_options", "validate_segment_options", "OPTION_RULES"]

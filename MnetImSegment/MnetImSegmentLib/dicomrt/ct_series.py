@@ -174,7 +174,11 @@ def check_pixel_data_length(path) -> None:
         raise InputError(f"The CT slice '{path}' holds no pixel data.")
     if syntax is not None and getattr(syntax, "is_compressed", False):
         return
-    length = int(element.length)
+    # A deferred (large) element is still raw and knows its length; a small one was read already.
+    raw_length = getattr(element, "length", None)
+    if raw_length is None and getattr(element, "is_undefined_length", False):
+        return
+    length = int(raw_length) if raw_length is not None else len(element.value or b"")
     if length == 0xFFFFFFFF:  # undefined length: encapsulated frames, decoded (and checked) by ITK
         return
     expected = rows * cols * samples * frames * bits // 8
