@@ -9,6 +9,11 @@ For each output it times, median of ``--repeats``, in milliseconds:
   (temporary file, fsync of file and folder, read-back compared voxel by voxel, link);
 * ``readback``: the voxel read-back alone; ``fsync``: flushing a freshly written file and its folder;
 * ``overhead``: transaction - plain.
+``--end-to-end``: instead, ``mnetim segment`` on a 512 x 512 x 120 phantom CT with the demo weights
+(``.seg.nrrd`` and ``.nii.gz`` outputs), alternating runs with the commit path as shipped and with
+its verification switched off (no fsync, no read-back: what a plain temp-then-rename cost), in one
+process on the same CT; reports the wall time of each run (median) and the difference.
+
 Outputs: a 512 x 512 x 120 uint8 CTV labelmap as .nii.gz and as gzip .nrrd (the size of a
 .seg.nrrd: same voxels, same compression), and the float32 probability map as .nii.gz (zero
 outside a 160 x 160 x 60 ROI, as the engine writes it). Prints one JSON object. A measurement,
@@ -88,13 +93,68 @@ def measure(volume: Volume, name: str, folder: Path, repeats: int, labelmap: boo
             "overhead_ms": round(tx_ms - plain_ms, 1), "readback_ms": readback_ms, "fsync_ms": fsync_ms}
 
 
+def end_to_end(folder: Path, repeats: int, slices: int, matrix: int, weights=None) -> dict:
+    """Median wall time of ``mnetim segment`` with and without the commit path's verification."""
+    import contextlib
+    import io as _io
+
+    from MnetImSegmentLib.cli import main as mnetim
+    from MnetImSegmentLib.core import commit
+    from MnetImSegmentLib.research.phantom import make_phantom
+
+    phantom = make_phantom(seed=11, matrix=matrix, slice_mm=2.5, z_extent_mm=2.5 * slices)
+    ct = folder / "ct.nii.gz"
+    write_image(phantom.ct, ct)
+
+    @contextlib.contextmanager
+    def unverified():
+        saved = (commit._fsync_path, commit._fsync_tree, commit.OutputTransaction.verify)
+        commit._fsync_path = lambda *a, **k: None
+        commit._fsync_tree = lambda *a, **k: None
+        commit.OutputTransaction.verify = lambda self, final, check: None
+        try:
+            yield
+        finally:
+            commit._fsync_path, commit._fsync_tree, commit.OutputTransaction.verify = saved
+
+    def run(suffix: str, i: int, mode: str) -> float:
+        out = folder / f"{mode}_{i}{suffix}"
+        argv = ["segment", str(ct), "-o", str(out), "--json"] + (["--weights", str(weights)] if weights else [])
+        with contextlib.redirect_stdout(_io.StringIO()):
+            t0 = time.perf_counter()
+            with (unverified() if mode == "plain" else contextlib.nullcontext()):
+                code = mnetim(argv)
+            seconds = time.perf_counter() - t0
+        assert code == 0
+        return seconds
+
+    result = {"shape_zyx": list(phantom.ct.shape)}
+    run(".seg.nrrd", -1, "warmup")
+    for suffix in (".seg.nrrd", ".nii.gz"):
+        times = {"plain": [], "commit": []}
+        for i in range(repeats):
+            for mode in ("plain", "commit") if i % 2 == 0 else ("commit", "plain"):
+                times[mode].append(run(suffix, i, mode))
+        plain, verified = statistics.median(times["plain"]), statistics.median(times["commit"])
+        result[suffix] = {"without_verification_s": round(plain, 3), "commit_path_s": round(verified, 3),
+                          "overhead_ms": round(1000 * (verified - plain), 1),
+                          "overhead_percent": round(100 * (verified - plain) / plain, 1)}
+    return result
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--slices", type=int, default=120)
     p.add_argument("--matrix", type=int, default=512)
     p.add_argument("--repeats", type=int, default=3)
     p.add_argument("--dir", help="folder to write in (default: a temporary folder)")
+    p.add_argument("--end-to-end", action="store_true", help="time whole `mnetim segment` runs instead")
+    p.add_argument("--weights", help="weights folder for --end-to-end (default: the shipped demo weights)")
     args = p.parse_args(argv)
+    if args.end_to_end:
+        with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
+            print(json.dumps(end_to_end(Path(tmp), args.repeats, args.slices, args.matrix, args.weights), indent=1))
+        return 0
     mask, prob = _volumes(args.slices, args.matrix)
     with tempfile.TemporaryDirectory(dir=args.dir) as tmp:
         folder = Path(tmp)

@@ -96,8 +96,14 @@ _CHILD = textwrap.dedent("""
 """)
 
 
-@pytest.mark.parametrize("sig", ["SIGINT", "SIGKILL"])
-@pytest.mark.parametrize("stage", ["read", "network", "write"])
+_SLOW = pytest.mark.slow  # 15-20 s each on a shared CPU (a child process loads torch and runs the network)
+
+
+@pytest.mark.parametrize("stage,sig", [
+    ("read", "SIGINT"), ("read", "SIGKILL"),
+    pytest.param("network", "SIGINT", marks=_SLOW), pytest.param("network", "SIGKILL", marks=_SLOW),
+    pytest.param("write", "SIGINT", marks=_SLOW), pytest.param("write", "SIGKILL", marks=_SLOW),
+])
 def test_segment_signalled_at_each_stage_leaves_nothing_and_reruns_cleanly(tmp_path, ct_file, tiny_weights, capsys,
                                                                              stage, sig):
     out_dir = tmp_path / "out"
