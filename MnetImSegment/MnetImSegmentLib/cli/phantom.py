@@ -8,6 +8,7 @@ from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 from ..core.errors import OutputError
+from ..core.files import write_text
 from ..dicomrt.ct_writer import write_ct_series
 from ..engine.io import write_image, write_labelmap
 from ..research.manifest import SPLITS, ScanRecord, split_records, write_manifest
@@ -38,7 +39,7 @@ def write_one_phantom(job) -> dict:
     folder.mkdir(parents=True, exist_ok=True)
     write_image(ph.ct, folder / f"image{fmt}", overwrite=True)  # phantoms are regenerated, not user data
     write_labelmap(ph.labels, folder / f"label{fmt}", overwrite=True)
-    (folder / "phantom.json").write_text(json.dumps(ph.params, indent=1))
+    write_text(folder / "phantom.json", json.dumps(ph.params, indent=1), overwrite=True)
     if dicom:
         write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{seed:04d}", overwrite=True)
     return {"seed": seed, "folder": str(folder), "shape": ph.ct.shape}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import time
 from pathlib import Path
@@ -60,14 +61,21 @@ def run(args) -> int:
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
                                keep_probability=args.probability is not None)
     # One transaction: the mask (or DICOM object) and the probability map commit together or not at all.
-    with OutputTransaction(overwrite=args.overwrite) as tx:
-        if dicom_out:
-            out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
-                                           overwrite=args.overwrite, tx=tx)
-            if args.probability:
-                write_image(result.probability, Path(args.probability), tx=tx)
-        else:
-            write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None, tx=tx)
+    made_folder = dicom_out and not out.exists()
+    try:
+        with OutputTransaction(overwrite=args.overwrite) as tx:
+            if dicom_out:
+                out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
+                                               overwrite=args.overwrite, tx=tx)
+                if args.probability:
+                    write_image(result.probability, Path(args.probability), tx=tx)
+            else:
+                write_result(result, out, args.overwrite, Path(args.probability) if args.probability else None, tx=tx)
+    except BaseException:
+        if made_folder:  # the DICOM folder this run made, empty again: a failed run leaves nothing
+            with contextlib.suppress(OSError):
+                Path(args.output).rmdir()
+        raise
     report = {"input": str(inp), "output": str(out), "ctv_ml": round(result.volume_ml, 2),
               "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
               "precision": segmenter.precision,

@@ -10,6 +10,7 @@ training and the experiments.
 from __future__ import annotations
 
 import csv
+import io
 import os
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -18,6 +19,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import DatasetError
+from ..core.files import write_text
 
 SPLITS = ("train", "val", "test")
 PAPER_FRACTIONS = (164 / 235, 35 / 235, 36 / 235)
@@ -74,11 +76,12 @@ def write_manifest(path, records: list[ScanRecord]) -> None:
     def rel(p) -> str:
         return Path(os.path.abspath(p)).relative_to(base).as_posix()
 
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
-        for r in records:
-            w.writerow([rel(r.image), rel(r.mask), r.patient_id, r.scan_id, r.split or ""])
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
+    for r in records:
+        w.writerow([rel(r.image), rel(r.mask), r.patient_id, r.scan_id, r.split or ""])
+    write_text(path, buffer.getvalue(), overwrite=True)  # the commit path: read back by checksum
 
 
 def split_records(records: list[ScanRecord], seed: int = 0, fractions=PAPER_FRACTIONS) -> dict[str, list[ScanRecord]]:

@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import datetime as _dt
+import io
 import json
 import re
 import warnings
@@ -37,6 +38,7 @@ import numpy as np
 
 from ... import __version__
 from ...core.errors import DatasetError, OutputError
+from ...core.files import transaction, write_text
 from ...engine.inference import Segmenter
 from ...engine.io import read_image, write_labelmap
 from ..evaluation.cases import case_id_of
@@ -86,7 +88,7 @@ def open_experiment(out_dir, spec: dict) -> bool:
     out_dir.mkdir(parents=True, exist_ok=True)
     record = {"spec": spec, "software": f"MnetImSegment {__version__}",
               "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
-    (out_dir / EXPERIMENT_FILE).write_text(json.dumps(record, indent=2) + "\n", encoding="utf-8")
+    write_text(out_dir / EXPERIMENT_FILE, json.dumps(record, indent=2) + "\n")
     return False
 
 
@@ -94,15 +96,14 @@ def write_split_manifest(path, splits: dict[str, list[ScanRecord]]) -> Path:
     """A manifest with a split column and absolute paths (the experiment folder may live anywhere)."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
-        for split in SPLITS:
-            for r in splits.get(split, []):
-                w.writerow([Path(r.image).resolve().as_posix(), Path(r.mask).resolve().as_posix(), r.patient_id,
-                            r.scan_id, split])
-    tmp.replace(path)
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
+    for split in SPLITS:
+        for r in splits.get(split, []):
+            w.writerow([Path(r.image).resolve().as_posix(), Path(r.mask).resolve().as_posix(), r.patient_id,
+                        r.scan_id, split])
+    write_text(path, buffer.getvalue(), overwrite=True)
     return path
 
 
@@ -374,24 +375,26 @@ def _write_crossval_tables(out_dir: Path, report: dict) -> None:
     pooled = report["pooled"]
     rows.append(["all scans", str(sum(f["test_scans"] for f in report["folds"]))]
                 + [f"{pooled[m]['mean']:.4f} ± {pooled[m]['variance']:.4f}" for m in TABLE3_METRICS])
-    with open(out_dir / "crossval.csv", "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f, lineterminator="\n")
-        w.writerow(header)
-        w.writerows(rows)
+    buffer = io.StringIO(newline="")
+    w = csv.writer(buffer, lineterminator="\n")
+    w.writerow(header)
+    w.writerows(rows)
     md = [f"# {report['model']}: {len(report['folds'])}-fold cross-validation (Table 3 layout)", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
     md += ["", "ASD and HD95 in mm (lower is better); SO, SD, VD fractions (higher is better). " + report["note"]]
     if report["excluded_no_ctv"]:
         md += ["", f"Left out (no CTV in the mask): {', '.join(report['excluded_no_ctv'])}."]
-    (out_dir / "crossval.md").write_text("\n".join(md) + "\n", encoding="utf-8")
-    (out_dir / "crossval.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+    with transaction(None, overwrite=True) as tx:  # the three tables of one result commit together
+        write_text(out_dir / "crossval.csv", buffer.getvalue(), tx=tx)
+        write_text(out_dir / "crossval.md", "\n".join(md) + "\n", tx=tx)
+        write_text(out_dir / "crossval.json", json.dumps(report, indent=2, default=float) + "\n", tx=tx)
 
 
 def _finish(out_dir: Path, report: dict) -> None:
     record = {"finished": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
               "results": {k: v for k, v in report.items() if k in ("model", "models", "results", "average_of_folds")}}
-    (out_dir / FINISHED_FILE).write_text(json.dumps(record, indent=2, default=float) + "\n", encoding="utf-8")
+    write_text(out_dir / FINISHED_FILE, json.dumps(record, indent=2, default=float) + "\n", overwrite=True)
 
 
 # --------------------------------------------------------------------------- model comparison
@@ -481,7 +484,7 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
                   "results": {m: {k: result.summary[m][k]["mean"] for k in ("asd", "hd95", "sd", "so", "vd")}
                               for m in models},
                   "tables": str(out_dir / "results" / "summary.md"), "manifest": str(manifest)}
-        (out_dir / "compare.json").write_text(json.dumps(report, indent=2, default=float) + "\n", encoding="utf-8")
+        write_text(out_dir / "compare.json", json.dumps(report, indent=2, default=float) + "\n", overwrite=True)
         _finish(out_dir, report)
         log(f"comparison finished -> {out_dir / 'results' / 'summary.md'}")
     return dist_.handoff(ctx, report)

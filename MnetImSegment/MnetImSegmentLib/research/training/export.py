@@ -16,6 +16,7 @@ import numpy as np
 
 from ... import __version__
 from ...core.errors import DatasetError
+from ...core.files import write_text
 from ...engine.inference import Segmenter
 from ...engine.io import write_labelmap
 from ...engine.roi import RoiSpec
@@ -138,7 +139,7 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     _remove_stale_weights(staging)
     save_weights(trainer.model, Path(run_dir) / "weights", card)
     summary["test"] = card["test"]
-    (Path(run_dir) / "summary.json").write_text(json.dumps(summary, indent=2))
+    write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2), overwrite=True)
     return dist_.handoff(ctx, summary)
 
 

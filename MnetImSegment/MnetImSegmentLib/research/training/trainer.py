@@ -33,7 +33,7 @@ from typing import Optional
 import numpy as np
 
 from ...core.errors import DatasetError
-from ...core.files import atomic_path
+from ...core.files import atomic_path, write_text
 from ...engine.roi import RoiSpec
 from ...engine.windows import InputSpec, make_windows
 from ..manifest import read_manifest, split_records
@@ -229,7 +229,7 @@ class Trainer:
             raise DatasetError(problem)
         if main:
             self.run_dir.mkdir(parents=True, exist_ok=True)
-            (self.run_dir / "config.json").write_text(json.dumps(cfg.to_dict(), indent=2))
+            write_text(self.run_dir / "config.json", json.dumps(cfg.to_dict(), indent=2), overwrite=True)
         if cfg.num_threads:
             torch.set_num_threads(cfg.num_threads)
         seed_everything(cfg.seed)
@@ -350,7 +350,8 @@ class Trainer:
                     ckpt_data["rng_ranks"] = rng_states
                 if use_amp:
                     ckpt_data["scaler"] = scaler.state_dict()
-                torch.save(ckpt_data, ckpt)
+                with atomic_path(ckpt, overwrite=True) as tmp:  # a kill mid-save keeps the last good checkpoint
+                    torch.save(ckpt_data, tmp)
                 bar.update(1)
                 bar.set_postfix(loss=f"{train_loss:.3f}", val_dice=f"{val['dice']:.3f}", best=f"{state['best_dice']:.3f}")
             # All ranks leave the loop at the same epoch, on rank 0's decision.
