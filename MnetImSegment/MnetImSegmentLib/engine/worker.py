@@ -34,10 +34,11 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import Cancelled, InputError, MnetImError
-from ..core.files import atomic_path
-from ..core.volume import Volume
+from ..core.files import transaction
+from ..core.volume import Geometry, Volume
 from .device import is_cuda_failure, release_cuda_cache
 from .inference import SegmentationResult, Segmenter
+from .io import image_readback_check
 from .roi import Roi
 from .weights import read_card
 
@@ -127,13 +128,18 @@ def run_request(request: dict, events: EventStream) -> dict:
         result = attempt("cpu")
 
     events.progress(0.96, "writing the result")
-    with atomic_path(request["mask"], overwrite=True) as tmp:
-        sitk.WriteImage(result.mask.to_sitk(), str(tmp), True)
     box = result.probability_box
     # Only the box outside which the probability is zero: a fraction of the CT to write and read.
     probability = result.probability.array[box] if box is not None else np.zeros((1, 1, 1), np.float32)
-    with atomic_path(request["probability"], overwrite=True) as tmp:
-        sitk.WriteImage(sitk.GetImageFromArray(np.ascontiguousarray(probability, np.float32)), str(tmp))
+    probability = Volume(np.ascontiguousarray(probability, np.float32), Geometry())
+    # The one commit path: both files read back and compared voxel by voxel, committed together.
+    with transaction(overwrite=True) as tx:
+        tmp = tx.path_for(request["mask"])
+        sitk.WriteImage(result.mask.to_sitk(), str(tmp), True)
+        tx.verify(request["mask"], image_readback_check(result.mask.array, result.mask.geometry))
+        tmp = tx.path_for(request["probability"])
+        sitk.WriteImage(probability.to_sitk(), str(tmp))  # uncompressed: read once, by the client
+        tx.verify(request["probability"], image_readback_check(probability.array, probability.geometry))
     events.progress(1.0, "done")
     import torch
 
