@@ -7,6 +7,7 @@ import json
 import sys
 
 from ..engine.roi import RoiSpec
+from ..research.training.augment import AUGMENT_LEVELS
 from ..research.training.trainer import TrainConfig
 
 DEVICES = ["auto", "cpu", "cuda", "gpu"]
@@ -90,6 +91,9 @@ def add_train_options(p) -> None:
                    help="in-plane spacing of the ROI crop (default: 1.0); size x spacing is the field of view")
     g.add_argument("--model-options", type=json_object, default=None, metavar="JSON",
                    help='build options per model, e.g. \'{"Mnet_Im": {"norm": "none"}}\' (default: the paper\'s)')
+    g.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS,
+                   help="training augmentation: basic = shift/mirror/HU offset/noise; full adds nnU-Net-style rotation, "
+                        f"scaling, elastic, blur, brightness, contrast, low resolution, gamma (MONAI) (default: {d.augment})")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
 
 
@@ -103,4 +107,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
     return TrainConfig(model=model, epochs=args.epochs, windows_per_epoch=args.windows_per_epoch,
                        batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
                        lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
-                       num_threads=args.threads, max_minutes=args.max_minutes, roi=roi)
+                       num_threads=args.threads, max_minutes=args.max_minutes, roi=roi,
+                       augment=getattr(args, "augment", TrainConfig.augment))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 from concurrent.futures import ProcessPoolExecutor
+from dataclasses import replace
 from pathlib import Path
 
 from ..core.errors import OutputError
@@ -12,7 +13,7 @@ from ..core.files import write_text
 from ..dicomrt.ct_writer import write_ct_series
 from ..engine.io import write_image, write_labelmap
 from ..research.manifest import SPLITS, ScanRecord, split_records, write_manifest
-from ..research.phantom import make_phantom
+from ..research.phantom_styles import HELDOUT_STYLE, assign_styles, make_phantom_style, parse_style_mix
 from .options import add_json, emit
 
 
@@ -23,9 +24,12 @@ def add_parser(sub) -> None:
     ph.add_argument("--count", type=int, default=1)
     ph.add_argument("--dataset", action="store_true", help="write a manifest even for one phantom")
     ph.add_argument("--matrix", type=int, help="in-plane matrix (default: random 256/384/512)")
-    ph.add_argument("--slice-mm", type=float, help="slice spacing (default: random 1-3 mm)")
+    ph.add_argument("--slice-mm", type=float, help="slice spacing (default: random, v2 1-3 mm, v3 1-5 mm)")
     ph.add_argument("--format", default=".nii.gz", help=".nii.gz, .nrrd or .mha")
     ph.add_argument("--dicom", action="store_true", help="also write a DICOM CT series")
+    ph.add_argument("--style", default="v2",
+                    help="generator: v2 (default), v3 (domain-randomised), heldout (test-only, its manifest is all "
+                         "'test'), or a training mix such as 'v3,v2' or 'v3:0.8,v2:0.2'; the manifest records each scan's style")
     ph.add_argument("--workers", type=int, default=0)
     add_json(ph)
     ph.set_defaults(func=run)
@@ -33,8 +37,8 @@ def add_parser(sub) -> None:
 
 def write_one_phantom(job) -> dict:
     """One phantom into its folder (a module-level function, so worker processes can run it)."""
-    seed, folder, matrix, slice_mm, fmt, dicom = job
-    ph = make_phantom(seed, matrix=matrix, slice_mm=slice_mm)
+    seed, folder, matrix, slice_mm, fmt, dicom, style = job
+    ph = make_phantom_style(style, seed, matrix=matrix, slice_mm=slice_mm)
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     write_image(ph.ct, folder / f"image{fmt}", overwrite=True)  # phantoms are regenerated, not user data
@@ -42,7 +46,7 @@ def write_one_phantom(job) -> dict:
     write_text(folder / "phantom.json", json.dumps(ph.params, indent=1), overwrite=True)
     if dicom:
         write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{seed:04d}", overwrite=True)
-    return {"seed": seed, "folder": str(folder), "shape": ph.ct.shape}
+    return {"seed": seed, "folder": str(folder), "shape": ph.ct.shape, "style": style}
 
 
 def run(args) -> int:
@@ -50,21 +54,25 @@ def run(args) -> int:
 
     out = Path(args.output)
     fmt = args.format if args.format.startswith(".") else "." + args.format
+    styles = assign_styles(args.count, parse_style_mix(args.style), seed=args.seed)
     if args.count == 1 and not args.dataset:
-        write_one_phantom((args.seed, out, args.matrix, args.slice_mm, fmt, args.dicom))
+        write_one_phantom((args.seed, out, args.matrix, args.slice_mm, fmt, args.dicom, styles[0]))
         if not args.json:
             print(f"phantom seed {args.seed} -> {out}")
         return 0
     if (out / "manifest.csv").exists():
         raise OutputError(f"'{out}' already holds a phantom dataset (manifest.csv); choose a new folder.")
-    jobs = [(args.seed + i, out / f"phantom_{args.seed + i:04d}", args.matrix, args.slice_mm, fmt, args.dicom)
+    jobs = [(args.seed + i, out / f"phantom_{args.seed + i:04d}", args.matrix, args.slice_mm, fmt, args.dicom, styles[i])
             for i in range(args.count)]
     workers = max(1, min(args.workers or (os.cpu_count() or 1), len(jobs)))
     with ProcessPoolExecutor(workers) as pool:
         done = list(tqdm(pool.map(write_one_phantom, jobs), total=len(jobs), desc="phantoms", disable=args.json))
     records = [ScanRecord(Path(d["folder"]) / f"image{fmt}", Path(d["folder"]) / f"label{fmt}",
-                          f"phantom{d['seed']:04d}", f"phantom{d['seed']:04d}") for d in done]
-    splits = split_records(records, seed=args.seed)
+                          f"phantom{d['seed']:04d}", f"phantom{d['seed']:04d}", style=d["style"]) for d in done]
+    if all(r.style == HELDOUT_STYLE for r in records):  # measures generalisation only: never trained on
+        splits = {"train": [], "val": [], "test": [replace(r, split="test") for r in records]}
+    else:
+        splits = split_records(records, seed=args.seed)
     write_manifest(out / "manifest.csv", [r for s in SPLITS for r in splits[s]])
     emit(args, {"output": str(out), "count": len(done)}, f"{len(done)} phantoms -> {out} (manifest.csv)")
     return 0

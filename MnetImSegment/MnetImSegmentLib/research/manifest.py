@@ -32,6 +32,7 @@ class ScanRecord:
     patient_id: str
     scan_id: str
     split: Optional[str] = None
+    style: Optional[str] = None  # phantom generator style, when the scan is a phantom
 
 
 def read_manifest(path) -> list[ScanRecord]:
@@ -56,7 +57,11 @@ def read_manifest(path) -> list[ScanRecord]:
         if row["scan_id"] in seen:
             raise DatasetError(f"Manifest '{path}' line {n}: scan_id '{row['scan_id']}' appears twice.")
         seen.add(row["scan_id"])
-        records.append(ScanRecord(image, mask, row["patient_id"], row["scan_id"], split))
+        style = (row.get("style") or "").strip() or None
+        if style == "heldout" and split != "test":
+            raise DatasetError(f"Manifest '{path}' line {n}: a held-out-style phantom must be a 'test' scan (it measures "
+                               "generalisation and is never trained on).")
+        records.append(ScanRecord(image, mask, row["patient_id"], row["scan_id"], split, style))
     splits_of: dict[str, set] = {}
     for r in records:
         if r.split:
@@ -76,11 +81,12 @@ def write_manifest(path, records: list[ScanRecord]) -> None:
     def rel(p) -> str:
         return Path(os.path.abspath(p)).relative_to(base).as_posix()
 
+    styles = any(r.style for r in records)  # the style column only for phantom datasets
     buffer = io.StringIO(newline="")
     w = csv.writer(buffer, lineterminator="\n")
-    w.writerow(["image", "mask", "patient_id", "scan_id", "split"])
+    w.writerow(["image", "mask", "patient_id", "scan_id", "split"] + (["style"] if styles else []))
     for r in records:
-        w.writerow([rel(r.image), rel(r.mask), r.patient_id, r.scan_id, r.split or ""])
+        w.writerow([rel(r.image), rel(r.mask), r.patient_id, r.scan_id, r.split or ""] + ([r.style or ""] if styles else []))
     write_text(path, buffer.getvalue(), overwrite=True)  # the commit path: read back by checksum
 
 

@@ -21,6 +21,7 @@ from ...engine.io import read_image
 from ...engine.roi import Roi, RoiSpec, crop, locate_roi
 from ...engine.windows import InputSpec, normalise, window_indices
 from ..manifest import ScanRecord
+from .augment import FullAugmentation, check_level
 
 
 def read_volume_pair(record: ScanRecord) -> tuple[Volume, Volume]:
@@ -97,7 +98,7 @@ class WindowSampler:
     """
 
     def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
-                 positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment: bool = True):
+                 positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0):
         if not scans:
             raise DatasetError("No training scans.")
         self.scans = scans
@@ -105,7 +106,11 @@ class WindowSampler:
         self.w = slices_per_window
         self.positive_fraction = positive_fraction
         self.hu_unit = 1.0 / hu_window_width
-        self.augment = augment
+        # augment: True/"basic" (shift, mirror, offset, gain, noise), "full" (+ training.augment), False/"none".
+        level = "basic" if augment is True else "none" if augment is False else str(augment)
+        self.level = check_level(level)
+        self.augment = level != "none"
+        self.full = FullAugmentation(seed) if level == "full" else None
         self.index_pos, self.index_neg = [], []
         for s_i, s in enumerate(scans):
             has = s.mask.reshape(s.mask.shape[0], -1).any(1)
@@ -117,6 +122,8 @@ class WindowSampler:
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size
+        if self.full is not None:  # MONAI's own random state follows the sampler's generator
+            self.full.reseed(int(rng.integers(2**31 - 1)))
         x = np.empty((batch_size, self.w, h, w), np.float32)
         y = np.empty((batch_size, 1, h, w), np.float32)
         for b in range(batch_size):
@@ -134,6 +141,8 @@ class WindowSampler:
             if self.augment:
                 if rng.random() < 0.5:
                     win, lab = win[:, :, ::-1], lab[:, ::-1]
+                if self.full is not None:
+                    win, lab = self.full(win, lab)
                 win = win * rng.uniform(0.95, 1.05) + rng.normal(0, 15) * self.hu_unit
                 win = win + rng.normal(0, rng.uniform(0, 10) * self.hu_unit, win.shape).astype(np.float32)
             x[b] = win

@@ -67,6 +67,7 @@ class TrainConfig:
     amp: bool = True
     num_threads: int = 0
     max_minutes: float = 0.0
+    augment: str = "full"  # none | basic | full (training.augment); runs before 0.3 used "basic"
     roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
     input: dict = field(default_factory=lambda: InputSpec().to_dict())
 
@@ -82,6 +83,7 @@ class TrainConfig:
         if unknown:
             raise DatasetError(f"Unknown training option(s) {', '.join(unknown)} (written by a newer MnetImSegment?).")
         d = dict(d)
+        d.setdefault("augment", "basic")  # runs written before the option existed trained with the basic set
         if "lr_milestones" in d:
             d["lr_milestones"] = tuple(d["lr_milestones"])
         if d.get("scale_weights") is not None:
@@ -249,7 +251,8 @@ class Trainer:
             raise DatasetError("No validation scan contains CTV (inside its ROI crop): the threshold and early "
                                "stopping would be chosen on nothing; put scans with CTV in the validation split.")
         sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
-                                cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0])
+                                cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0],
+                                augment=cfg.augment, seed=cfg.seed)
         n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
         steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))

@@ -1,0 +1,76 @@
+"""Phantom generator styles and training mixes (``mnetim phantom --style``).
+
+* ``v2``: the original generator (``phantom.py``; the demo's and ``make demo``'s default);
+* ``v3``: domain-randomised (``phantom_v3.py``): template anatomy, wide per-structure HU, physical
+  metal artefacts, random acquisition;
+* ``heldout``: a structurally different generator (``phantom_heldout.py``) used ONLY to measure
+  generalisation; never part of a training mix.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ..core.errors import InputError
+from .phantom import make_phantom
+from .phantom_heldout import make_phantom_heldout
+from .phantom_v3 import make_phantom_v3
+
+STYLES = ("v2", "v3", "heldout")
+TRAINING_STYLES = ("v2", "v3")
+HELDOUT_STYLE = "heldout"
+
+
+def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_extent_mm=None, direction=None):
+    """One phantom of ``style`` (a :class:`phantom.Phantom`; ``params["style"]`` names the style)."""
+    if style == "v2":
+        ph = make_phantom(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+        ph.params["style"] = "v2"
+        return ph
+    if style == "v3":
+        return make_phantom_v3(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+    if style == HELDOUT_STYLE:
+        return make_phantom_heldout(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+    raise InputError(f"Unknown phantom style '{style}'; choose among {', '.join(STYLES)}.")
+
+
+def parse_style_mix(text: str) -> list[tuple[str, float]]:
+    """``"v3"``, ``"v3,v2"`` (equal shares) or ``"v3:0.7,v2:0.3"`` -> [(style, share)], shares summing to 1.
+
+    Raises:
+        InputError: Unknown style, bad share, or the held-out style mixed with training styles.
+    """
+    items = []
+    for part in (p.strip() for p in str(text).split(",") if p.strip()):
+        name, _, share = part.partition(":")
+        name = name.strip()
+        if name not in STYLES:
+            raise InputError(f"Unknown phantom style '{name}'; choose among {', '.join(STYLES)}.")
+        try:
+            value = float(share) if share else 1.0
+        except ValueError:
+            raise InputError(f"Phantom style share '{share}' for '{name}' is not a number.") from None
+        if value <= 0:
+            raise InputError(f"Phantom style share for '{name}' must be positive, got {value}.")
+        items.append((name, value))
+    if not items:
+        raise InputError("No phantom style given.")
+    names = [n for n, _ in items]
+    if len(set(names)) != len(names):
+        raise InputError(f"Phantom style listed twice in '{text}'.")
+    if HELDOUT_STYLE in names and len(names) > 1:
+        raise InputError("The held-out style measures generalisation only; write it as its own dataset, not mixed "
+                         "with training styles.")
+    total = sum(v for _, v in items)
+    return [(n, v / total) for n, v in items]
+
+
+def assign_styles(count: int, mix: list[tuple[str, float]], seed: int = 0) -> list[str]:
+    """Styles for ``count`` phantoms in the mix's proportions (largest remainder), in a seeded random order."""
+    exact = np.array([share * count for _, share in mix])
+    n = np.floor(exact).astype(int)
+    for i in np.argsort(-(exact - n))[: count - n.sum()]:
+        n[i] += 1
+    styles = [name for (name, _), k in zip(mix, n) for _ in range(k)]
+    np.random.default_rng([seed, 5]).shuffle(styles)
+    return styles
