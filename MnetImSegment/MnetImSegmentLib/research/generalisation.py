@@ -1,0 +1,273 @@
+"""Generalisation of a weights folder: Dice on unseen phantom styles and on perturbed phantoms (issue 11).
+
+Every row runs the FULL inference pipeline (``engine.inference.Segmenter.segment``, as ``mnetim
+segment`` does) on each CT's own grid and scores the CTV mask with ``metrics.volumetric_dice``.
+
+Rows:
+
+* ``v2``, ``v3`` (in-distribution styles) and ``heldout`` (never trained on);
+* the perturbation table of issue 11, applied to phantoms of ``perturb_style`` (default ``v2``; the
+  same seeds as that style's own row, so every perturbation is paired with its unperturbed phantom):
+  HU offset +-40, contrast x0.85 / x1.15 about 40 HU, noise x2 (the generator's own noise level
+  doubled, same texture), blur (in-plane Gaussian, sigma 1 px), 1.25 / 5 mm slices and 0.5 / 1.0 mm
+  pixels (re-sampled from the same anatomy on that grid, same field of view), mirrored (array flipped
+  left-right with the geometry kept: the patient is mirrored, the truth with it), rotated 10 deg
+  (re-sampled on a grid whose direction is turned 10 deg about the scanner axis) and plastic
+  applicator (every metal applicator part made plastic, 250 HU, hollow air channel, no artefact).
+
+Seeds (disjoint from every training recipe, which uses 0-99 and 1000-1099): ``v2`` 500000+i,
+``v3`` 510000+i, ``heldout`` 900000+i (i = 0..N-1). Base grid: ``matrix`` (default 256) in-plane,
+2.5 mm slices, 160 mm scan length; pixel size from each generator's field of view.
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional
+
+import numpy as np
+
+from ..core.files import write_text
+from ..core.volume import Geometry
+from ..engine.inference import Segmenter
+from .metrics import volumetric_dice
+from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
+from .phantom_heldout import PhantomHeldout
+from .phantom_v3 import Layer3, PhantomV3
+
+SEED_BASE = {"v2": 500000, "v3": 510000, "heldout": 900000}
+STYLE_ROWS = ("v2", "v3", "heldout")
+BASE_SLICE_MM = 2.5
+BASE_Z_EXTENT_MM = 160.0
+CONTRAST_CENTRE_HU = 40.0
+PLASTIC_HU = 250.0
+PERTURBATIONS = ("hu+40", "hu-40", "contrast x0.85", "contrast x1.15", "noise x2", "blur 1px",
+                 "slices 1.25 mm", "slices 5 mm", "pixels 0.5 mm", "pixels 1.0 mm", "mirrored",
+                 "rotated 10 deg", "plastic applicator")
+_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "heldout": PhantomHeldout}
+
+
+@dataclass
+class GridRequest:
+    """How to re-sample an anatomy: slice thickness, pixel size (None: the generator's), direction."""
+
+    slice_mm: float = BASE_SLICE_MM
+    spacing_mm: Optional[float] = None
+    direction: Optional[np.ndarray] = None
+    noise_factor: float = 1.0
+    plastic: bool = False
+
+
+def _make_plastic(anatomy) -> None:
+    """Turn every metal applicator part plastic (tissue-like HU, hollow air channel, no artefact)."""
+    if isinstance(anatomy, PhantomV3):
+        for layer in anatomy.layers:
+            if isinstance(layer, Layer3) and layer.metal:
+                layer.metal, layer.hu = "", PLASTIC_HU
+        if anatomy.params.get("applicator_material") != "plastic":
+            p0, tip = anatomy.tandem
+            for a, b in ((p0, np.zeros(3)), (np.zeros(3), tip)):
+                anatomy.layers.append(Layer3(Tube(a, b, 1.0), -800.0, edge_mm=0.3, deform=False))
+        anatomy.params.update(applicator_material="plastic", applicator_metal=False)
+        return
+    was_metal = bool(anatomy.params.get("applicator_metal"))
+    for layer in anatomy.layers:
+        if isinstance(layer, Layer) and layer.metal:
+            layer.metal, layer.hu = False, PLASTIC_HU
+    if was_metal:
+        tandem = anatomy.metal_parts[0]
+        anatomy.layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
+    anatomy.metal_parts = []
+    anatomy.params.update(applicator_metal=False, streak_hu=0.0)
+
+
+def _regrid(geometry: Geometry, shape_zyx, spacing_mm: float) -> tuple[Geometry, tuple[int, int, int]]:
+    """The same field of view and centre with square pixels of ``spacing_mm``."""
+    sp = np.asarray(geometry.spacing, float)
+    size = np.array([shape_zyx[2], shape_zyx[1], shape_zyx[0]], float)
+    d = geometry.direction_matrix
+    centre = np.asarray(geometry.origin) + d @ (sp * (size - 1) / 2)
+    n_xy = max(8, int(round(size[0] * sp[0] / spacing_mm)))
+    new_sp = np.array([spacing_mm, spacing_mm, sp[2]])
+    new_size = np.array([n_xy, n_xy, size[2]])
+    origin = centre - d @ (new_sp * (new_size - 1) / 2)
+    return Geometry(tuple(new_sp), tuple(origin), tuple(d.ravel())), (int(size[2]), n_xy, n_xy)
+
+
+def generate(style: str, seed: int, matrix: int, request: GridRequest = GridRequest(),
+             z_extent_mm: float = BASE_Z_EXTENT_MM) -> Phantom:
+    """One phantom of ``style`` on the evaluation grid, with the grid/noise/applicator changes of ``request``."""
+    anatomy = _ANATOMY[style](seed)
+    if request.noise_factor != 1.0:
+        anatomy.params["noise_hu"] = float(anatomy.params["noise_hu"]) * request.noise_factor
+    if request.plastic:
+        _make_plastic(anatomy)
+    geometry, shape = anatomy.default_grid(matrix, request.slice_mm, z_extent_mm, request.direction)
+    if request.spacing_mm is not None:
+        geometry, shape = _regrid(geometry, shape, request.spacing_mm)
+    if style == "v2":
+        return anatomy.sample(geometry, shape)
+    return anatomy.sample(geometry, shape, artifacts=True)
+
+
+def _hu(array: np.ndarray) -> np.ndarray:
+    return np.clip(np.rint(array), -1024, 3071).astype(np.int16)
+
+
+def _blur(array: np.ndarray, sigma_px: float = 1.0) -> np.ndarray:
+    from scipy.ndimage import gaussian_filter
+
+    return _hu(gaussian_filter(array.astype(np.float32), sigma=(0, sigma_px, sigma_px)))
+
+
+def _with(ph: Phantom, ct: np.ndarray, labels: Optional[np.ndarray] = None, **params) -> Phantom:
+    labels = ph.labels.array if labels is None else labels
+    return Phantom(ph.ct.with_array(ct), ph.labels.with_array(np.ascontiguousarray(labels)), dict(ph.params, **params))
+
+
+def perturb(name: str, style: str, seed: int, matrix: int, base: Optional[Phantom] = None,
+            z_extent_mm: float = BASE_Z_EXTENT_MM) -> Phantom:
+    """The phantom ``style``/``seed`` with the perturbation ``name`` (one of ``PERTURBATIONS``).
+
+    Intensity and mirror perturbations change the base phantom's arrays; grid, noise and applicator
+    perturbations re-sample the same anatomy.
+    """
+    if name not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation '{name}'")
+    resampled = {
+        "noise x2": GridRequest(noise_factor=2.0),
+        "slices 1.25 mm": GridRequest(slice_mm=1.25),
+        "slices 5 mm": GridRequest(slice_mm=5.0),
+        "pixels 0.5 mm": GridRequest(spacing_mm=0.5),
+        "pixels 1.0 mm": GridRequest(spacing_mm=1.0),
+        "rotated 10 deg": GridRequest(direction=rotation_matrix(rz_deg=10.0)),
+        "plastic applicator": GridRequest(plastic=True),
+    }
+    if name in resampled:
+        ph = generate(style, seed, matrix, resampled[name], z_extent_mm)
+        ph.params["perturbation"] = name
+        return ph
+    base = base if base is not None else generate(style, seed, matrix, z_extent_mm=z_extent_mm)
+    ct = base.ct.array.astype(np.float32)
+    if name in ("hu+40", "hu-40"):
+        return _with(base, _hu(ct + (40.0 if name == "hu+40" else -40.0)), perturbation=name)
+    if name.startswith("contrast"):
+        k = 0.85 if name.endswith("0.85") else 1.15
+        return _with(base, _hu(CONTRAST_CENTRE_HU + k * (ct - CONTRAST_CENTRE_HU)), perturbation=name)
+    if name == "blur 1px":
+        return _with(base, _blur(ct), perturbation=name)
+    # mirrored: x (array axis 2) reversed, geometry unchanged, so the truth is mirrored with the image
+    return _with(base, np.ascontiguousarray(base.ct.array[:, :, ::-1]), base.labels.array[:, :, ::-1], perturbation=name)
+
+
+@dataclass
+class RowResult:
+    """Dice of one table row over its phantoms."""
+
+    row: str
+    group: str  # "in-distribution", "held-out", "perturbation"
+    style: str
+    seeds: list
+    dice: list = field(default_factory=list)
+
+    def summary(self) -> dict:
+        d = self.dice
+        return {"row": self.row, "group": self.group, "style": self.style, "n": len(d), "seeds": list(self.seeds),
+                "dice": [round(float(x), 4) for x in d],
+                "mean": round(float(np.mean(d)), 4) if d else None,
+                "median": round(float(statistics.median(d)), 4) if d else None,
+                "min": round(float(np.min(d)), 4) if d else None}
+
+
+def _score(segmenter, ph: Phantom) -> float:
+    result = segmenter.segment(ph.ct)
+    return volumetric_dice(result.mask.array > 0, ph.labels.array == 1)
+
+
+def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_style: str = "v2",
+                            styles=STYLE_ROWS, perturbations=PERTURBATIONS, device: str = "cpu",
+                            segmenter=None, log: Optional[Callable[[str], None]] = None,
+                            z_extent_mm: float = BASE_Z_EXTENT_MM) -> dict:
+    """Dice of ``weights`` on ``n`` phantoms per row (see the module docstring).
+
+    Args:
+        weights: A weights folder (ignored when ``segmenter`` is given).
+        n: Phantoms per row.
+        matrix: In-plane matrix of the base grid.
+        perturb_style: The style the perturbations are applied to ('v2' or 'v3').
+        styles: Style rows to run.
+        perturbations: Perturbation rows to run (names from ``PERTURBATIONS``).
+        device: Inference device.
+        segmenter: An already built ``Segmenter`` (tests).
+        log: Optional progress callback, one line per phantom.
+        z_extent_mm: Scan length (shorter only to keep tests fast).
+
+    Returns:
+        A JSON-ready dict: ``rows`` (one summary per row), the settings, and the weights' name/version.
+    """
+    if perturb_style not in ("v2", "v3"):
+        raise ValueError("perturbations apply to a training style: 'v2' or 'v3'")
+    log = log or (lambda s: None)
+    segmenter = segmenter or Segmenter(weights, device=device)
+    t0 = time.perf_counter()
+    rows, bases = [], {}
+    for style in styles:
+        seeds = [SEED_BASE[style] + i for i in range(n)]
+        row = RowResult(style, "held-out" if style == "heldout" else "in-distribution", style, seeds)
+        for s in seeds:
+            ph = generate(style, s, matrix, z_extent_mm=z_extent_mm)
+            if style == perturb_style:
+                bases[s] = ph
+            row.dice.append(_score(segmenter, ph))
+            log(f"{style} seed {s}: Dice {row.dice[-1]:.3f}")
+        rows.append(row)
+    seeds = [SEED_BASE[perturb_style] + i for i in range(n)]
+    for name in perturbations:
+        row = RowResult(name, "perturbation", perturb_style, seeds)
+        for s in seeds:
+            if s not in bases:
+                bases[s] = generate(perturb_style, s, matrix, z_extent_mm=z_extent_mm)
+            row.dice.append(_score(segmenter, perturb(name, perturb_style, s, matrix, bases[s], z_extent_mm)))
+            log(f"{name} ({perturb_style}) seed {s}: Dice {row.dice[-1]:.3f}")
+        rows.append(row)
+    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
+    return {
+        "weights": {"name": raw.get("name"), "version": raw.get("version"),
+                    "folder": str(weights) if weights is not None else None},
+        "n_per_row": n, "matrix": matrix, "slice_mm": BASE_SLICE_MM, "z_extent_mm": z_extent_mm,
+        "perturb_style": perturb_style, "seed_base": dict(SEED_BASE), "device": segmenter.device,
+        "seconds": round(time.perf_counter() - t0, 1),
+        "rows": [r.summary() for r in rows],
+    }
+
+
+def markdown_table(results: dict) -> str:
+    """The rows as a markdown table (mean / median / min Dice, n)."""
+    lines = ["| row | group | style | n | mean Dice | median | min |", "|---|---|---|---|---|---|---|"]
+    for r in results["rows"]:
+        fmt = (lambda v: "-" if v is None else f"{v:.3f}")
+        lines.append(f"| {r['row']} | {r['group']} | {r['style']} | {r['n']} | {fmt(r['mean'])} | "
+                     f"{fmt(r['median'])} | {fmt(r['min'])} |")
+    return "\n".join(lines) + "\n"
+
+
+def add_to_card(card: dict, results: dict) -> dict:
+    """A copy of the model-card dict ``card`` with ``results`` summarised under ``"generalisation"``."""
+    summary = {k: results[k] for k in ("n_per_row", "matrix", "slice_mm", "perturb_style", "seed_base") if k in results}
+    summary["rows"] = {r["row"]: {"group": r["group"], "style": r["style"], "n": r["n"], "mean": r["mean"],
+                                  "median": r["median"], "min": r["min"]} for r in results["rows"]}
+    return {**card, "generalisation": summary}
+
+
+def write_results(results: dict, out_dir) -> tuple[Path, Path]:
+    """``generalisation.json`` and ``generalisation.md`` in ``out_dir`` (created)."""
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    js, md = out / "generalisation.json", out / "generalisation.md"
+    write_text(js, json.dumps(results, indent=1) + "\n", overwrite=True)
+    write_text(md, markdown_table(results), overwrite=True)
+    return js, md
