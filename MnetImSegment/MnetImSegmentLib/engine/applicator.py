@@ -686,6 +686,7 @@ def pelvis_signals(volume: Volume, body_mask: np.ndarray | None = None) -> dict:
         soft_tissue_hu=float(np.median(soft)) if len(soft) else None,
         soft_tissue_fraction=float(len(soft) / len(body_hu)),
         bone_fraction=float(((body_hu >= BONE_HU) & (body_hu < METAL_HU)).mean()),
+        lung_fraction=float(((body_hu >= -950) & (body_hu <= -600)).mean()),  # aerated lung (a chest CT)
         metal_ml=float((body_hu >= METAL_HU).sum() * voxel_ml),
     )
     # Femoral heads: the deepest point of filled bone (holes filled: marrow inside cortex) per side.

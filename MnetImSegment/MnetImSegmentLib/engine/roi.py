@@ -91,13 +91,14 @@ class Roi:
         return d
 
 
-def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
+def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None, fit=None) -> Roi:
     """Find the region of interest (see module docstring for the algorithm).
 
     Args:
         volume: CT in HU.
         spec: Thresholds and margins.
         center: Optional LPS point (mm) to use as the in-plane centre instead of the automatic one.
+        fit: The :class:`~.applicator.ApplicatorFit` when already computed (else located here).
     """
     import SimpleITK as sitk
 
@@ -118,7 +119,7 @@ def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
         raise InputError("No patient body was found in the image (nothing above -400 HU): is this a CT?")
 
     scale = np.asarray([step[2], step[1], step[0]], float)  # (i, j, k) steps
-    window = _applicator_window(volume, spec, slice_axis, n_slices, body, step)
+    window = _applicator_window(volume, spec, slice_axis, n_slices, body, step, fit)
     confidence = None
     if window is not None:
         auto_center, (first, last), confidence = window
@@ -139,9 +140,9 @@ def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
 
 
 def _applicator_window(volume: Volume, spec: RoiSpec, slice_axis: int, n_slices: int, body: np.ndarray,
-                       step: list[int]):
+                       step: list[int], fit=None):
     """(centre, slice range, confidence) from a trusted applicator, or None (see the module docstring)."""
-    fit = locate_applicator(volume)
+    fit = locate_applicator(volume) if fit is None else fit
     if not fit.found or fit.confidence < TRUST:
         return None
     window = None
