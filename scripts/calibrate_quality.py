@@ -20,6 +20,7 @@ from MnetImSegmentLib.core.errors import InputError
 from MnetImSegmentLib.engine.inference import check_ct
 from MnetImSegmentLib.engine.quality import QualitySpec, check_scope
 from MnetImSegmentLib.research.distractors import KINDS as DISTRACTORS, add_distractors, pelvis_phantom
+from MnetImSegmentLib.research.metrics import volumetric_dice
 from MnetImSegmentLib.research.phantom import make_phantom
 from MnetImSegmentLib.research.scope_phantoms import make_scope_case
 
@@ -84,18 +85,24 @@ def main() -> None:
         from MnetImSegmentLib.engine.inference import Segmenter
 
         seg = Segmenter(device="cpu")
-        warned = 0
-        print(f"\n{'style':18} {'ml':>7} {'os_mm':>6} {'encl':>5} {'dis':>6} {'unc':>6} {'low':>4} {'qual_s':>6} {'net_s':>6}  warnings")
+        warned, dices = 0, []
+        print(f"\n{'style':18} {'dice':>5} {'ml':>7} {'os_mm':>6} {'encl':>5} {'dis':>6} {'unc':>6} {'low':>4} {'qual_s':>6} {'net_s':>6}  warnings")
         for _, style, rep, ph in ins[: args.network]:
             t = time.perf_counter()
             r = seg.segment(ph.ct, roi_center=None if not rep.refusals else rep.fit.os_lps or (0, 0, 0))
             q = r.quality
             warned += bool(r.warnings)
-            print(f"{style:18} {q['ctv_ml']:7.1f} {q.get('os_to_ctv_mm', float('nan')):6.1f} "
+            dice = volumetric_dice(r.mask.array, ph.mask().array)
+            dices.append((dice, bool(r.warnings)))
+            print(f"{style:18} {dice:5.3f} {q['ctv_ml']:7.1f} {q.get('os_to_ctv_mm', float('nan')):6.1f} "
                   f"{q.get('tandem_enclosed', float('nan')):5.2f} {q['max_slice_disagreement']:6.3f} "
                   f"{q['max_slice_uncertain']:6.3f} {len(q['low_confidence_slices']):4d} {r.seconds['quality']:6.2f} "
                   f"{r.seconds['network']:6.2f}  {'; '.join(r.warnings)}")
         print(f"\nin-scope warned or refused after the network: {warned}/{args.network}")
+        for flag in (False, True):
+            d = [x for x, w in dices if w == flag]
+            if d:
+                print(f"{'warned' if flag else 'not warned'}: {len(d)} cases, Dice mean {np.mean(d):.3f}, min {np.min(d):.3f}")
 
 
 if __name__ == "__main__":

@@ -648,6 +648,22 @@ HEAD_MIN_RADIUS_MM = 17.0  # inscribed sphere: femoral heads ~20-26 mm; ilium, p
 HEAD_LATERAL_MM = (55.0, 150.0)  # from the midline; vertebrae are central, humeral heads further out
 
 
+def _lung_fraction(coarse: _Grid, cb: np.ndarray) -> float:
+    """Share of the body (holes filled slice by slice) at -950..-600 HU: aerated lung, i.e. a chest.
+
+    Lungs run out of the scan at its ends, so only a 2D fill per slice puts them inside the body.
+    """
+    import SimpleITK as sitk
+
+    ax = coarse.slice_np_axis
+    body = np.moveaxis(cb, ax, 0)
+    filled = np.stack([sitk.GetArrayFromImage(sitk.BinaryFillhole(sitk.GetImageFromArray(s.astype(np.uint8))))
+                       for s in body]) > 0
+    arr = np.moveaxis(coarse.array, ax, 0)
+    lung = filled & (arr >= -950) & (arr <= -600)
+    return float(lung.sum() / max(filled.sum(), 1))
+
+
 def pelvis_signals(volume: Volume, body_mask: np.ndarray | None = None) -> dict:
     """Cheap signals of "this CT shows a pelvis, in HU" (for the input-scope check).
 
@@ -686,7 +702,7 @@ def pelvis_signals(volume: Volume, body_mask: np.ndarray | None = None) -> dict:
         soft_tissue_hu=float(np.median(soft)) if len(soft) else None,
         soft_tissue_fraction=float(len(soft) / len(body_hu)),
         bone_fraction=float(((body_hu >= BONE_HU) & (body_hu < METAL_HU)).mean()),
-        lung_fraction=float(((body_hu >= -950) & (body_hu <= -600)).mean()),  # aerated lung (a chest CT)
+        lung_fraction=_lung_fraction(coarse, cb),
         metal_ml=float((body_hu >= METAL_HU).sum() * voxel_ml),
     )
     # Femoral heads: the deepest point of filled bone (holes filled: marrow inside cortex) per side.

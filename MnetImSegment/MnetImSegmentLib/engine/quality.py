@@ -23,13 +23,19 @@ from dataclasses import asdict, dataclass, field, fields, replace
 
 import numpy as np
 
-from ..core.errors import InputError
+from ..core.errors import InputError, MnetImError
 from ..core.volume import Volume
 from .applicator import ApplicatorFit, locate_applicator, pelvis_signals
 
 
 class OutOfScopeError(InputError):
     """The CT is outside what the model was made for; nothing was segmented or written."""
+
+
+class QualityError(MnetImError):
+    """``--strict``: the result has quality warnings, so nothing was written."""
+
+    exit_code = 3
 
 
 @dataclass(frozen=True)
@@ -145,6 +151,23 @@ def refuse(report: ScopeReport) -> None:
                               f"{OVERRIDE_HINT}.")
 
 
+def parse_point(text: str) -> tuple[float, float, float]:
+    """``"X,Y,Z"`` (LPS mm) as three floats; one clear sentence when it is not."""
+    try:
+        values = tuple(float(v) for v in str(text).replace(" ", "").split(","))
+    except ValueError:
+        values = ()
+    if len(values) != 3 or not all(np.isfinite(values)):
+        raise InputError(f"'{text}' is not a point: give X,Y,Z in LPS millimetres, e.g. 0,-20,15.")
+    return values
+
+
+def strict_check(warnings: list) -> None:
+    """Raise :class:`QualityError` when there are warnings (``--strict``), before anything is written."""
+    if warnings:
+        raise QualityError(f"--strict: {len(warnings)} quality warning(s), nothing was written: {warnings[0]}.")
+
+
 def _r(v, nd: int = 1):
     return None if v is None else round(float(v), nd)
 
@@ -237,13 +260,6 @@ def result_warnings(ctv_ml: float, components_ml: list, tandem: dict, low_slices
 def _slice_list(slices: list, limit: int = 8) -> str:
     text = ", ".join(str(s) for s in slices[:limit])
     return text + (", ..." if len(slices) > limit else "")
-
-
-def sanitise(warnings: list, limit: int = 64) -> str:
-    """Warnings as one short printable ASCII line (DICOM LO/ROI description fields are bounded)."""
-    text = "; ".join(warnings)
-    text = "".join(c if 32 <= ord(c) < 127 and c != "\\" else " " for c in text)
-    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geometry, roi, mask: Volume,

@@ -19,9 +19,9 @@ KINDS = ("chest", "head", "water", "mr_like")
 def _grid(rng, matrix: int, slice_mm: float, extent_mm: float, fov_mm: float, direction=None):
     n = max(8, int(round(extent_mm / slice_mm)))
     px = fov_mm / matrix
-    origin = (-fov_mm / 2, -fov_mm / 2, -extent_mm / 2)
-    geom = Geometry((px, px, slice_mm), origin, tuple(np.eye(3).ravel()) if direction is None
-                    else tuple(np.asarray(direction, float).ravel()))
+    d = np.eye(3) if direction is None else np.asarray(direction, float).reshape(3, 3)
+    origin = -d @ (np.array([px, px, slice_mm]) * (np.array([matrix, matrix, n]) - 1) / 2)  # centred on 0
+    geom = Geometry((px, px, slice_mm), tuple(origin), tuple(d.ravel()))
     k, j, i = np.meshgrid(np.arange(n), np.arange(matrix), np.arange(matrix), indexing="ij")
     pts = geom.index_to_physical(np.stack([i.ravel(), j.ravel(), k.ravel()], 1).astype(float))
     x, y, z = (pts[:, a].reshape(n, matrix, matrix) for a in range(3))
