@@ -52,7 +52,7 @@ class QualitySpec:
     min_applicator_confidence: float = 0.5
     ctv_ml: tuple = (15.0, 250.0)
     max_tandem_distance_mm: float = 15.0  # from the os to the nearest CTV voxel
-    min_tandem_enclosed: float = 0.5  # share of the tandem's first 20 mm above the os inside the CTV
+    min_tandem_enclosed: float = 0.4  # share of the tandem's first 20 mm above the os inside the CTV
     max_second_component_ml: float = 2.0  # any other piece at least this big is a warning
     slice_disagreement: float = 0.35  # 1 - Dice(mask, mirrored mask) on one slice
     slice_uncertain: float = 0.45  # share of a slice's CTV+band with probability in [0.2, 0.8]
