@@ -283,13 +283,14 @@ def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geomet
     components = component_volumes_ml(prob_box >= threshold, voxel_ml) if prob_box is not None else []
     tandem = tandem_relation(mask, scope.fit if scope.fit is not None and scope.fit.found else None)
     mirrored = None
-    rows = np.flatnonzero((prob_roi >= min(threshold, 0.2)).any((1, 2)))
+    sp = roi_geometry.spacing
+    # Only the slices that will be judged (enough CTV): the mirrored pass costs less than one pass.
+    rows = np.flatnonzero((prob_roi >= threshold).sum((1, 2)) * float(sp[0] * sp[1]) >= spec.min_slice_area_mm2)
     if spec.mirrored_pass and len(rows):
         # Left-right mirrored input (the ROI's x axis is the patient's L-R): the network should
         # mirror its answer; where it does not, that slice's contour is not to be trusted.
         flipped = np.ascontiguousarray(stack[:, :, ::-1])
         mirrored = segmenter.predict_roi(flipped, centers=rows)[:, :, ::-1]
-    sp = roi_geometry.spacing
     conf = slice_confidence(prob_roi, mirrored, threshold, float(sp[0] * sp[1]), spec)
     low = [_ct_slice(roi, k, len(prob_roi), roi_geometry, mask.geometry) for k in np.flatnonzero(conf["low"])]
     low = sorted(low)
