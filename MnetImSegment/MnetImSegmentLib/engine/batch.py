@@ -94,10 +94,12 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
     except OSError as exc:
         raise output_error(out, exc, "create the folder") from None
     with signal_cleanup():  # the writer thread's transactions are cleaned on Ctrl-C / SIGTERM too
-        return _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log)
+        return _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log,
+                              strict)
 
 
-def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log) -> dict:
+def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log,
+                   strict=False) -> dict:
     from tqdm import tqdm
 
     results, failures = [], []
