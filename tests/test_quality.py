@@ -184,3 +184,19 @@ def test_cli_refusal_override_strict_and_json(no_applicator_ct, tiny_weights, tm
     assert len(lines) == len(report["warnings"])
     code, _, err = _run(base + ["--roi-center", "1,2", "--overwrite"], capsys)
     assert code == 2 and "LPS" in err
+
+
+def test_batch_summary_has_warnings_and_strict_writes_nothing(small_phantom, tiny_weights, tmp_path, capsys):
+    cts = tmp_path / "cts"
+    cts.mkdir()
+    write_image(small_phantom.ct, cts / "a.nii.gz")
+    code, stdout, err = _run(["segment", cts, "-o", tmp_path / "strict", "--batch", "--weights", tiny_weights,
+                              "--device", "cpu", "--json", "--strict"], capsys)
+    report = json.loads(stdout)
+    assert report["failed"] and "--strict" in report["failed"][0]["error"]
+    assert not list((tmp_path / "strict").glob("a.*"))
+    code, stdout, err = _run(["segment", cts, "-o", tmp_path / "out", "--batch", "--weights", tiny_weights,
+                              "--device", "cpu", "--json"], capsys)
+    case = json.loads(stdout)["cases"][0]
+    assert code == 0 and case["warnings"] and case["status"] in ("amber", "red")  # random weights: warned
+    assert any(ln.startswith("warning: ") for ln in err.splitlines())
