@@ -22,6 +22,7 @@ from MnetImSegmentLib.engine.quality import QualitySpec, check_scope
 from MnetImSegmentLib.research.distractors import KINDS as DISTRACTORS, add_distractors, pelvis_phantom
 from MnetImSegmentLib.research.metrics import volumetric_dice
 from MnetImSegmentLib.research.phantom import make_phantom
+from MnetImSegmentLib.research.phantom_styles import make_phantom_style
 from MnetImSegmentLib.research.scope_phantoms import make_scope_case
 
 SEED0 = 900_000  # held out: the demo weights were trained on small seeds
@@ -30,9 +31,12 @@ FIELDS = ("air_hu", "fat_hu", "soft_tissue_hu", "fat_fraction", "soft_tissue_fra
 
 
 def in_scope(i: int):
-    """Phantom i of the held-out set: four styles in turn."""
+    """Phantom i of the held-out set: six styles in turn (v3 and the held-out generator from phantom_styles)."""
     seed = SEED0 + i
-    style = i % 4
+    style = i % 6
+    if style >= 4:
+        name = ("v3", "heldout")[style - 4]
+        return name, make_phantom_style(name, seed, matrix=192)
     rng = np.random.default_rng(seed)
     if style == 0:
         return "v2", make_phantom(seed, matrix=192)
