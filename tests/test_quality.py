@@ -200,3 +200,23 @@ def test_batch_summary_has_warnings_and_strict_writes_nothing(small_phantom, tin
     case = json.loads(stdout)["cases"][0]
     assert code == 0 and case["warnings"] and case["status"] in ("amber", "red")  # random weights: warned
     assert any(ln.startswith("warning: ") for ln in err.splitlines())
+
+
+def test_dicom_outputs_carry_the_reasons(tmp_path):
+    import pydicom
+
+    from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+    from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
+
+    ph = make_phantom(seed=11, matrix=96, slice_mm=3.0, z_extent_mm=60)
+    write_ct_series(ph.ct, tmp_path / "ct", patient_id="PHANTOM0011")
+    warnings = ["the CTV lies 40 mm from the applicator's cervical os", "5 slices have low confidence \\ é"]
+    rs = write_segmentation_dicom(ph.mask(), tmp_path / "ct", tmp_path / "rs", fmt="rtstruct", warnings=warnings)
+    ds = pydicom.dcmread(rs)
+    assert "40 mm from the applicator" in ds.StructureSetROISequence[0].ROIDescription
+    assert ds.SeriesDescription.startswith("MnetImSegment CTV REVIEW:") and len(ds.SeriesDescription) <= 64
+    plain = pydicom.dcmread(write_segmentation_dicom(ph.mask(), tmp_path / "ct", tmp_path / "rs2", fmt="rtstruct"))
+    assert plain.SeriesDescription == "MnetImSegment CTV" and "ROIDescription" not in plain.StructureSetROISequence[0]
+    seg = pydicom.dcmread(write_segmentation_dicom(ph.mask(), tmp_path / "ct", tmp_path / "seg", fmt="dicom-seg",
+                                                   warnings=warnings))
+    assert seg.SeriesDescription.startswith("MnetImSegment CTV REVIEW:") and len(seg.SeriesDescription) <= 64
