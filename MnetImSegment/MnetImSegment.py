@@ -376,6 +376,8 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.defaultWeightsButton.connect("clicked(bool)", self.onDefaultWeightsButton)
         self.ui.thresholdSliderWidget.connect("valueChanged(double)", self.onThresholdChanged)
         self.ui.progressBar.hide()
+        self.ui.lowConfidenceList.hide()
+        self.ui.lowConfidenceList.connect("itemClicked(QListWidgetItem*)", self.onLowConfidenceSlice)
         self.ui.show3DCheckBox.checked = self.settings.show3D
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
         self.ui.inProcessCheckBox.checked = self.settings.inProcess
@@ -608,9 +610,31 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             text += "\n" + warning
         self.ui.statusLabel.text = text
         self.log(text)
+        self._showQuality(run)
         if segmentation.GetDisplayNode() is not None:
             segmentation.GetDisplayNode().SetVisibility3D(self.settings.show3D)
         slicer.util.setSliceViewerLayers(background=job.inputVolume)
+
+    def _showQuality(self, run) -> None:
+        """Green / amber / red with the reasons, and the low-confidence slices (one click jumps to each)."""
+        quality, self._qualityRun = run.result.quality, run
+        status = quality.get("status", "green")
+        colour = {"green": "#2e7d32", "amber": "#b26a00", "red": "#c62828"}.get(status, "#000000")
+        self.ui.qualityLabel.text = status.upper() + ": " + ("; ".join(run.result.warnings) or _("no quality warning"))
+        self.ui.qualityLabel.setStyleSheet(f"color: {colour}; font-weight: bold")
+        self.ui.lowConfidenceList.clear()
+        for index in quality.get("low_confidence_slices", []):
+            self.ui.lowConfidenceList.addItem(str(index))
+        self.ui.lowConfidenceList.setVisible(self.ui.lowConfidenceList.count > 0)
+
+    def onLowConfidenceSlice(self, item) -> None:
+        """Centre the slice views on that CT slice, at the ROI's in-plane centre."""
+        result = self._qualityRun.result
+        geometry = result.mask.geometry
+        ijk = geometry.physical_to_index(np.asarray(result.roi.center, float))
+        ijk[result.roi.slice_axis] = int(item.text())
+        l, p, s = geometry.index_to_physical(ijk)
+        slicer.modules.markups.logic().JumpSlicesToLocation(-l, -p, s, True)
 
 
 #
@@ -644,6 +668,8 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         self.test_PhantomCTV()
         self.setUp()
         self.test_CancelLeavesSceneUnchanged()
+        self.setUp()
+        self.test_OutOfScopeRefusedThenWarned()
 
     def _requireDependencies(self, logic):
         if not logic.missingDependencies():
@@ -700,6 +726,30 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         high = logic.rethreshold(segmentation, 0.8)
         self.assertGreaterEqual(low, high)
         self.assertGreater(low, 0)
+        self.delayDisplay("Test passed")
+
+    def test_OutOfScopeRefusedThenWarned(self):
+        """A pelvis without applicator is refused; given a centre it is segmented with a red, tagged warning."""
+        from MnetImSegmentLib.engine.quality import OutOfScopeError
+        from MnetImSegmentLib.mrml.geometry import ijkToRASFromGeometry
+        from MnetImSegmentLib.research.phantom import make_phantom
+
+        logic = MnetImSegmentLogic()
+        self._requireDependencies(logic)
+        phantom = make_phantom(seed=43, matrix=160, slice_mm=2.5, z_extent_mm=90, applicator=None)
+        volume = slicer.util.addVolumeFromArray(phantom.ct.array, ijkToRASFromGeometry(phantom.ct.geometry),
+                                                name="phantom without applicator")
+        nodes = slicer.mrmlScene.GetNumberOfNodes()
+        with self.assertRaises(OutOfScopeError):
+            logic.process(volume, device="cpu")
+        self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
+        segmentation = logic.process(volume, device="cpu", roiCenter=phantom.params["cervix_os_lps"])
+        segment = segmentation.GetSegmentation().GetSegment(
+            segmentation.GetSegmentation().GetSegmentIdBySegmentName("CTV"))
+        value = vtk.mutable("")
+        self.assertTrue(segment.GetTag("MnetImSegment.QualityStatus", value))
+        self.assertEqual(str(value), "red")
+        self.assertTrue(any("out of scope" in w for w in logic.lastWarnings))
         self.delayDisplay("Test passed")
 
     def test_CancelLeavesSceneUnchanged(self):

@@ -125,7 +125,7 @@ class MnetImSegmentLogic:
 
     def runEngine(self, prepared: PreparedInput, weights=None, device: str = "auto", threshold: Optional[float] = None,
                   largestComponent: Optional[bool] = None, progressCallback: Optional[ProgressCallback] = None,
-                  cancel: CancelArg = None) -> EngineRun:
+                  cancel: CancelArg = None, roiCenter=None) -> EngineRun:
         """Run the network on a prepared input. Touches no MRML node, so it may run on a worker thread.
 
         Args:
@@ -137,9 +137,12 @@ class MnetImSegmentLogic:
             largestComponent: Keep only the largest connected component; ``None`` for the card's choice.
             progressCallback: ``progressCallback(fraction, message)``.
             cancel: A callable returning True, or a ``threading.Event``, to stop between batches.
+            roiCenter: A point (LPS mm) to centre the ROI on; it also segments a CT refused as out of
+                scope (the reasons then become warnings).
 
         Raises:
             Cancelled: The run was cancelled; nothing was produced.
+            OutOfScopeError: The CT is out of scope (no applicator, not a pelvis...) and no roiCenter.
             MnetImError: With a message for the user (input, weights, device, dependencies).
         """
         self.checkDependencies()
@@ -160,7 +163,7 @@ class MnetImSegmentLogic:
             segmenter = self._segmenter(folder, dev)
             # The probability map is always kept: it is what makes re-thresholding instant.
             return segmenter.segment(prepared.volume, threshold=threshold, largest_component=keepLargest,
-                                     keep_probability=True, progress=report, cancel=isCancelled)
+                                     keep_probability=True, progress=report, cancel=isCancelled, roi_center=roiCenter)
 
         try:
             result = attempt(resolved)
@@ -180,6 +183,7 @@ class MnetImSegmentLogic:
             result = attempt(resolved)
         if isCancelled is not None and isCancelled():
             raise Cancelled("Segmentation cancelled; the scene was not changed.")
+        warnings.extend(result.warnings)  # the quality checks' (engine/quality.py); also on the segment's tags
         self.lastWarnings = warnings
         return EngineRun(result, card, folder, keepLargest, resolved, warnings, prepared)
 
@@ -247,7 +251,8 @@ class MnetImSegmentLogic:
     # ------------------------------------------------------------------ all phases
     def process(self, inputVolume, outputSegmentation=None, device: str = "auto", threshold: Optional[float] = None,
                 progressCallback: Optional[ProgressCallback] = None, weights=None,
-                largestComponent: Optional[bool] = None, keepProbability: bool = False, cancel: CancelArg = None):
+                largestComponent: Optional[bool] = None, keepProbability: bool = False, cancel: CancelArg = None,
+                roiCenter=None):
         """Segment the CTV of ``inputVolume``; return the ``vtkMRMLSegmentationNode`` holding segment ``CTV``.
 
         Args:
@@ -270,7 +275,8 @@ class MnetImSegmentLogic:
         start = time.perf_counter()
         prepared = self.prepareInput(inputVolume)
         run = self.runEngine(prepared, weights=weights, device=device, threshold=threshold,
-                             largestComponent=largestComponent, progressCallback=progressCallback, cancel=cancel)
+                             largestComponent=largestComponent, progressCallback=progressCallback, cancel=cancel,
+                             roiCenter=roiCenter)
         segNode = self.createOutput(inputVolume, run, outputSegmentation, keepProbability=keepProbability)
         logging.info(f"MnetImSegment: CTV {run.result.volume_ml:.1f} ml in '{segNode.GetName()}' "
                      f"({time.perf_counter() - start:.1f} s on {run.device}, {run.card.label})")
@@ -279,7 +285,7 @@ class MnetImSegmentLogic:
     # ------------------------------------------------------------------ phase 2 in a worker process
     def startProcess(self, inputVolume, weights=None, device: str = "auto", threshold: Optional[float] = None,
                      largestComponent: Optional[bool] = None, python: Optional[str] = None,
-                     threads: Optional[int] = None) -> BackgroundRun:
+                     threads: Optional[int] = None, roiCenter=None) -> BackgroundRun:
         """Start the network on ``inputVolume`` in a separate process (what the GUI uses); see :mod:`.mrml.background`.
 
         Poll with :meth:`pollProcess`, then call :meth:`finishProcess` (or ``run.cancel()`` and
@@ -290,7 +296,7 @@ class MnetImSegmentLogic:
         if threshold is not None and not (0.0 < float(threshold) < 1.0):
             raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
         return startBackgroundRun(prepared, folder, read_card(folder), device, threshold, largestComponent, python,
-                                  threads=threads)
+                                  threads=threads, roiCenter=roiCenter)
 
     @staticmethod
     def pollProcess(run: BackgroundRun) -> list:

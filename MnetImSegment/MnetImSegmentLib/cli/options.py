@@ -50,6 +50,19 @@ def emit(args, report: dict, human, **json_options) -> None:
         print(line)
 
 
+def add_trust(p) -> None:
+    """``--roi-center X,Y,Z`` (overrides the ROI and the scope refusal) and ``--strict``."""
+    p.add_argument("--roi-center", metavar="X,Y,Z", help="ROI centre in LPS mm: segments a CT refused as out of "
+                   "scope (e.g. no applicator found); its reasons become warnings")
+    p.add_argument("--strict", action="store_true", help="any quality warning: exit 3 and write nothing")
+
+
+def warn(warnings: list) -> None:
+    """Each warning to stderr as one line ``warning: ...``."""
+    for w in warnings:
+        print(f"warning: {w}", file=sys.stderr)
+
+
 def command_line() -> str:
     """The command as typed, for run folders and model cards."""
     return "mnetim " + " ".join(sys.argv[1:])

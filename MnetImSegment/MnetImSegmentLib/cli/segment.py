@@ -15,7 +15,8 @@ from ..dicomrt.export import DICOM_FORMATS, write_segmentation_dicom
 from ..engine.batch import looks_like_series, segment_folder, write_result
 from ..engine.inference import Segmenter
 from ..engine.io import IMAGE_WRITE_SUFFIXES, mask_kind, read_image, write_image
-from .options import add_device, add_input_output, add_json, add_overwrite, emit
+from ..engine.quality import parse_point, strict_check
+from .options import add_device, add_input_output, add_json, add_overwrite, add_trust, emit, warn
 
 
 def add_parser(sub) -> None:
@@ -34,6 +35,7 @@ def add_parser(sub) -> None:
     s.add_argument("--batch-size", type=int, default=16, help="windows per network pass")
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 on CUDA and on CPUs with native bf16 (Dice >= 0.999 to fp32), else fp32")
+    add_trust(s)
     add_overwrite(s)
     add_json(s)
     s.set_defaults(func=run)
@@ -56,17 +58,20 @@ def run(args) -> int:
         if out.exists() and not args.overwrite:
             raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
     _check_single_outputs(args, inp, out)
+    center = parse_point(args.roi_center) if args.roi_center else None
     volume = read_image(inp, series_uid=args.series)
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
-                               keep_probability=args.probability is not None)
+                               keep_probability=args.probability is not None, roi_center=center)
+    if args.strict:
+        strict_check(result.warnings)
     # One transaction: the mask (or DICOM object) and the probability map commit together or not at all.
     made_folder = dicom_out and not out.exists()
     try:
         with OutputTransaction(overwrite=args.overwrite) as tx:
             if dicom_out:
                 out = write_segmentation_dicom(result.mask, inp, out, args.format, model_label=result.model,
-                                               overwrite=args.overwrite, tx=tx)
+                                               overwrite=args.overwrite, tx=tx, warnings=result.warnings)
                 if args.probability:
                     write_image(result.probability, Path(args.probability), tx=tx)
             else:
@@ -76,11 +81,13 @@ def run(args) -> int:
             with contextlib.suppress(OSError):
                 Path(args.output).rmdir()
         raise
+    warn(result.warnings)  # once the result is written: a failed write stays one error line
     report = {"input": str(inp), "output": str(out), "ctv_ml": round(result.volume_ml, 2),
               "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
               "precision": segmenter.precision,
               "threshold": result.threshold, "model": result.model, "roi": result.roi.to_dict(),
-              "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()}}
+              "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
+              "warnings": result.warnings, "quality": result.quality}
     emit(args, report, lambda: f"CTV {report['ctv_ml']:.1f} ml -> {out} ({report['seconds']:.1f} s on {result.device})")
     return 0
 
@@ -103,7 +110,7 @@ def _run_batch(args, inp: Path, out: Path) -> int:
     report = segment_folder(inp, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
                             precision=args.precision, fmt=args.format, threshold=args.threshold,
                             largest_component=not args.no_largest_component, overwrite=args.overwrite,
-                            progress=not args.json)
+                            progress=not args.json, strict=args.strict)
     results, failures = report["cases"], report["failed"]
     emit(args, report, f"{len(results)} CT(s) done, {len(failures)} failed -> {out}")
     return 1 if failures and not results else 0

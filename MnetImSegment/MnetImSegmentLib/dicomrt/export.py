@@ -18,7 +18,7 @@ DICOM_FORMATS = ("rtstruct", "dicom-seg")
 
 
 def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str = "rtstruct", model_label: str = "",
-                             overwrite: bool = False, roi_name: str = CTV_NAME, tx=None) -> Path:
+                             overwrite: bool = False, roi_name: str = CTV_NAME, tx=None, warnings=()) -> Path:
     """Write a CTV mask as an RTSTRUCT or DICOM SEG that references its CT series.
 
     Args:
@@ -32,6 +32,8 @@ def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str =
         overwrite: Replace an existing output file.
         roi_name: ROI / segment label.
         tx: An output transaction to commit with the run's other outputs (default: alone).
+        warnings: Quality warnings: in the RTSTRUCT's ROI description and the series description
+            (RTSTRUCT and SEG), sanitised and bounded (:func:`review_note`).
 
     Returns:
         The written file.
@@ -52,18 +54,29 @@ def write_segmentation_dicom(result_mask: Volume, ct_folder, out_dir, fmt: str =
         out_dir.mkdir(parents=True, exist_ok=True)
     except OSError as exc:
         raise output_error(out_dir, exc, "create the folder") from None
+    series_description = "MnetImSegment CTV" + (f" REVIEW: {review_note(warnings, 64 - 25)}" if warnings else "")
     safe_roi = "".join(c if c.isalnum() or c in "-_" else "_" for c in roi_name) or "ROI"
     try:
         if fmt == "rtstruct":
             return write_rtstruct(result_mask, series, out_dir / f"RTSTRUCT_{safe_roi}.dcm", model_label=model_label,
-                                  roi_name=roi_name, overwrite=overwrite, tx=tx)
+                                  roi_name=roi_name, overwrite=overwrite, tx=tx, series_description=series_description,
+                                  roi_description=review_note(warnings, 1024))
         return write_dicom_seg(result_mask, series, out_dir / f"SEG_{safe_roi}.dcm", model_label=model_label,
-                               segment_label=roi_name, overwrite=overwrite, tx=tx)
+                               segment_label=roi_name, overwrite=overwrite, tx=tx,
+                               series_description=series_description)
     except BaseException:
         if created:  # a failed run leaves nothing, not even the folder it made
             with contextlib.suppress(OSError):
                 out_dir.rmdir()
         raise
+
+
+def review_note(warnings, limit: int) -> str:
+    """Warnings as one printable ASCII line of at most ``limit`` characters (DICOM LO is 64, ST 1024;
+    backslash is the DICOM value separator, so it is replaced)."""
+    text = "; ".join(str(w) for w in warnings)
+    text = "".join(c if 32 <= ord(c) < 127 and c != "\\" else " " for c in text)
+    return text if len(text) <= limit else text[: limit - 3].rstrip() + "..."
 
 
 def _series_for_mask(mask: Volume, ct_folder) -> CtSeries:

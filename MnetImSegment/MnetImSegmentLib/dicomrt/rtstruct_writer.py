@@ -31,7 +31,7 @@ def _ds_text(values: np.ndarray) -> str:
 
 def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: str = CTV_NAME,
                    overwrite: bool = False, color=CTV_COLOR_255, series_description: str = "MnetImSegment CTV",
-                   tx=None) -> Path:
+                   tx=None, roi_description: str = "") -> Path:
     """Write a mask as an RTSTRUCT with one ROI referencing the CT series it lies on.
 
     Args:
@@ -45,6 +45,7 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
         series_description: SeriesDescription of the new RT series.
         tx: An output transaction to commit with (default: this file commits alone, read back
             byte for byte first).
+        roi_description: ROIDescription of the CTV (e.g. the quality warnings); omitted when empty.
 
     Returns:
         ``path``.
@@ -121,6 +122,8 @@ def write_rtstruct(mask: Volume, series, path, model_label: str = "", roi_name: 
     roi.ROIName = dicom_text(roi_name)
     roi.ROIGenerationAlgorithm = "AUTOMATIC"
     roi.ROIGenerationDescription = f"{model} {version} (MnetImSegment), not reviewed"[:64]
+    if roi_description:
+        roi.ROIDescription = roi_description
     ds.StructureSetROISequence = Sequence([roi])
 
     contours = []

@@ -15,6 +15,7 @@ from ..core.files import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of, transac
 from ..dicomrt.export import DICOM_FORMATS
 from .inference import Segmenter, SegmentationResult
 from .io import mask_kind, read_image, write_image, write_mask
+from .quality import strict_check
 
 
 def write_result(result: SegmentationResult, output: Path, overwrite: bool = False,
@@ -41,7 +42,7 @@ def _stderr(line: str) -> None:
 def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", batch_size: int = 16,
                    precision: str = "auto", fmt: Optional[str] = None, threshold: Optional[float] = None,
                    largest_component: bool = True, overwrite: bool = False, progress: bool = True,
-                   log: Callable[[str], None] = _stderr) -> dict:
+                   log: Callable[[str], None] = _stderr, strict: bool = False) -> dict:
     """Every image file (or DICOM series subfolder) of ``inp`` into ``out``; skips finished cases.
 
     Args:
@@ -52,7 +53,8 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
         threshold, largest_component: As for :meth:`~.inference.Segmenter.segment`.
         overwrite: Re-segment cases whose output exists (default: skip them, so a run resumes).
         progress: Show a progress bar.
-        log: Called with one line per failed case.
+        log: Called with one line per failed case and per quality warning.
+        strict: A case with quality warnings is a failure and is not written.
 
     Returns:
         ``{"output", "cases": [...], "failed": [...]}``: one entry per case done or skipped, and per failure.
@@ -92,10 +94,12 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
     except OSError as exc:
         raise output_error(out, exc, "create the folder") from None
     with signal_cleanup():  # the writer thread's transactions are cleaned on Ctrl-C / SIGTERM too
-        return _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log)
+        return _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log,
+                              strict)
 
 
-def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log) -> dict:
+def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, overwrite, progress, log,
+                   strict=False) -> dict:
     from tqdm import tqdm
 
     results, failures = [], []
@@ -122,7 +126,8 @@ def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, ove
         try:
             future.result()
             results.append({"input": str(path), "output": str(target), "ctv_ml": round(result.volume_ml, 2),
-                            "seconds": round(time.perf_counter() - t0, 3), "device": result.device})
+                            "seconds": round(time.perf_counter() - t0, 3), "device": result.device,
+                            "warnings": result.warnings, "status": result.quality.get("status")})
         except MnetImError as exc:
             failures.append({"input": str(path), "error": str(exc)})
             log(f"skipped {path}: {exc}")
@@ -140,6 +145,10 @@ def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, ove
                 if error is not None:
                     raise error
                 result = segmenter.segment(volume, threshold=threshold, largest_component=largest_component)
+                for w in result.warnings:
+                    log(f"warning: {path}: {w}")
+                if strict:
+                    strict_check(result.warnings)
                 if pending_write is not None:
                     finish(pending_write)
                 pending_write = (writer.submit(write_result, result, target, overwrite), path, target, result, t0)

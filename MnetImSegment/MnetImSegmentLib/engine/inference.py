@@ -22,6 +22,7 @@ from ..core.errors import Cancelled, InputError
 from ..core.validate import MAX_BATCH_SIZE, positive_int, probability
 from ..core.volume import Volume
 from .device import resolve_device, resolve_precision
+from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
 from .windows import make_windows, normalise
@@ -58,6 +59,8 @@ class SegmentationResult:
     seconds: dict = field(default_factory=dict)
     model: str = ""
     probability_box: Optional[tuple] = None  # (z, y, x) slices outside which the probability is 0
+    warnings: list = field(default_factory=list)  # one sentence each; empty when all is well (quality.py)
+    quality: dict = field(default_factory=dict)  # per-check values and low-confidence slice numbers
 
     @property
     def volume_ml(self) -> float:
@@ -142,12 +145,14 @@ class Segmenter:
         self.model = model
 
     def predict_roi(self, stack: np.ndarray, progress: Optional[ProgressCallback] = None,
-                    cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, span: float = 1.0) -> np.ndarray:
-        """Probabilities (slices, H, W) for a normalised ROI stack; every slice is a window centre."""
+                    cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, span: float = 1.0,
+                    centers: Optional[np.ndarray] = None) -> np.ndarray:
+        """Probabilities (slices, H, W) for a normalised ROI stack at ``centers`` (default: every slice)."""
         import torch
 
-        n = stack.shape[0]
-        out = np.empty(stack.shape, np.float32)
+        todo = np.arange(stack.shape[0]) if centers is None else np.asarray(centers, int)
+        n = len(todo)
+        out = np.zeros(stack.shape, np.float32)
         w = self.card.input_spec.slices_per_window
         cuda = self.device.startswith("cuda")
         if cuda:
@@ -158,7 +163,8 @@ class Segmenter:
             for b0 in range(0, n, self.batch_size):
                 if cancel is not None and cancel():
                     raise Cancelled("Segmentation cancelled; nothing was written.")
-                centers = np.arange(b0, min(b0 + self.batch_size, n))
+                batch = np.arange(b0, min(b0 + self.batch_size, n))
+                centers = todo[batch]
                 x = torch.from_numpy(make_windows(stack, centers, w)).to(self.device)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
@@ -166,21 +172,31 @@ class Segmenter:
                     logits = self.model(x)
                 out[centers] = torch.sigmoid(logits.float())[:, 0].cpu().numpy()
                 if progress is not None:
-                    progress(start + span * (centers[-1] + 1) / n, f"network: {centers[-1] + 1}/{n} slices")
+                    progress(start + span * (batch[-1] + 1) / n, f"network: {batch[-1] + 1}/{n} slices")
         return out
 
     def segment(self, volume: Volume, threshold: Optional[float] = None, largest_component: Optional[bool] = None,
                 keep_probability: bool = False, progress: Optional[ProgressCallback] = None,
-                cancel: Optional[Callable[[], bool]] = None, roi_center=None) -> SegmentationResult:
-        """Segment the CTV of one CT volume (HU). See the module docstring for the pipeline."""
+                cancel: Optional[Callable[[], bool]] = None, roi_center=None,
+                modality: Optional[str] = None) -> SegmentationResult:
+        """Segment the CTV of one CT volume (HU). See the module docstring for the pipeline.
+
+        An out-of-scope CT (``quality.check_scope``) raises :class:`~.quality.OutOfScopeError` unless
+        ``roi_center`` is given; the result carries the quality checks' ``warnings`` and values.
+        """
         t0 = time.perf_counter()
         report = progress or (lambda f, m: None)
         check_ct(volume)
         threshold = self.card.threshold if threshold is None else probability(threshold, "The threshold")
         largest_component = self.card.largest_component if largest_component is None else largest_component
         roi_spec = self.card.roi_spec
-        report(0.0, "locating region of interest")
-        roi = locate_roi(volume, roi_spec, center=roi_center)
+        report(0.0, "checking the CT is in scope")
+        qspec = self.card.quality_spec
+        scope = check_scope(volume, qspec, modality)
+        if roi_center is None:
+            refuse(scope)
+        report(0.02, "locating region of interest")
+        roi = locate_roi(volume, roi_spec, center=roi_center, fit=scope.fit)
         t1 = time.perf_counter()
         cropped = crop(volume, roi, roi_spec)
         stack = normalise(cropped.array, self.card.input_spec)
@@ -199,13 +215,18 @@ class Segmenter:
             if keep_probability:
                 prob[box] = prob_box
         t4 = time.perf_counter()
+        report(0.95, "quality checks")
+        warnings, quality = assess_result(self, stack, prob_roi, cropped.geometry, roi, volume.with_array(mask),
+                                          prob_box, threshold, scope, qspec)
+        t5 = time.perf_counter()
         report(1.0, "done")
-        seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3, "total": t4 - t0}
+        seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3,
+                   "quality": t5 - t4, "total": t5 - t0}
         return SegmentationResult(
             mask=volume.with_array(mask),
             probability=volume.with_array(prob) if keep_probability else None,
             threshold=threshold, roi=roi, device=self.device, seconds=seconds, model=self.card.label,
-            probability_box=box,
+            probability_box=box, warnings=warnings, quality=quality,
         )
 
 

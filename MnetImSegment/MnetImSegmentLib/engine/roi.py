@@ -6,14 +6,18 @@ which. Ours, documented here and reported with every result (``Roi.method``):
 1. **Body**: voxels above ``body_hu`` (-400 HU); the largest 3D connected component (this drops
    the couch, the applicator handle outside the patient and noise in the air), computed on an
    in-plane sub-sampled copy because only its bounds and centroid are needed.
-2. **Applicator** (method ``"applicator"``): voxels inside the body above ``metal_hu`` (2000 HU:
-   above cortical bone, below metal applicators that saturate the scanner at ~3000 HU). If they
-   amount to at least ``min_metal_ml``, the slice with the most metal is the ovoid/ring level next to
-   the cervix; the in-plane centre is the centroid of metal within ``metal_center_window_mm`` of that
-   slice, and the slice range is the metal's extent (inside the body) +- ``z_margin_mm``, cut to
-   ``z_below_peak_mm`` below and ``z_above_peak_mm`` above that slice (the network only runs there).
-   The tandem runs through the CTV into the uterus, so the CTV lies inside that range.
-3. **Fallback** (method ``"body"``, plastic applicators or none): in-plane centre = centroid of the
+2. **Applicator** (method ``"applicator"``, with the localiser's ``confidence``): the intrauterine
+   applicator found by :func:`applicator.locate_applicator` (a tandem: a long thin cranio-caudal tube
+   near the midline with a ring/ovoids at the os; not "any metal", which a hip prosthesis is too)
+   with confidence >= 0.5. Metal applicator: the rule the demo weights were trained with, applied
+   to the applicator's metal only (inside the body, within 40 mm of the tandem's line, not above
+   its tip): the slice with most of it is the ovoid/ring level next to the cervix; the in-plane
+   centre is the centroid of that metal within ``metal_center_window_mm`` of that slice, and the
+   slice range is its extent +- ``z_margin_mm``, cut to ``z_below_peak_mm`` below and
+   ``z_above_peak_mm`` above that slice (the network only runs there). Plastic applicator: centre
+   at the cervical os, slices ``z_below_peak_mm`` below to ``z_above_peak_mm`` above it. The tandem
+   runs through the CTV into the uterus, so the CTV lies inside that range.
+3. **Fallback** (method ``"body"``, no applicator trusted): in-plane centre = centroid of the
    body in the slices of its middle half, slice range = the whole scan. The CTV of a cervix lies near
    the middle of the pelvis, so a 128 mm ROI still covers it; the caller may pass ``center`` (e.g. a
    point the user clicked) to override.
@@ -34,6 +38,10 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.volume import Geometry, Volume
+from .applicator import TRUST, closest_axes, locate_applicator
+
+
+APPLICATOR_RADIUS_MM = 40.0  # ring/ovoids lie within ~25 mm of the tandem's line; prostheses far beyond
 
 
 @dataclass(frozen=True)
@@ -73,34 +81,24 @@ class Roi:
     slice_axis: int  # which image index axis (0=i, 1=j, 2=k) runs cranio-caudally
     slice_range: tuple[int, int]  # [first, last] image indices along slice_axis, inclusive
     method: str
+    confidence: float | None = None  # the applicator localiser's, when method is "applicator"
 
     def to_dict(self) -> dict:
-        return {"center_lps_mm": [round(c, 3) for c in self.center], "slice_axis": self.slice_axis,
-                "slice_range": list(self.slice_range), "method": self.method}
+        d = {"center_lps_mm": [round(c, 3) for c in self.center], "slice_axis": self.slice_axis,
+             "slice_range": list(self.slice_range), "method": self.method}
+        if self.confidence is not None:
+            d["confidence"] = round(float(self.confidence), 3)
+        return d
 
 
-def closest_axes(direction: np.ndarray) -> tuple[list[int], list[float]]:
-    """For L, P, S: which image axis is closest and with which sign (a permutation + flips)."""
-    d = np.asarray(direction, float).reshape(3, 3)
-    order = [-1, -1, -1]
-    free = [0, 1, 2]
-    # Greedy on the largest absolute cosine first, so a permutation always results.
-    for _ in range(3):
-        best = max(((abs(d[a, c]), a, c) for a in range(3) if order[a] < 0 for c in free))
-        _, a, c = best
-        order[a] = c
-        free.remove(c)
-    signs = [float(np.sign(d[a, order[a]]) or 1.0) for a in range(3)]
-    return order, signs
-
-
-def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
+def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None, fit=None) -> Roi:
     """Find the region of interest (see module docstring for the algorithm).
 
     Args:
         volume: CT in HU.
         spec: Thresholds and margins.
         center: Optional LPS point (mm) to use as the in-plane centre instead of the automatic one.
+        fit: The :class:`~.applicator.ApplicatorFit` when already computed (else located here).
     """
     import SimpleITK as sitk
 
@@ -121,29 +119,10 @@ def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
         raise InputError("No patient body was found in the image (nothing above -400 HU): is this a CT?")
 
     scale = np.asarray([step[2], step[1], step[0]], float)  # (i, j, k) steps
-    voxel_ml = np.prod(geom.spacing) / 1000.0
-    metal = (volume.array >= spec.metal_hu)
-    metal_idx = np.argwhere(metal)  # (z, y, x) at full resolution
-    if len(metal_idx):
-        small_idx = metal_idx // np.asarray(step)
-        small_idx = np.minimum(small_idx, np.asarray(body.shape) - 1)
-        metal_idx = metal_idx[body[tuple(small_idx.T)]]
-    if len(metal_idx) * voxel_ml >= spec.min_metal_ml:
-        slices = metal_idx[:, arr_axis]
-        counts = np.bincount(slices, minlength=n_slices)
-        peak = int(np.argmax(counts))
-        window = max(1, int(round(spec.metal_center_window_mm / geom.spacing[slice_axis])))
-        near = np.abs(slices - peak) <= window
-        ijk = metal_idx[near][:, ::-1].astype(float).mean(0)
-        auto_center = geom.index_to_physical(ijk)
-        margin = int(np.ceil(spec.z_margin_mm / geom.spacing[slice_axis]))
-        first, last = max(int(slices.min()) - margin, 0), min(int(slices.max()) + margin, n_slices - 1)
-        # Superior is +index when the slice axis points to S, else -index.
-        up = 1 if geom.direction_matrix[2, slice_axis] > 0 else -1
-        below = int(np.ceil(spec.z_below_peak_mm / geom.spacing[slice_axis]))
-        above = int(np.ceil(spec.z_above_peak_mm / geom.spacing[slice_axis]))
-        lo, hi = sorted((peak - up * below, peak + up * above))
-        first, last = max(first, lo), min(last, hi)
+    window = _applicator_window(volume, spec, slice_axis, n_slices, body, step, fit)
+    confidence = None
+    if window is not None:
+        auto_center, (first, last), confidence = window
         method = "applicator"
     else:
         idx = np.argwhere(body)
@@ -157,7 +136,74 @@ def locate_roi(volume: Volume, spec: RoiSpec = RoiSpec(), center=None) -> Roi:
     if center is not None:
         auto_center = np.asarray(center, float)
         method += "+user-center"
-    return Roi(tuple(float(c) for c in auto_center), slice_axis, (first, last), method)
+    return Roi(tuple(float(c) for c in auto_center), slice_axis, (first, last), method, confidence)
+
+
+def _applicator_window(volume: Volume, spec: RoiSpec, slice_axis: int, n_slices: int, body: np.ndarray,
+                       step: list[int], fit=None):
+    """(centre, slice range, confidence) from a trusted applicator, or None (see the module docstring)."""
+    fit = locate_applicator(volume) if fit is None else fit
+    if not fit.found or fit.confidence < TRUST:
+        return None
+    window = None
+    if fit.kind == "metal":
+        window = _applicator_metal_window(volume, spec, slice_axis, n_slices, body, step, fit)
+    if window is not None:
+        return (*window, float(fit.confidence))
+    geom = volume.geometry
+    os_ = np.asarray(fit.os_lps, float)
+    peak = int(round(float(geom.physical_to_index(os_)[slice_axis])))
+    # Superior is +index when the slice axis points to S, else -index.
+    up = 1 if geom.direction_matrix[2, slice_axis] > 0 else -1
+    below = int(np.ceil(spec.z_below_peak_mm / geom.spacing[slice_axis]))
+    above = int(np.ceil(spec.z_above_peak_mm / geom.spacing[slice_axis]))
+    lo, hi = sorted((peak - up * below, peak + up * above))
+    first, last = max(lo, 0), min(hi, n_slices - 1)
+    if first > last:
+        return None  # the os lies outside the scan
+    return os_, (first, last), float(fit.confidence)
+
+
+def _applicator_metal_window(volume, spec, slice_axis, n_slices, body, step, fit):
+    """The "most metal" rule the demo weights were trained with, on the applicator's metal only.
+
+    Metal inside the body within ``APPLICATOR_RADIUS_MM`` of the tandem's line and not above its
+    tip: the tandem, ring/ovoids and their handles, never a hip prosthesis or spinal hardware.
+    The slice with most of it is the ovoid/ring level; the in-plane centre is the centroid of that
+    metal within ``metal_center_window_mm`` of it; slices: its extent +- ``z_margin_mm``, cut to
+    ``z_below_peak_mm`` below and ``z_above_peak_mm`` above the peak.
+    """
+    geom = volume.geometry
+    arr_axis = 2 - slice_axis
+    metal_idx = np.stack(np.unravel_index(np.flatnonzero(volume.array >= spec.metal_hu), volume.shape), 1)
+    if len(metal_idx):
+        small_idx = np.minimum(metal_idx // np.asarray(step), np.asarray(body.shape) - 1)
+        metal_idx = metal_idx[body[tuple(small_idx.T)]]
+    if not len(metal_idx):
+        return None
+    pts = geom.index_to_physical(metal_idx[:, ::-1].astype(float))
+    os_, axis = np.asarray(fit.os_lps), np.asarray(fit.axis_lps)
+    rel = pts - os_
+    t = rel @ axis
+    d = np.linalg.norm(rel - np.outer(t, axis), axis=1)
+    metal_idx = metal_idx[(d <= APPLICATOR_RADIUS_MM) & (t <= fit.length_mm + 10.0)]
+    voxel_ml = float(np.prod(geom.spacing)) / 1000.0
+    if len(metal_idx) * voxel_ml < spec.min_metal_ml:
+        return None
+    slices = metal_idx[:, arr_axis]
+    counts = np.bincount(slices, minlength=n_slices)
+    peak = int(np.argmax(counts))
+    window = max(1, int(round(spec.metal_center_window_mm / geom.spacing[slice_axis])))
+    near = np.abs(slices - peak) <= window
+    centre = geom.index_to_physical(metal_idx[near][:, ::-1].astype(float).mean(0))
+    margin = int(np.ceil(spec.z_margin_mm / geom.spacing[slice_axis]))
+    first, last = max(int(slices.min()) - margin, 0), min(int(slices.max()) + margin, n_slices - 1)
+    up = 1 if geom.direction_matrix[2, slice_axis] > 0 else -1
+    below = int(np.ceil(spec.z_below_peak_mm / geom.spacing[slice_axis]))
+    above = int(np.ceil(spec.z_above_peak_mm / geom.spacing[slice_axis]))
+    lo, hi = sorted((peak - up * below, peak + up * above))
+    first, last = max(first, lo), min(last, hi)
+    return (centre, (first, last)) if first <= last else None
 
 
 def _largest_component(mask: np.ndarray) -> np.ndarray:

@@ -17,6 +17,7 @@ from ..core.commit import check_tree_sha256, os_error_reason, output_error
 from ..core.errors import WeightsError
 from ..core.files import transaction
 from ..core.validate import MAX_CARD_BYTES, check_finite_tensors, load_card_json, validate_card
+from .quality import QualitySpec
 from .roi import RoiSpec
 from .windows import InputSpec
 
@@ -88,6 +89,11 @@ class ModelCard:
     @property
     def largest_component(self) -> bool:
         return bool(self.raw.get("postprocessing", {}).get("largest_component", True))
+
+    @property
+    def quality_spec(self):
+        """Quality thresholds: the engine's defaults, overridden by the optional ``"quality"`` object."""
+        return QualitySpec.from_card(self.raw.get("quality"))
 
     @property
     def label(self) -> str:

@@ -111,7 +111,8 @@ def run_request(request: dict, events: EventStream) -> dict:
         events.progress(0.0, f"loading {card.label} on {dev}")
         segmenter = Segmenter(weights, device=dev)
         return segmenter.segment(volume, threshold=threshold, largest_component=largest, keep_probability=True,
-                                 progress=lambda fraction, message: events.progress(0.95 * fraction, message))
+                                 progress=lambda fraction, message: events.progress(0.95 * fraction, message),
+                                 roi_center=request.get("roi_center"))
 
     try:
         result = attempt(device)
@@ -146,7 +147,8 @@ def run_request(request: dict, events: EventStream) -> dict:
     seconds = dict(result.seconds)
     seconds["worker"] = time.perf_counter() - started
     return dict(threshold=float(result.threshold), device=result.device, model=result.model, seconds=seconds,
-                probability_box=_box_list(box), warnings=warnings, volume_ml=result.volume_ml, roi=result.roi.to_dict(),
+                probability_box=_box_list(box), warnings=warnings + result.warnings, volume_ml=result.volume_ml,
+                quality_warnings=result.warnings, quality=result.quality, roi=result.roi.to_dict(),
                 largest_component=largest, torch=torch.__version__, cuda=torch.version.cuda,
                 cuda_available=bool(torch.cuda.is_available()))
 
@@ -159,7 +161,7 @@ REQUEST_NAME = "request.json"
 
 
 def write_request(volume: Volume, folder: Path, weights, device: str = "auto", threshold: Optional[float] = None,
-                  largest_component: Optional[bool] = None, threads: Optional[int] = None) -> Path:
+                  largest_component: Optional[bool] = None, threads: Optional[int] = None, roi_center=None) -> Path:
     """Write a CT (LPS, SimpleITK conventions) and the request for it into ``folder``; return the request path."""
     import SimpleITK as sitk
 
@@ -169,7 +171,8 @@ def write_request(volume: Volume, folder: Path, weights, device: str = "auto", t
     sitk.WriteImage(volume.to_sitk(), str(image), False)
     request = {"image": str(image), "weights": str(weights), "device": str(device), "threshold": threshold,
                "largest_component": largest_component, "mask": str(folder / MASK_NAME),
-               "probability": str(folder / PROBABILITY_NAME), "threads": threads}
+               "probability": str(folder / PROBABILITY_NAME), "threads": threads,
+               "roi_center": None if roi_center is None else [float(v) for v in roi_center]}
     path = folder / REQUEST_NAME
     path.write_text(json.dumps(request, indent=1))
     return path
@@ -205,7 +208,8 @@ def read_result(done: dict, folder: Path, volume: Volume) -> SegmentationResult:
     return SegmentationResult(mask=volume.with_array(mask.array.astype(np.uint8)),
                               probability=volume.with_array(probability), threshold=float(done["threshold"]),
                               roi=roi, device=str(done.get("device", "")), seconds=dict(done.get("seconds") or {}),
-                              model=str(done.get("model", "")), probability_box=box)
+                              model=str(done.get("model", "")), probability_box=box,
+                              warnings=list(done.get("quality_warnings") or []), quality=dict(done.get("quality") or {}))
 
 
 def one_sentence(exc: BaseException) -> str:

@@ -68,12 +68,12 @@ class BackgroundRun:
 def startBackgroundRun(prepared: PreparedInput, weights: Path, card: ModelCard, device: str = "auto",
                        threshold: Optional[float] = None, largestComponent: Optional[bool] = None,
                        python: Optional[str] = None, env: Optional[dict] = None,
-                       threads: Optional[int] = None) -> BackgroundRun:
+                       threads: Optional[int] = None, roiCenter=None) -> BackgroundRun:
     """Hand a prepared input to a new worker process and return the running :class:`BackgroundRun`."""
     workDir = Path(tempfile.mkdtemp(prefix="mnetim-run-"))
     worker = WorkerProcess(workDir / REQUEST_NAME, workDir, python=python, env=env)
     try:
-        write_request(prepared.volume, workDir, weights, device, threshold, largestComponent, threads)
+        write_request(prepared.volume, workDir, weights, device, threshold, largestComponent, threads, roiCenter)
         worker.start()
     except BaseException:
         worker.cleanup()

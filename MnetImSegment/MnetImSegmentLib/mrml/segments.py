@@ -87,6 +87,10 @@ def tagCTV(segNode, segmentId: str, run, threshold: float) -> None:
         TAG_PREFIX + "Device": run.device,
         TAG_PREFIX + "RoiMethod": run.result.roi.method,
         TAG_PREFIX + "Software": f"MnetImSegment {__version__}",
+        # Trust (issue 12): green / amber / red, the reasons, and the slices to review.
+        TAG_PREFIX + "QualityStatus": str(run.result.quality.get("status", "")),
+        TAG_PREFIX + "QualityWarnings": "; ".join(run.result.warnings),
+        TAG_PREFIX + "LowConfidenceSlices": ",".join(str(s) for s in run.result.quality.get("low_confidence_slices", [])),
     })
     tags.update(demoTags(card))  # the demo weights are marked on the segment itself
     for key, value in tags.items():

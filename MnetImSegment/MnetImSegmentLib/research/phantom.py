@@ -149,7 +149,9 @@ class Phantom:
 class PhantomAnatomy:
     """The random patient + applicator for one seed, independent of any voxel grid."""
 
-    def __init__(self, seed: int):
+    def __init__(self, seed: int, applicator: str | None = "auto"):
+        if applicator not in ("auto", "metal", "plastic", None):
+            raise ValueError(f"applicator must be 'auto', 'metal', 'plastic' or None, got {applicator!r}")
         rng = np.random.default_rng(seed)
         self.seed = seed
         self.rng = rng
@@ -176,23 +178,33 @@ class PhantomAnatomy:
         p.update(uterine_tilt_deg=tilt, uterine_side_deg=side)
 
         os_point = np.array([0.0, 0.0, 0.0]) - axis * u(8, 16)  # external os, below the CTV centre
+        p["cervix_os_lps"] = [float(v) for v in self.patient_rotation @ os_point]  # with or without applicator
         layers: list[Layer] = []
         z_long = 400.0
         # Body (fat layer), then the pelvic interior (mix of fat and tissue), muscles, bones.
         layers.append(Layer(_elliptic_cylinder(rng, body_center, body_rx, body_ry, z_long), -100 + u(-15, 15), edge_mm=1.0))
         inner = _elliptic_cylinder(rng, body_center + [0, u(-3, 3), 0], body_rx - fat, body_ry - fat * 0.7, z_long)
         layers.append(Layer(inner, -60 + u(-20, 20)))
+        heads, head_radii = [], []
         for sx in (-1, 1):  # gluteal / obturator muscles and hip bones, left and right
             layers.append(Layer(Blob.make(rng, [sx * u(70, 100), u(20, 50), u(-40, 10)], [u(25, 40), u(35, 55), u(70, 110)]), soft + u(5, 20)))
             layers.append(Layer(Blob.make(rng, [sx * u(60, 80), u(-10, 10), u(30, 80)], [u(15, 25), u(15, 25), u(40, 60)]), soft + u(5, 20)))
             head = [sx * u(85, 105), u(-15, 10), u(-70, -40)]
             r = u(20, 26)
+            heads.append(np.asarray(head, float))
+            head_radii.append(r)
             layers.append(Layer(Blob.make(rng, head, [r, r, r], bump_amp=0.03), u(900, 1300), edge_mm=0.7))
             layers.append(Layer(Blob.make(rng, head, [r - 4, r - 4, r - 4], bump_amp=0.03), u(200, 350)))
             ilium = [sx * u(90, 120), u(10, 40), u(20, 90)]
             layers.append(Layer(Blob.make(rng, ilium, [u(8, 14), u(35, 50), u(40, 60)], rotation_matrix(0, 0, sx * u(20, 40))), u(500, 900)))
         layers.append(Layer(Blob.make(rng, [0, u(-95, -70), u(-70, -50)], [u(20, 30), u(8, 12), u(15, 25)]), u(500, 900)))  # pubis
-        layers.append(Layer(Blob.make(rng, [0, u(70, 100), u(-10, 30)], [u(30, 45), u(10, 16), u(50, 70)], rotation_matrix(u(-30, -10), 0, 0)), u(400, 700)))  # sacrum
+        sacrum = Blob.make(rng, [0, u(70, 100), u(-10, 30)], [u(30, 45), u(10, 16), u(50, 70)], rotation_matrix(u(-30, -10), 0, 0))
+        layers.append(Layer(sacrum, u(400, 700)))
+        # Landmarks in physical LPS mm (patient rotation applied), for distractors painted afterwards.
+        p.update(body_center_lps=[float(v) for v in self.patient_rotation @ body_center],
+                 sacrum_center_lps=[float(v) for v in self.patient_rotation @ sacrum.center],
+                 femoral_heads_lps=[[float(v) for v in self.patient_rotation @ h] for h in heads],
+                 femoral_head_radii_mm=[float(r) for r in head_radii])
 
         # Bladder (antero-inferior of the CTV), rectum (posterior, with gas), uterus/cervix/vagina.
         contrast_bladder = rng.random() < 0.2
@@ -232,12 +244,16 @@ class PhantomAnatomy:
 
         # Packing below the applicator (gauze: air-filled, sometimes radio-opaque).
         packing = Blob.make(rng, os_point - axis * u(18, 28) + [0, u(-5, 5), 0], [u(18, 26), u(12, 18), u(12, 18)], bump_amp=0.2)
-        layers.append(Layer(packing, u(-600, -150) if rng.random() < 0.7 else u(100, 300), clears_label=True))
+        packing_layer = Layer(packing, u(-600, -150) if rng.random() < 0.7 else u(100, 300), clears_label=True)
+        if applicator is not None:  # no applicator, no packing (the draws still happen: seeds keep their anatomy)
+            layers.append(packing_layer)
 
         # Applicator: tandem + ovoids or tandem + ring; metal (streaks) or plastic.
-        metal = rng.random() < 0.6
+        seed_metal = metal = rng.random() < 0.6
+        if applicator in ("metal", "plastic"):
+            metal = applicator == "metal"
         kind = "ovoids" if rng.random() < 0.55 else "ring"
-        p.update(applicator=kind, applicator_metal=bool(metal))
+        p.update(applicator=kind if applicator is not None else "none", applicator_metal=bool(metal and applicator is not None))
         hu_app = u(2500, 3071) if metal else u(150, 450)
         tandem_len = u(50, 70)
         tandem = Tube(os_point - axis * 90, os_point + axis * tandem_len, u(2.5, 3.5))
@@ -252,14 +268,25 @@ class PhantomAnatomy:
                 app_parts.append(Tube(c - axis * 90, c - axis * r * 0.6, 2.5))  # ovoid handle
         else:
             app_parts.append(Torus(os_point - axis * u(2, 6), axis, u(14, 20), u(3.5, 5)))
+        app_layers = []
         for part in app_parts:
             # Streak pattern fixed per metal part, so it is coherent from slice to slice as on a scanner.
             streak = (int(rng.integers(6, 14)), int(rng.integers(3, 7)), float(u(0, 2 * np.pi)))
-            layers.append(Layer(part, hu_app, edge_mm=0.5, metal=metal, streak=streak))
+            app_layers.append(Layer(part, hu_app, edge_mm=0.5, metal=metal, streak=streak))
         if not metal:  # plastic tandems are hollow: an air-filled source channel
-            layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
-        self.metal_parts = app_parts if metal else []
-        p.update(streak_hu=u(60, 280) if metal else 0.0, noise_hu=u(6, 14))
+            app_layers.append(Layer(Tube(tandem.p0, tandem.p1, 1.0), -800.0, edge_mm=0.3))
+        if applicator is not None:
+            layers.extend(app_layers)
+            # Where the applicator truly is, in physical LPS mm (the patient rotation applied), for
+            # tests of applicator localisation: the os (where ring/ovoids sit) and the tandem's tip.
+            rot = self.patient_rotation
+            p.update(applicator_os_lps=[float(v) for v in rot @ os_point],
+                     applicator_axis_lps=[float(v) for v in rot @ axis],
+                     applicator_tip_lps=[float(v) for v in rot @ tandem.p1])
+        self.metal_parts = app_parts if metal and applicator is not None else []
+        # Draw as the seed would have (same draws whatever the forced kind), then apply the kind.
+        streak_hu = u(60, 280) if seed_metal else float(np.random.default_rng(seed + 1).uniform(60, 280))
+        p.update(streak_hu=streak_hu if metal and applicator is not None else 0.0, noise_hu=u(6, 14))
 
         self.layers = layers
         self.body_center = body_center
@@ -393,7 +420,7 @@ def _elliptic_cylinder(rng, center, rx, ry, length) -> Blob:
 
 
 def make_phantom(seed: int = 0, matrix: int | None = None, slice_mm: float | None = None,
-                 z_extent_mm: float | None = None, direction=None) -> Phantom:
+                 z_extent_mm: float | None = None, direction=None, applicator: str | None = "auto") -> Phantom:
     """One randomised brachytherapy CT phantom.
 
     Args:
@@ -402,7 +429,10 @@ def make_phantom(seed: int = 0, matrix: int | None = None, slice_mm: float | Non
         slice_mm: Slice thickness/spacing in mm (default: random 1-3 mm).
         z_extent_mm: Scan length in mm (default: random 120-200 mm, centred near the CTV).
         direction: Optional 3x3 direction matrix (oblique or flipped acquisitions).
+        applicator: "auto" (the seed decides, as always), "metal", "plastic" or None (no applicator
+            and no packing: a pelvis without applicator). The random draws are the same whatever
+            the choice, so a seed keeps its anatomy.
     """
-    anatomy = PhantomAnatomy(seed)
+    anatomy = PhantomAnatomy(seed, applicator)
     geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
     return anatomy.sample(geometry, shape)
