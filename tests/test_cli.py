@@ -202,8 +202,8 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
 
 
 def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
-    """A DICOM series folder segments; several CT series are listed and --series picks one;
-    a missing slice (irregular spacing) is refused."""
+    """A DICOM series folder segments; of several CT series the planning-CT rule picks one (full tie:
+    the first found) and --series overrides it; a missing slice (irregular spacing) is refused."""
     from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 
     for sub in ("one", "two"):
@@ -218,8 +218,9 @@ def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
     write_ct_series(small_phantom.ct, tmp_path / "two" / "s1")
     out_dir = tmp_path / "o"
     out_dir.mkdir()
-    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights], capsys)
-    _assert_clean_failure(code, err, out_dir, "2 CT series; choose one with --series")
+    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "auto.nii.gz", "--weights", tiny_weights,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
     code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights,
                         "--device", "cpu", "--series", second.series_instance_uid], capsys)
     assert code == 0, err

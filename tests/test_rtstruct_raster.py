@@ -213,6 +213,13 @@ def test_default_pattern_matches_real_ctv_names(name):
     assert [r.name for r in select_rois(_ss("BODY", name, "Bladder", "IR-CTV", "PTV"))] == [name]
 
 
+def test_hr_ctv_preferred_over_plain_ctv_and_case_on_request():
+    assert [r.name for r in select_rois(_ss("CTV", "HR CTV", "Bladder"))] == ["HR CTV"]
+    with pytest.raises(InputError, match="Several ROIs match"):
+        select_rois(_ss("HR-CTV", "ctv_hr", "CTV"))
+    assert [r.name for r in select_rois(_ss("ctv", "CTV"), "(?-i:CTV)")] == ["CTV"]
+
+
 def test_pattern_name_map_and_several_matches():
     ss = _ss("HR-CTV", "IR-CTV", "Rectum")
     with pytest.raises(InputError, match="Several ROIs match"):
