@@ -193,7 +193,7 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
                              "--threshold", "0.5", "--json"], capsys)
     report = json.loads(stdout)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd", "summary.csv"]
     assert len(report["failed"]) == 1 and "c.nii.gz" in report["failed"][0]["input"]
     stamp = (out / "a.seg.nrrd").stat().st_mtime_ns
     code, stdout, _ = run(["segment", src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--json"], capsys)
