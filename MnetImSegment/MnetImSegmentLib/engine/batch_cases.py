@@ -16,6 +16,7 @@ from typing import Optional
 
 from ..core.commit import is_temp_name
 from ..core.files import IMAGE_SUFFIXES, atomic_path, suffix_of
+from ..dicomrt.common import dcmread_lenient
 
 # Columns of the per-case summary a batch writes (``warnings``: '; '-joined, empty when none).
 SUMMARY_COLUMNS = ("case", "input", "output", "status", "ctv_ml", "seconds", "warnings")
@@ -24,8 +25,6 @@ SUMMARY_NAME = "summary.csv"
 
 def _first_ct_study(folder: Path) -> Optional[tuple]:
     """(PatientID, StudyInstanceUID) of the first CT slice under ``folder``, or None if it holds none."""
-    from ..dicomrt.common import dcmread_lenient
-
     for dirpath, dirnames, filenames in os.walk(folder):
         dirnames.sort()
         for name in sorted(filenames):
