@@ -367,14 +367,14 @@ def run_crossval(manifest, out_dir, config: TrainConfig, folds: int = 4, model_o
 
 
 def _write_crossval_tables(out_dir: Path, report: dict) -> None:
-    names = {"asd": "ASD", "hd95": "HD95", "so": "SO", "sd": "SD", "vd": "VD"}
+    names = {"asd": "ASD", "hd95": "HD95", "so": "SO", "sd": "SD", "vd": "Dice"}
     header = ["fold", "test scans"] + [names[m] for m in TABLE3_METRICS]
     rows = [[f"{f['fold']}-fold", str(f["test_scans"])] + [f"{f['means'][m]:.4f}" for m in TABLE3_METRICS]
             for f in report["folds"]]
     rows.append(["AVG.", "-"] + [f"{report['average_of_folds'][m]:.4f}" for m in TABLE3_METRICS])
     pooled = report["pooled"]
     rows.append(["all scans", str(sum(f["test_scans"] for f in report["folds"]))]
-                + [f"{pooled[m]['mean']:.4f} ± {pooled[m]['variance']:.4f}" for m in TABLE3_METRICS])
+                + [f"{pooled[m]['mean']:.4f} ± {pooled[m]['std']:.4f}" for m in TABLE3_METRICS])
     buffer = io.StringIO(newline="")
     w = csv.writer(buffer, lineterminator="\n")
     w.writerow(header)
@@ -382,7 +382,7 @@ def _write_crossval_tables(out_dir: Path, report: dict) -> None:
     md = [f"# {report['model']}: {len(report['folds'])}-fold cross-validation (Table 3 layout)", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "ASD and HD95 in mm (lower is better); SO, SD, VD fractions (higher is better). " + report["note"]]
+    md += ["", "ASD and HD95 in mm (lower is better); SO, SD, Dice (volumetric) fractions (higher is better). " + report["note"]]
     if report["excluded_no_ctv"]:
         md += ["", f"Left out (no CTV in the mask): {', '.join(report['excluded_no_ctv'])}."]
     with transaction(None, overwrite=True) as tx:  # the three tables of one result commit together
@@ -417,7 +417,7 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
         config: Training options shared by all models (its ``model`` field is ignored).
         model_options: ``{model: overrides}`` passed to ``build_model``.
         command, progress, tensorboard, log: As for :func:`run_crossval`.
-        reference: Model whose VD picks the best and worst cases of the figure.
+        reference: Model whose Dice picks the best and worst cases of the figure.
 
     Returns:
         The content of ``DIR/results/evaluation.json``'s summary plus the runs' validation results.
