@@ -112,8 +112,14 @@ def test_run_folder_refusals(dataset, tmp_path):
     cfg = tiny_config(epochs=1)
     run = tmp_path / "run"
     Trainer(dataset, run, cfg, progress=False).run()
-    with pytest.raises(DatasetError, match="another configuration"):
-        Trainer(dataset, run, tiny_config(epochs=2), progress=False).run(resume=True)
+    with pytest.raises(DatasetError, match=r"other options \(lr: 0.001 then, 0.002 now\).*epochs"):
+        Trainer(dataset, run, tiny_config(epochs=1, lr=2e-3), progress=False).run(resume=True)
+    # More epochs is a safe change: the run continues where it stopped.
+    more = Trainer(dataset, run, tiny_config(epochs=2), progress=False).run(resume=True)
+    assert more["epochs_run"] == 2 and len(_log_rows(run)) == 2
+    # 1 validation and 1 test patient: both splits are flagged, pointing to crossval.
+    assert len(more["warnings"]) == 2 and all("mnetim crossval" in w for w in more["warnings"])
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
     (run / "summary.json").write_text("{}")
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     for resume in (False, True):

@@ -357,7 +357,7 @@ def run_crossval(manifest, out_dir, config: TrainConfig, folds: int = 4, model_o
         report = {"model": config.model, "folds": per_fold, "average_of_folds": average, "pooled": pooled,
                   "excluded_no_ctv": excluded, "manifest": str(manifest),
                   "note": "fold values are means over the fold's test scans; AVG is the mean of the fold values "
-                          "(the paper's Table 3); pooled statistics are over all test scans. Distances in mm; "
+                          "(the paper's Table 3); pooled statistics (mean ± SD) are over all test scans. Distances in mm; "
                           "infinite distances (empty predictions) are left out of the means, see each fold's "
                           "evaluation/summary.md."}
         _write_crossval_tables(out_dir, report)

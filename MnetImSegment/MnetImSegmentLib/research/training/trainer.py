@@ -25,6 +25,7 @@ import csv
 import json
 import platform
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -36,7 +37,7 @@ from ...core.errors import DatasetError
 from ...core.files import atomic_path, write_text
 from ...engine.roi import RoiSpec
 from ...engine.windows import InputSpec, make_windows
-from ..manifest import read_manifest, split_records
+from ..manifest import read_manifest, split_records, split_size_warnings
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import PreparedScan, WindowSampler, prepare_scan
@@ -158,6 +159,7 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.tensorboard = tensorboard
+        self.warnings: list = []  # split-size warnings, also in the summary
 
     # -- run folder -------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Optional[dict]:
@@ -180,10 +182,18 @@ class Trainer:
         return None
 
     def _same_config_or_fail(self) -> dict:
+        """The saved configuration, updated with safe changes; refuses others, naming them."""
         saved = json.loads((self.run_dir / "config.json").read_text())
-        if saved != json.loads(json.dumps(self.config.to_dict())):
-            raise DatasetError(f"'{self.run_dir}' was started with another configuration; resume with the same options.")
-        return saved
+        wanted = json.loads(json.dumps(self.config.to_dict()))
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        unsafe = [k for k in changed if k not in RESUME_SAFE_OPTIONS]
+        if unsafe:
+            detail = "; ".join(f"{k}: {saved.get(k)!r} then, {wanted.get(k)!r} now" for k in unsafe)
+            raise DatasetError(f"'{self.run_dir}' was started with other options ({detail}); resume with the same "
+                               f"values (only {', '.join(sorted(RESUME_SAFE_OPTIONS))} may change on --resume).")
+        if changed:  # e.g. more epochs or another device: the run continues under the new values
+            (self.run_dir / "config.json").write_text(json.dumps(wanted, indent=2))
+        return wanted
 
     def _check_roi_size(self) -> None:
         """Refuse an ROI the network cannot take before anything is written or read."""
@@ -242,6 +252,12 @@ class Trainer:
         splits = split_records(records, seed=cfg.seed)
         if not splits["train"] or not splits["val"]:
             raise DatasetError("Training needs at least one training and one validation scan.")
+        self.warnings = split_size_warnings(splits)
+        say = _say if (self.progress and main) else (lambda line: None)
+        for line in self.warnings:
+            say(f"warning: {line}")
+        say(f"preparing {len(splits['train'])} training and {len(splits['val'])} validation scan(s) "
+            f"(ROI crops; {len(splits['test'])} test scan(s) are kept for the end)...")
         t_prep = time.perf_counter()
         # Only rank 0 validates, so only it needs the validation scans.
         prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]]
@@ -309,6 +325,7 @@ class Trainer:
             net.train()
             losses = []
             t_epoch = time.perf_counter()
+            step_bar = _step_bar(steps * cfg.batch_size, epoch + 1, cfg.epochs, self.progress and main)
             for _ in range(steps):
                 x, y = sampler.batch(rng, cfg.batch_size)
                 x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
@@ -320,6 +337,9 @@ class Trainer:
                 scaler.step(optimiser)
                 scaler.update()
                 losses.append(loss.item())
+                step_bar.update(cfg.batch_size)
+                step_bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            step_bar.close()
             train_loss = dist_.mean_over_ranks(ctx, float(np.mean(losses)))
             rng_states = dist_.gather_objects(ctx, rng.bit_generator.state) if ctx.distributed else None
             decision = None
@@ -386,12 +406,18 @@ class Trainer:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_threads": torch.get_num_threads()},
         }
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
         if ctx.distributed:
             summary["distributed"] = ctx.to_dict()
         self.model = model.eval()
         self.splits = splits
         return summary
 
+
+# Options that change neither the data, the network nor the optimiser's state: a resumed run may
+# take new values (train longer, on another device, with another time budget).
+RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", "num_threads"})
 
 # Files a run writes before its first checkpoint; a folder holding only these (and the hidden
 # temporary files of interrupted atomic writes) can be restarted.
@@ -431,6 +457,18 @@ def _board_epoch(board, epoch: int, lr: float, train_loss: float, val: dict, sta
     board.add_scalar("val/dice_at_0.5", val["dice_at_0.5"], epoch)
     board.add_scalar("val/best_dice", state["best_dice"], epoch)
     board.flush()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _step_bar(windows: int, epoch: int, epochs: int, enabled: bool):
+    """Windows within one epoch: rate (windows/s) and ETA from the first batches on."""
+    from tqdm import tqdm
+
+    return tqdm(total=windows, desc=f"epoch {epoch}/{epochs}", unit="window", disable=not enabled,
+                leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
