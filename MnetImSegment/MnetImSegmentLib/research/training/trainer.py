@@ -33,9 +33,10 @@ from typing import Optional
 
 import numpy as np
 
-from ...core.errors import DatasetError
+from ...core.errors import DatasetError, WeightsError
 from ...core.files import atomic_path, write_text
 from ...engine.roi import RoiSpec
+from ...engine.weights import load_weights, read_card
 from ...engine.windows import InputSpec, make_windows
 from ..manifest import read_manifest, split_records, split_size_warnings
 from ..metrics import volumetric_dice
@@ -71,6 +72,7 @@ class TrainConfig:
     augment: str = "full"  # none | basic | full (training.augment); runs before 0.3 used "basic"
     roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
     input: dict = field(default_factory=lambda: InputSpec().to_dict())
+    init_weights: str = ""  # fine-tuning: a weights folder whose tensors start the training ("" = random)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -160,6 +162,7 @@ class Trainer:
         self.progress = progress
         self.tensorboard = tensorboard
         self.warnings: list = []  # split-size warnings, also in the summary
+        self.parent: Optional[dict] = None  # the model fine-tuned from (init_weights), for the card
 
     # -- run folder -------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Optional[dict]:
@@ -191,9 +194,7 @@ class Trainer:
             detail = "; ".join(f"{k}: {saved.get(k)!r} then, {wanted.get(k)!r} now" for k in unsafe)
             raise DatasetError(f"'{self.run_dir}' was started with other options ({detail}); resume with the same "
                                f"values (only {', '.join(sorted(RESUME_SAFE_OPTIONS))} may change on --resume).")
-        if changed:  # e.g. more epochs or another device: the run continues under the new values
-            (self.run_dir / "config.json").write_text(json.dumps(wanted, indent=2))
-        return wanted
+        return wanted  # safe changes (more epochs, another device): run() writes them to config.json
 
     def _check_roi_size(self) -> None:
         """Refuse an ROI the network cannot take before anything is written or read."""
@@ -210,6 +211,32 @@ class Trainer:
             suggestion = max(multiple, int(size[0]) // multiple * multiple)
             raise DatasetError(f"The ROI size {size[0]} x {size[1]} px is not a multiple of {multiple}, which "
                                f"{cfg.model} needs; choose e.g. --roi-size {suggestion}.")
+
+    def _check_init_weights(self) -> Optional[dict]:
+        """The parent model of a fine-tuning run (name, version, SHA-256), checked against this run's options.
+
+        Raises:
+            WeightsError: The folder is not valid weights, or its network or input differ from this run's.
+        """
+        cfg = self.config
+        if not cfg.init_weights:
+            return None
+        from ...models import model_config  # torch
+
+        card = read_card(cfg.init_weights)
+        mine = model_config(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window, **cfg.model_overrides)
+        if card.architecture != cfg.model or card.config != json.loads(json.dumps(mine)):
+            raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
+                               f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")
+        plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
+        theirs_roi, mine_roi = plain(card.roi_spec.to_dict()), plain(RoiSpec.from_dict(cfg.roi).to_dict())
+        if plain(card.input_spec.to_dict()) != plain(InputSpec.from_dict(cfg.input).to_dict()) or theirs_roi != mine_roi:
+            size, spacing = theirs_roi["size_px"][0], theirs_roi["spacing_mm"][0]
+            raise WeightsError(f"'{cfg.init_weights}' was trained on another input (ROI {size} px at {spacing} mm, "
+                               f"HU window {card.input_spec.hu_window}); fine-tune with --roi-size {size} "
+                               f"--roi-spacing {spacing}.")
+        return {"name": card.raw["name"], "version": card.raw["version"],
+                "tensors_sha256": card.raw.get("tensors_sha256", ""), "folder": str(cfg.init_weights)}
 
     def run(self, resume: bool = False) -> Optional[dict]:
         """Train; return the summary (on rank 0; ``None`` on the other ranks of a torchrun job).
@@ -234,7 +261,8 @@ class Trainer:
             try:
                 self._check_run_dir(resume)
                 self._check_roi_size()
-            except DatasetError as exc:
+                self.parent = self._check_init_weights()
+            except (DatasetError, WeightsError) as exc:
                 problem = str(exc)
         problem = dist_.broadcast_object(ctx, problem)  # every rank fails with rank 0's message
         if problem:
@@ -283,6 +311,8 @@ class Trainer:
         state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "best_threshold": 0.5, "bad_epochs": 0,
                  "seconds": 0.0}
         ckpt = self.run_dir / "checkpoint.pt"
+        if cfg.init_weights and not (resume and ckpt.exists()):
+            model.load_state_dict(load_weights(cfg.init_weights)[0].state_dict())
         if resume and ckpt.exists():
             saved = torch.load(ckpt, map_location=device, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -408,6 +438,8 @@ class Trainer:
         }
         if self.warnings:
             summary["warnings"] = list(self.warnings)
+        if self.parent:
+            summary["parent_model"] = self.parent
         if ctx.distributed:
             summary["distributed"] = ctx.to_dict()
         self.model = model.eval()
