@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ... import __version__
-from ...core.errors import DatasetError, OutputError
+from ...core.errors import DatasetError, OutputError, WeightsError
 from ...core.files import transaction, write_text
 from ...engine.inference import Segmenter
 from ...engine.io import read_image, write_labelmap
@@ -47,7 +47,7 @@ from ..manifest import PAPER_FRACTIONS, SPLITS, ScanRecord, read_manifest, split
 from . import distributed as dist_
 from .data import DatasetWarning, ctv_mask, read_volume_pair
 from .export import train_and_export
-from .trainer import TrainConfig
+from .trainer import TrainConfig, check_training_options
 
 EXPERIMENT_FILE = "experiment.json"
 FINISHED_FILE = "finished.json"
@@ -59,6 +59,22 @@ VAL_FRACTION_OF_TRAINVAL = PAPER_FRACTIONS[1] / (PAPER_FRACTIONS[0] + PAPER_FRAC
 
 
 # --------------------------------------------------------------------------- experiment folder
+# An experiment's models/folds must be trained alike, so only where they run may change on resume.
+EXPERIMENT_SAFE_CHANGES = frozenset({"train.device", "train.num_threads"})
+
+
+def _spec_changes(old: dict, new: dict, prefix: str = "") -> dict:
+    """{'train.epochs': (old, new), ...}: the leaves that differ between two experiment specs."""
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key == "train":
+            out.update(_spec_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
+
+
 def open_experiment(out_dir, spec: dict) -> bool:
     """Create the experiment folder or check that it continues the same experiment.
 
@@ -77,11 +93,18 @@ def open_experiment(out_dir, spec: dict) -> bool:
         raise OutputError(f"'{out_dir}' holds a finished experiment; choose a new folder (nothing was overwritten).")
     if (out_dir / EXPERIMENT_FILE).is_file():
         saved = json.loads((out_dir / EXPERIMENT_FILE).read_text(encoding="utf-8"))
-        if saved.get("spec") != json.loads(json.dumps(spec)):
-            changed = sorted(k for k in set(saved.get("spec", {})) | set(spec)
-                             if saved.get("spec", {}).get(k) != json.loads(json.dumps(spec.get(k))))
-            raise OutputError(f"'{out_dir}' holds an experiment started with other options ({', '.join(changed)}); "
-                              "continue it with the same options or choose a new folder.")
+        wanted = json.loads(json.dumps(spec))
+        if saved.get("spec") != wanted:
+            changed = _spec_changes(saved.get("spec", {}), wanted)
+            unsafe = {k: v for k, v in changed.items() if k not in EXPERIMENT_SAFE_CHANGES}
+            if unsafe:
+                detail = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in sorted(unsafe.items()))
+                raise OutputError(f"'{out_dir}' holds an experiment started with other options ({detail}); continue it "
+                                  f"with the same values (only --device and --threads may change: every model/fold must be "
+                                  "trained alike) "
+                                  "or choose a new folder.")
+            saved["spec"] = wanted  # safe changes only (e.g. more epochs): the runs resume under them
+            write_text(out_dir / EXPERIMENT_FILE, json.dumps(saved, indent=2) + "\n", overwrite=True)
         return True
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputError(f"'{out_dir}' is not empty and holds no experiment; choose a new folder.")
@@ -433,6 +456,15 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
     extra = sorted(set(model_options or {}) - set(models))
     if extra:
         raise DatasetError(f"--model-options names model(s) not compared: {', '.join(extra)}.")
+    # Every model's constraints before any is trained: a refusal after hours of training the others helps nobody.
+    problems = []
+    for model in models:
+        try:
+            check_training_options(_model_config(config, model, model_options))
+        except (DatasetError, WeightsError) as exc:
+            problems.append(f"{model}: {exc}")
+    if problems:
+        raise DatasetError("Nothing was trained; not every model accepts these options. " + " ".join(problems))
     manifest = Path(manifest).resolve()
     out_dir = Path(out_dir)
     ctx = dist_.setup(config.device)

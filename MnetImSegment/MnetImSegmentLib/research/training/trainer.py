@@ -94,6 +94,21 @@ class TrainConfig:
         return cls(**d)
 
 
+def check_training_options(config: TrainConfig) -> Optional[dict]:
+    """Check what a run could only find out later (ROI size vs the network, fine-tuning weights), cheaply.
+
+    Returns:
+        The parent model of ``config.init_weights`` (or None).
+
+    Raises:
+        DatasetError: The ROI size does not suit the model.
+        WeightsError: ``init_weights`` is not valid weights for this network and input.
+    """
+    checker = Trainer("", "", config, progress=False)
+    checker._check_roi_size()
+    return checker._check_init_weights()
+
+
 def seed_everything(seed: int) -> None:
     import torch
 
