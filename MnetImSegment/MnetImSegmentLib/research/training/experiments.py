@@ -103,7 +103,7 @@ def open_experiment(out_dir, spec: dict) -> bool:
                                   f"with the same values (only --device and --threads may change: every model/fold must be "
                                   "trained alike) "
                                   "or choose a new folder.")
-            saved["spec"] = wanted  # safe changes only (e.g. more epochs): the runs resume under them
+            saved["spec"] = wanted  # safe changes only (device, threads): the runs resume under them
             write_text(out_dir / EXPERIMENT_FILE, json.dumps(saved, indent=2) + "\n", overwrite=True)
         return True
     if out_dir.exists() and any(out_dir.iterdir()):
