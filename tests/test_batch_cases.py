@@ -7,9 +7,12 @@ import os
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from MnetImSegmentLib.cli import main
+from MnetImSegmentLib.core.errors import InputError
 from MnetImSegmentLib.core.volume import Volume
+from MnetImSegmentLib.dicomrt.ct_series import find_ct_series
 from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 from MnetImSegmentLib.engine.batch_cases import SUMMARY_COLUMNS, is_batch_folder
 
@@ -36,7 +39,10 @@ def test_folder_of_patient_folders_is_a_batch(tmp_path, small_phantom, tiny_weig
     root.mkdir()
     _patient(root, "P1", small_phantom.ct, scout=True)
     _patient(root, "P2", small_phantom.ct, scout=False)
+    (root / "DICOMDIR").write_bytes(b"\0" * 200)  # an index file at the top does not make it one series
     assert is_batch_folder(root)
+    with pytest.raises(InputError, match="holds the CTs of 2 patients"):
+        find_ct_series(root)  # nor is the whole export ever read as one case
     assert not is_batch_folder(root / "P1")  # one study, a scout beside the planning CT: one case
 
     out = tmp_path / "out"

@@ -215,12 +215,13 @@ def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
     assert read_image(tmp_path / "a.nii.gz").geometry.allclose(small_phantom.ct.geometry, atol=1e-3)
 
     second = write_ct_series(small_phantom.ct, tmp_path / "two" / "s2")
-    write_ct_series(small_phantom.ct, tmp_path / "two" / "s1")
+    write_ct_series(small_phantom.ct, tmp_path / "two" / "s1", study_instance_uid=second.study_instance_uid)
     out_dir = tmp_path / "o"
     out_dir.mkdir()
     code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "auto.nii.gz", "--weights", tiny_weights,
                         "--device", "cpu"], capsys)
     assert code == 0, err
+    assert (out_dir / "auto.nii.gz").is_file()  # one study: one case, not a batch
     code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights,
                         "--device", "cpu", "--series", second.series_instance_uid], capsys)
     assert code == 0, err

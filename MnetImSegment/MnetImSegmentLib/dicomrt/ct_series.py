@@ -362,7 +362,7 @@ def choose_planning_ct(candidates: list, folder="") -> CtSeries:
     (a full tie keeps the first found). The choice and its reason go to ``selection``.
 
     Raises:
-        InputError: Every series is a localizer or cannot be read.
+        InputError: Every series is a localizer or cannot be read, or the series belong to several patients.
     """
     def listing(series_list):
         return "; ".join(f"{s.series_instance_uid} ({s.n_slices} slices, '{s.description}')" for s in series_list)
@@ -372,6 +372,10 @@ def choose_planning_ct(candidates: list, folder="") -> CtSeries:
     if not usable:
         raise InputError(f"'{folder}' holds {len(candidates)} CT series but none is a usable planning CT "
                          f"(localizers, scouts or irregular series); choose one with --series UID: {listing(candidates)}.")
+    patients = {s.patient_id for s in usable}
+    if len(patients) > 1:
+        raise InputError(f"'{folder}' holds the CTs of {len(patients)} patients; give one patient's folder, or a "
+                         "folder with one subfolder per patient (segmented as a batch).")
     best = min(usable, key=lambda s: (not _axial(s), -s.n_slices, round(_slice_step_mm(s), 3),
                                       "DERIVED" in s.image_type))
     skipped = [s for s in candidates if s is not best]

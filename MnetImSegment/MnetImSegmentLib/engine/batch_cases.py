@@ -45,8 +45,7 @@ def is_batch_folder(folder: Path) -> bool:
     entries = [p for p in folder.iterdir() if not p.name.startswith(".")]
     if any(p.is_file() and suffix_of(p) in IMAGE_SUFFIXES for p in entries):
         return True
-    if any(p.is_file() for p in entries):
-        return False  # DICOM files at the top: one series folder
+    # Files at the top (DICOM slices, a DICOMDIR, notes) do not decide: the subfolders' studies do.
     studies = {s for s in (_first_ct_study(p) for p in sorted(entries) if p.is_dir()) if s is not None}
     return len(studies) > 1
 
