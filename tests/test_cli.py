@@ -193,7 +193,7 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
                              "--threshold", "0.5", "--json"], capsys)
     report = json.loads(stdout)
     assert code == 0
-    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd"]
+    assert sorted(p.name for p in out.iterdir()) == ["a.seg.nrrd", "b.seg.nrrd", "summary.csv"]
     assert len(report["failed"]) == 1 and "c.nii.gz" in report["failed"][0]["input"]
     stamp = (out / "a.seg.nrrd").stat().st_mtime_ns
     code, stdout, _ = run(["segment", src, "-o", out, "--weights", tiny_weights, "--device", "cpu", "--json"], capsys)
@@ -202,8 +202,8 @@ def test_batch_mode_resumes(tmp_path, small_phantom, tiny_weights, capsys):
 
 
 def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
-    """A DICOM series folder segments; several CT series are listed and --series picks one;
-    a missing slice (irregular spacing) is refused."""
+    """A DICOM series folder segments; of several CT series the planning-CT rule picks one (full tie:
+    the first found) and --series overrides it; a missing slice (irregular spacing) is refused."""
     from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
 
     for sub in ("one", "two"):
@@ -215,11 +215,13 @@ def test_dicom_folders(tmp_path, small_phantom, tiny_weights, capsys):
     assert read_image(tmp_path / "a.nii.gz").geometry.allclose(small_phantom.ct.geometry, atol=1e-3)
 
     second = write_ct_series(small_phantom.ct, tmp_path / "two" / "s2")
-    write_ct_series(small_phantom.ct, tmp_path / "two" / "s1")
+    write_ct_series(small_phantom.ct, tmp_path / "two" / "s1", study_instance_uid=second.study_instance_uid)
     out_dir = tmp_path / "o"
     out_dir.mkdir()
-    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights], capsys)
-    _assert_clean_failure(code, err, out_dir, "2 CT series; choose one with --series")
+    code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "auto.nii.gz", "--weights", tiny_weights,
+                        "--device", "cpu"], capsys)
+    assert code == 0, err
+    assert (out_dir / "auto.nii.gz").is_file()  # one study: one case, not a batch
     code, _, err = run(["segment", tmp_path / "two", "-o", out_dir / "out.nii.gz", "--weights", tiny_weights,
                         "--device", "cpu", "--series", second.series_instance_uid], capsys)
     assert code == 0, err

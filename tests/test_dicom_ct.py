@@ -84,10 +84,11 @@ def test_series_problems_are_clear(tmp_path):
     with pytest.raises(InputError, match="irregular slice spacing"):
         find_ct_series(tmp_path / "ct").grid()
     (tmp_path / "two").mkdir()
-    write_ct_series(vol, tmp_path / "two" / "a")
+    first = write_ct_series(vol, tmp_path / "two" / "a")
     write_ct_series(vol, tmp_path / "two" / "b")
-    with pytest.raises(InputError, match="2 CT series"):
-        find_ct_series(tmp_path / "two")
+    # Two equal series: the planning-CT rule ties and keeps the first found, and says how to choose.
+    chosen = find_ct_series(tmp_path / "two")
+    assert chosen.series_instance_uid == first.series_instance_uid and "--series" in chosen.selection
     (tmp_path / "junk").mkdir()
     (tmp_path / "junk" / "notes.txt").write_text("not dicom")
     tree = scan_tree(tmp_path / "junk")

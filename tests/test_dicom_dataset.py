@@ -132,10 +132,30 @@ def test_mask_content_hole_and_applicator(imported, tree):
     assert any("self-intersecting" in n for n in bowtie["notes"])
 
 
+def test_skipped_cases_name_their_source_folder_on_the_terminal_only(imported, tree, tmp_path):
+    result, out, lines = imported
+    # The person running the import sees which folder to fix (terminal lines, not saved in the dataset).
+    assert any("(source: DOE_JANE_MRN12345/study 1/older/)" in line and "superseded" in line for line in lines)
+    assert "DOE_JANE" not in (out / "import_report.json").read_text()
+    # --anonymise: hashed references in those lines too.
+    quiet = []
+    import_dataset(tree[0], tmp_path / "anon", log=quiet.append, anonymise=True)
+    assert len(quiet) == len(lines) and not any("source:" in line or "DOE" in line for line in quiet)
+
+
+def test_import_report_compares_mask_and_contour_area(imported):
+    result, out, _ = imported
+    report = json.loads((out / "import_report.json").read_text())
+    assert "centre" in report["rasterisation"]["convention"] and "4-9 %" in report["rasterisation"]["convention"]
+    ratios = [e["mask_to_contour_area"] for e in report["imported"]]
+    assert len(ratios) == 3 and all(0.85 < r < 1.15 for r in ratios)
+    assert report["rasterisation"]["mask_to_contour_area"]["min"] == min(ratios)
+
+
 def test_nothing_identifying_in_outputs(imported, tree):
     result, out, lines = imported
     root, info = tree
-    texts = [(out / "manifest.csv").read_text(), (out / "import_report.json").read_text(), "\n".join(lines)]
+    texts = [(out / "manifest.csv").read_text(), (out / "import_report.json").read_text()]
     texts += [p.name for p in out.rglob("*")]
     uid = re.compile(r"\d+\.\d+\.\d{4,}")  # 2.25.<uuid> and the like
     for text in texts:

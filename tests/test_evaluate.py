@@ -91,17 +91,21 @@ def test_evaluate_writes_tables_figures_and_the_right_numbers(dataset):
         for key, value in expected.items():
             assert float(row[key]) == pytest.approx(value, rel=1e-12, abs=1e-12), key
         assert float(row["truth_ml"]) == pytest.approx(truth.sum() * 0.9 * 0.8 * 2.5 / 1000)
+        diff_ml = (pred.sum() - truth.sum()) * 0.9 * 0.8 * 2.5 / 1000
+        assert float(row["vol_diff_ml"]) == pytest.approx(diff_ml, abs=1e-9)
+        assert float(row["vol_diff_pct"]) == pytest.approx(100 * (pred.sum() - truth.sum()) / truth.sum())
     summary = read_csv(dataset["out"] / "summary.csv")
     for metric in METRICS:
         values = np.array([float(r[metric]) for r in rows])
         s = next(r for r in summary if r["metric"] == metric)
         assert float(s["mean"]) == pytest.approx(values.mean())
         assert float(s["variance"]) == pytest.approx(values.var(ddof=1))
+        assert float(s["std"]) == pytest.approx(values.std(ddof=1))
         assert float(s["median"]) == pytest.approx(np.median(values))
         assert s["unit"] == ("mm" if metric in ("asd", "hd95") else "fraction") and float(s["tolerance"]) == 2.0
     md = (dataset["out"] / "summary.md").read_text(encoding="utf-8")
-    for text in ("Mean ± variance", "Median", "| Mnet_Im | 6 |", "tau = 2 mm", "ASD (mm)", "HD95 (mm)",
-                 "Empty masks", "sample variance", "Nikolov"):
+    for text in ("Mean ± SD", "Median", "| Mnet_Im | 6 |", "tau = 2 mm", "ASD (mm)", "HD95 (mm)", "| Dice |",
+                 "Empty masks", "standard deviation", "vol_diff_ml", "Nikolov"):
         assert text in md, text
     for png in ("boxplots.png", "best_worst.png"):
         assert (dataset["out"] / png).read_bytes()[:8] == PNG

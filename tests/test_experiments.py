@@ -125,7 +125,7 @@ def test_crossval_end_to_end_resume_and_refusal(dataset, tmp_path, capsys, monke
     changed = list(argv)
     changed[changed.index("--epochs") + 1] = "2"
     code, _, err = mnetim(changed, capsys)
-    assert code != 0 and "other options" in err and "train" in err
+    assert code != 0 and "other options (train.epochs: 1 then, 2 now)" in err
 
     code, stdout, err = mnetim(argv, capsys)
     assert code == 0, err
@@ -191,6 +191,11 @@ def test_compare_input_errors(dataset, tmp_path, capsys):
     assert code != 0 and "not compared" in err
     with pytest.raises(SystemExit):
         mnetim(["compare", dataset, "-o", tmp_path / "z", "--models", "Mnet_Im", "--model-options", "[1]"], capsys)
+    # 48 px suits Mnet_Im (16) but not U-Net (32): refused before Mnet_Im is trained, naming U-Net.
+    code, _, err = mnetim(["compare", dataset, "-o", tmp_path / "r", "--models", "Mnet_Im", "U-Net", *FAST,
+                           "--roi-size", "48"], capsys)
+    assert code != 0 and "Nothing was trained" in err and "U-Net: The ROI size 48 x 48 px" in err
+    assert "Mnet_Im:" not in err and not (tmp_path / "r").exists()
 
 
 # --------------------------------------------------------------------------- export command

@@ -116,6 +116,18 @@ def _roi(contours, name="CTV"):
     return RoiContours(1, name, contours=[Contour(np.asarray(p, float), t) for p, t in contours])
 
 
+def test_mask_area_is_compared_with_the_polygon_area():
+    """Pixel-centre inclusion is unbiased: the filled area matches the polygons' own (holes subtracted)."""
+    roi = _roi([(circle(0.3, -0.2, 12.0, 2.0 * k), "CLOSED_PLANAR") for k in range(2, 6)]
+               + [(square(0, 0, 4.0, 2.0 * k), "CLOSED_PLANAR") for k in range(2, 6)])  # a hole on every slice
+    m, rep = rasterize_rois([roi], AXIAL, SHAPE)
+    polygon = 24 * 12.0**2 * np.sin(2 * np.pi / 48) - 64.0  # the 48-gon minus the 8 x 8 mm hole
+    assert rep.contour_area_mm2 == pytest.approx(4 * polygon, rel=1e-9)
+    assert rep.mask_area_mm2 == pytest.approx(m.sum() * 1.0)
+    assert 0.97 < rep.mask_to_contour_area < 1.03
+    assert rep.to_dict()["mask_to_contour_area"] == pytest.approx(rep.mask_to_contour_area, abs=1e-4)
+
+
 def test_contours_matched_to_slices_by_position_without_uids():
     roi = _roi([(square(0, 0, 5.5, 2.0 * k + 0.6), "CLOSED_PLANAR") for k in range(2, 6)])  # 0.6 mm above each slice
     m, rep = rasterize_rois([roi], AXIAL, SHAPE)
@@ -211,6 +223,13 @@ def _ss(*names):
 @pytest.mark.parametrize("name", ["CTV", "ctv", "HR-CTV", "hrctv", "CTV_HR", "ctv-hr", "HR CTV"])
 def test_default_pattern_matches_real_ctv_names(name):
     assert [r.name for r in select_rois(_ss("BODY", name, "Bladder", "IR-CTV", "PTV"))] == [name]
+
+
+def test_hr_ctv_preferred_over_plain_ctv_and_case_on_request():
+    assert [r.name for r in select_rois(_ss("CTV", "HR CTV", "Bladder"))] == ["HR CTV"]
+    with pytest.raises(InputError, match="Several ROIs match"):
+        select_rois(_ss("HR-CTV", "ctv_hr", "CTV"))
+    assert [r.name for r in select_rois(_ss("ctv", "CTV"), "(?-i:CTV)")] == ["CTV"]
 
 
 def test_pattern_name_map_and_several_matches():

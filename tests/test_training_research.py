@@ -112,8 +112,14 @@ def test_run_folder_refusals(dataset, tmp_path):
     cfg = tiny_config(epochs=1)
     run = tmp_path / "run"
     Trainer(dataset, run, cfg, progress=False).run()
-    with pytest.raises(DatasetError, match="another configuration"):
-        Trainer(dataset, run, tiny_config(epochs=2), progress=False).run(resume=True)
+    with pytest.raises(DatasetError, match=r"other options \(lr: 0.001 then, 0.002 now\).*epochs"):
+        Trainer(dataset, run, tiny_config(epochs=1, lr=2e-3), progress=False).run(resume=True)
+    # More epochs is a safe change: the run continues where it stopped.
+    more = Trainer(dataset, run, tiny_config(epochs=2), progress=False).run(resume=True)
+    assert more["epochs_run"] == 2 and len(_log_rows(run)) == 2
+    # 1 validation and 1 test patient: both splits are flagged, pointing to crossval.
+    assert len(more["warnings"]) == 2 and all("mnetim crossval" in w for w in more["warnings"])
+    assert json.loads((run / "config.json").read_text())["epochs"] == 2
     (run / "summary.json").write_text("{}")
     before = {p.name: p.stat().st_mtime_ns for p in run.iterdir()}
     for resume in (False, True):
@@ -410,3 +416,33 @@ def test_roi_size_and_spacing_from_the_command_line(dataset, tmp_path, capsys):
     ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
     result = Segmenter(run / "weights", device="cpu").segment(ct)
     assert result.mask.shape == ct.shape and result.mask.geometry.allclose(ct.geometry)
+
+
+# --------------------------------------------------------------------------- fine-tuning (issue 16)
+def test_init_weights_starts_from_the_parent_and_names_it(dataset, tmp_path):
+    from MnetImSegmentLib.engine.weights import read_card, save_weights, sha256_file
+    from MnetImSegmentLib.research.training.export import build_card
+
+    parent_run = Trainer(dataset, tmp_path / "parent", tiny_config(epochs=1), progress=False)
+    parent_summary = parent_run.run()
+    parent_dir = tmp_path / "parent_weights"
+    save_weights(parent_run.model, parent_dir, build_card(tiny_config(epochs=1), parent_summary, "Parent", "1.2.3",
+                                                           "research", None, "", dataset))
+    # lr 0: the convolution weights stay those of the parent, so they must have been loaded.
+    child = Trainer(dataset, tmp_path / "child", tiny_config(epochs=1, lr=0.0, init_weights=str(parent_dir)),
+                    progress=False)
+    summary = child.run()
+    parent_tensors = _weights(parent_dir / "model.safetensors")
+    conv = [k for k in parent_tensors if k.endswith(".weight") and parent_tensors[k].ndim == 4]
+    assert conv and all(torch.equal(child.model.state_dict()[k].cpu(), parent_tensors[k]) for k in conv)
+    assert summary["parent_model"]["name"] == "Parent" and summary["parent_model"]["version"] == "1.2.3"
+    assert summary["parent_model"]["tensors_sha256"] == sha256_file(parent_dir / "model.safetensors")
+    card = build_card(tiny_config(), summary, "Child", "0.1.0", "research", None, "", dataset)
+    assert card["training"]["parent_model"] == summary["parent_model"]
+    assert read_card(parent_dir).raw["name"] == "Parent"
+
+    with pytest.raises(DatasetError, match="another input .*--roi-size 128"):
+        Trainer(dataset, tmp_path / "bad", tiny_config(epochs=1, init_weights=str(parent_dir),
+                                                       roi={**tiny_config().roi, "size_px": [64, 64]}),
+                progress=False).run()
+    assert not (tmp_path / "bad").exists()  # refused before anything was written

@@ -12,6 +12,7 @@ partial output file; ``--json`` prints one JSON object on stdout.
 from __future__ import annotations
 
 import argparse
+import copy
 import sys
 
 from .. import __version__
@@ -24,10 +25,43 @@ from . import demo, evaluate, import_rt, phantom, research, segment, train
 COMMAND_GROUPS = (segment, demo, phantom, train, import_rt, evaluate, research)
 
 
+class DefaultsHelpFormatter(argparse.ArgumentDefaultsHelpFormatter):
+    """Every option's default in ``--help``, except where there is none to show.
+
+    ``None`` (the value comes from elsewhere: the model card, the data) and ``False`` (a plain flag)
+    would only add noise; such options say in their own help where the value comes from.
+    """
+
+    def _get_help_string(self, action):
+        text = action.help or ""
+        if action.default is None or action.default is False or "(default" in text:
+            return action.help
+        if action.default is argparse.SUPPRESS or not action.option_strings:
+            return action.help
+        return (text + " " if text else "") + "(default: %(default)s)"
+
+    def _format_action(self, action):
+        # argparse expands help text only when there is some: give a bare option its default line.
+        if action.help is None and action.option_strings:
+            clone = copy.copy(action)
+            clone.help = ""
+            clone.help = self._get_help_string(clone) or None
+            action = clone
+        return super()._format_action(action)
+
+
+class _Parser(argparse.ArgumentParser):
+    """Every ``mnetim`` (sub)command lists its defaults in ``--help``."""
+
+    def __init__(self, *args, **kwargs):
+        kwargs.setdefault("formatter_class", DefaultsHelpFormatter)
+        super().__init__(*args, **kwargs)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="mnetim", description="CTV segmentation for cervical-cancer brachytherapy CT (Mnet_Im).")
+    p = _Parser(prog="mnetim", description="CTV segmentation for cervical-cancer brachytherapy CT (Mnet_Im).")
     p.add_argument("--version", action="version", version=f"mnetim {__version__}")
-    sub = p.add_subparsers(dest="command", required=True)
+    sub = p.add_subparsers(dest="command", required=True, parser_class=_Parser)
     for group in COMMAND_GROUPS:
         group.add_parser(sub)
     return p

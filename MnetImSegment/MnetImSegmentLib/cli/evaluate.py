@@ -47,7 +47,7 @@ def _common_arguments(p) -> None:
 
 def add_parser(subparsers) -> None:
     """Register ``evaluate`` and ``evaluate-models`` (sets ``func``)."""
-    e = subparsers.add_parser("evaluate", help="score predicted CTV masks against the truth (ASD, HD95, SO, SD, VD)",
+    e = subparsers.add_parser("evaluate", help="score predicted CTV masks against the truth (ASD, HD95, SO, SD, Dice, volume difference)",
                               description="Score predicted CTV masks against the truth: per-case CSV, the paper's "
                                           "tables (mean ± variance, median), box plots and best/worst overlays.")
     e.add_argument("--pred", required=True, metavar="DIR", help="folder of predicted masks (.seg.nrrd or labelmaps), one per case")
@@ -62,7 +62,7 @@ def add_parser(subparsers) -> None:
                                           "Figure 4-style box plot with one box per model.")
     c.add_argument("--model", action="append", type=_model_dir, required=True, metavar="NAME=FOLDER",
                    help="a model's prediction folder; repeat for each model")
-    c.add_argument("--reference", metavar="NAME", help="model whose VD picks the best/worst cases (default: the first)")
+    c.add_argument("--reference", metavar="NAME", help="model whose Dice picks the best/worst cases (default: the first)")
     _common_arguments(c)
     c.set_defaults(func=run_evaluate_models)
 
@@ -71,7 +71,7 @@ def _report(result: EvaluationResult, args) -> int:
     for model in result.models:
         if result.empty_predictions[model]:
             print(f"mnetim: warning: '{model}' predicted nothing for {len(result.empty_predictions[model])} case(s): "
-                  f"{listing(result.empty_predictions[model])} (VD = SO = SD = 0, ASD = HD95 = inf).", file=sys.stderr)
+                  f"{listing(result.empty_predictions[model])} (Dice = SO = SD = 0, ASD = HD95 = inf).", file=sys.stderr)
         miss = result.missing[model]
         if miss["no_prediction"]:
             print(f"mnetim: warning: no prediction from '{model}' for {len(miss['no_prediction'])} truth case(s), not "

@@ -17,7 +17,10 @@ def add_parser(subparsers) -> None:
         help="rasterise an RTSTRUCT ROI onto its CT (one scan), or import a whole tree as a training dataset",
         description="One scan: mnetim import-rt CT_DIR RTSTRUCT -o MASK. Dataset: mnetim import-rt --dataset TREE -o OUT_DIR. "
                     "ROIs are chosen by a case-insensitive regular expression on the whole ROI name "
-                    f"(default '{DEFAULT_ROI_PATTERN}': CTV, HR-CTV, CTV_HR, ...). Ids are pseudonymised unless --keep-ids.")
+                    f"(default '{DEFAULT_ROI_PATTERN}': CTV, HRCTV, HR-CTV, CTV-HR, CTV_HR, HR CTV; one HR-CTV is preferred over a "
+                    "plain CTV). Privacy: the dataset folder (ids, file names, import_report.json) is pseudonymised "
+                    "by default; the terminal names each skipped case's source folder so you can fix it "
+                    "(--anonymise: hashes there too; --keep-ids: real ids and paths everywhere).")
     p.add_argument("ct_dir", nargs="?", help="CT series folder (one-scan mode)")
     p.add_argument("rtstruct", nargs="?", help="RTSTRUCT file (one-scan mode)")
     p.add_argument("--dataset", metavar="TREE", help="import every CT + RTSTRUCT pair under TREE")
@@ -27,7 +30,10 @@ def add_parser(subparsers) -> None:
     p.add_argument("--union", action="store_true", help="merge several matching ROIs instead of refusing")
     p.add_argument("--image", metavar="PATH", help="one-scan mode: also write the CT volume there")
     p.add_argument("--format", default=".nii.gz", help="dataset mode: image/mask format (.nii.gz, .nrrd, .mha)")
-    p.add_argument("--keep-ids", action="store_true", help="use real PatientIDs and paths in ids and reports")
+    privacy = p.add_mutually_exclusive_group()
+    privacy.add_argument("--keep-ids", action="store_true", help="use real PatientIDs and paths in ids and reports")
+    privacy.add_argument("--anonymise", "--anonymize", action="store_true",
+                         help="hashed references only, also in the terminal lines about skipped cases")
     p.add_argument("--id-salt", metavar="SECRET", help="secret key for pseudonymous ids (or env MNETIM_ID_SALT)")
     p.add_argument("--key-file", metavar="CSV", help="dataset mode: write the reference -> source key there (holds identifiers)")
     p.add_argument("--max-spread-mm", type=float, default=10.0, help="skip contours spread more than this across slices")
@@ -43,7 +49,7 @@ def run(args) -> int:
         result = import_dataset(args.dataset, args.output, pattern=args.roi, name_map=args.name_map, union=args.union,
                                 keep_ids=args.keep_ids, id_salt=args.id_salt or os.environ.get("MNETIM_ID_SALT"),
                                 key_file=args.key_file, image_format=args.format, overwrite=args.overwrite,
-                                max_spread_mm=args.max_spread_mm, progress=not args.json,
+                                max_spread_mm=args.max_spread_mm, progress=not args.json, anonymise=args.anonymise,
                                 log=(lambda line: None) if args.json else None)
         where = result.manifest or "no manifest"
         emit(args, result.to_dict(), f"{len(result.imported)} scan(s) imported, {len(result.skipped)} skipped -> {where} "

@@ -39,15 +39,15 @@ def add_parser(subparsers) -> None:
          (["--model"], dict(default="Mnet_Im"))],
         help="k-fold cross-validation by scan, grouped by patient (paper Table 3)",
         description="Train one model per fold (each fold's scans are its test set; all scans of a patient stay in "
-                    "one fold), segment each fold's test scans and tabulate ASD, HD95, SO, SD and VD per fold and "
+                    "one fold), segment each fold's test scans and tabulate ASD, HD95, SO, SD and Dice per fold and "
                     "on average. Re-running the command continues an interrupted experiment.")
     _add_experiment(
         subparsers, "compare", run_compare, "CSV: image, mask, patient_id, scan_id[, split]",
         [(["--models"], dict(nargs="+", required=True, help="model names, e.g. Mnet_Im M-Net U-Net")),
-         (["--reference"], dict(help="model whose VD picks the best/worst cases of the figure (default: the first)"))],
+         (["--reference"], dict(help="model whose Dice picks the best/worst cases of the figure (default: the first)"))],
         help="train several models on the same split and compare them (paper Tables 1, 4, 5)",
         description="Train each model on the same split into OUTPUT/<model>/, segment the test scans with each, "
-                    "and write one table (mean ± variance, median) and box plots of ASD, HD95, SO, SD and VD. "
+                    "and write one table (mean ± SD, median) and box plots of ASD, HD95, SO, SD and Dice. "
                     "Re-running the command continues an interrupted experiment.")
 
     e = subparsers.add_parser(

@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     s.add_argument("--no-largest-component", action="store_true", help="keep every connected piece, not only the largest")
     s.add_argument("--probability", help="also write the probability map to this image file")
     s.add_argument("--series", help="DICOM SeriesInstanceUID when the folder holds several CT series")
-    s.add_argument("--batch", action="store_true", help="treat INPUT as a folder of CTs")
+    s.add_argument("--batch", action="store_true", help="treat INPUT as a folder of cases; needed only when "
+                   "automatic detection (image files, or subfolders of different studies) says otherwise")
     s.add_argument("--format", help="rtstruct or dicom-seg (OUTPUT is then a folder; INPUT a DICOM series); "
                    "in batch mode the file format (.seg.nrrd default, .nii.gz, ...); else the OUTPUT suffix decides")
     s.add_argument("--batch-size", type=int, default=16, help="windows per network pass")
@@ -112,5 +113,5 @@ def _run_batch(args, inp: Path, out: Path) -> int:
                             largest_component=not args.no_largest_component, overwrite=args.overwrite,
                             progress=not args.json, strict=args.strict)
     results, failures = report["cases"], report["failed"]
-    emit(args, report, f"{len(results)} CT(s) done, {len(failures)} failed -> {out}")
+    emit(args, report, f"{len(results)} CT(s) done, {len(failures)} failed -> {out} (per case: {report['summary']})")
     return 1 if failures and not results else 0

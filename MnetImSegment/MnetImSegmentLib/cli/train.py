@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from ..engine.weights import default_weights_dir
 from ..research.training.distributed import is_main_process
 from ..research.training.export import INTENDED_USE_RESEARCH, train_and_export
 from .options import add_input_output, add_json, add_train_options, command_line, emit, train_config_from_args
@@ -20,13 +21,19 @@ def add_parser(sub) -> None:
     t.add_argument("--version", default="0.1.0")
     t.add_argument("--intended-use")
     t.add_argument("--data-description", help="JSON object describing the training data, stored in the card")
-    t.add_argument("--resume", action="store_true")
+    t.add_argument("--init-weights", metavar="DIR",
+                   help="fine-tune: start from this weights folder ('shipped' = the demo weights); its network and "
+                        "input (ROI size/spacing) must match this run's; the new card names it as parent")
+    t.add_argument("--resume", action="store_true",
+                   help="continue an unfinished run (epochs, patience, --max-minutes, device, threads may change)")
     add_json(t)
     t.set_defaults(func=run)
 
 
 def run(args) -> int:
     cfg = train_config_from_args(args, model=args.model)
+    if args.init_weights:
+        cfg.init_weights = str(default_weights_dir() if args.init_weights == "shipped" else args.init_weights)
     overrides = (args.model_options or {}).get(args.model)
     if overrides:
         cfg.model_overrides = dict(overrides)
@@ -37,6 +44,6 @@ def run(args) -> int:
                                tensorboard=False if args.no_tensorboard else None)
     if not is_main_process():  # under torchrun, rank 0 reports for everyone
         return 0
-    emit(args, summary, lambda: f"best validation Dice {summary['val_dice']:.3f} (threshold {summary['threshold']}), "
-                                f"test Dice {summary['test']['volumetric_dice_mean']} -> {Path(args.output) / 'weights'}")
+    emit(args, summary, lambda: [f"warning: {w}" for w in summary.get("warnings", [])] + [f"best validation Dice {summary['val_dice']:.3f} (threshold {summary['threshold']}), "
+                                f"test Dice {summary['test']['volumetric_dice_mean']} -> {Path(args.output) / 'weights'}"])
     return 0

@@ -31,8 +31,12 @@ _INDEX_TAGS = [
     "SOPClassUID", "SOPInstanceUID", "Modality", "SeriesInstanceUID", "StudyInstanceUID",
     "FrameOfReferenceUID", "PatientID", "ImagePositionPatient", "ImageOrientationPatient",
     "PixelSpacing", "Rows", "Columns", "SeriesDescription", "SeriesNumber", "NumberOfFrames",
-    "InstanceNumber",
+    "InstanceNumber", "ImageType",
 ]
+
+# Series that are never the planning CT: a localizer (ImageType LOCALIZER) or a series this short.
+MIN_PLANNING_SLICES = 3
+_SCOUT_WORDS = ("localizer", "localiser", "scout", "topogram", "surview", "scanogram", "pilot")
 
 
 # --------------------------------------------------------------------------- CT series header index
@@ -59,6 +63,8 @@ class CtSeries:
     rows: int = 0
     columns: int = 0
     problems: list = field(default_factory=list)  # header inconsistencies found while indexing
+    image_type: tuple = ()  # ImageType of the first slice, upper case (ORIGINAL/DERIVED, AXIAL/LOCALIZER, ...)
+    selection: str = ""  # why find_ct_series chose this series among several (empty when it was the only one)
 
     @property
     def n_slices(self) -> int:
@@ -245,6 +251,7 @@ def _series_from_headers(uid: str, items: list) -> CtSeries:
         series_instance_uid=uid, study_instance_uid=str(first.get("StudyInstanceUID", "")),
         frame_of_reference_uid=str(first.get("FrameOfReferenceUID", "")), patient_id=str(first.get("PatientID", "")),
         description=str(first.get("SeriesDescription", "")), sop_class_uid=str(first.get("SOPClassUID", CT_IMAGE_STORAGE)),
+        image_type=tuple(str(v).upper() for v in (first.get("ImageType") or ())),
     )
     good = []
     for path, ds in items:
@@ -301,10 +308,13 @@ def scan_tree(root) -> DicomTree:
 
 
 def find_ct_series(folder, series_uid: Optional[str] = None) -> CtSeries:
-    """The one CT series under ``folder`` (or the one with ``series_uid``).
+    """The CT series under ``folder``: the one with ``series_uid``, the only one, or the planning CT.
+
+    Several CT series (a scout next to the planning CT, a second reconstruction) are resolved by
+    :func:`choose_planning_ct`; ``--series UID`` overrides it.
 
     Raises:
-        InputError: No CT series, several without a choice, or the chosen one is absent.
+        InputError: No CT series, none usable, or the chosen one is absent.
     """
     tree = scan_tree(folder)
     if series_uid:
@@ -316,10 +326,63 @@ def find_ct_series(folder, series_uid: Optional[str] = None) -> CtSeries:
                  "set, ...)" if tree.other or tree.rtstructs else "it holds no DICOM files")
         raise InputError(f"No CT series was found in '{folder}': {found}.")
     if len(tree.ct_series) > 1:
-        listing = "; ".join(f"{s.series_instance_uid} ({s.n_slices} slices, '{s.description}')"
-                            for s in tree.ct_series.values())
-        raise InputError(f"'{folder}' holds {len(tree.ct_series)} CT series; choose one with --series UID: {listing}.")
+        return choose_planning_ct(list(tree.ct_series.values()), folder)
     return next(iter(tree.ct_series.values()))
+
+
+def is_localizer(series: CtSeries) -> bool:
+    """A scout/topogram/localizer, or a series too short to be a planning CT."""
+    description = series.description.lower()
+    return ("LOCALIZER" in series.image_type or series.n_slices < MIN_PLANNING_SLICES
+            or any(word in description for word in _SCOUT_WORDS))
+
+
+def _slice_step_mm(series: CtSeries) -> Optional[float]:
+    """The regular slice spacing, or None when the series is not one regular axial-ish grid."""
+    try:
+        geometry, _ = series.grid()
+    except InputError:
+        return None
+    return geometry.spacing[2]
+
+
+def _axial(series: CtSeries) -> bool:
+    if series.orientation is None:
+        return False
+    normal = np.cross(np.asarray(series.orientation[:3], float), np.asarray(series.orientation[3:], float))
+    return abs(normal[2]) > 0.9
+
+
+def choose_planning_ct(candidates: list, folder="") -> CtSeries:
+    """The planning CT among several CT series of one folder (the rule of docs/dicom.md).
+
+    Localizers are skipped (ImageType LOCALIZER, fewer than ``MIN_PLANNING_SLICES`` slices, or a
+    description naming a scout/topogram); of the rest, a readable regular grid beats an unreadable one,
+    then an axial series, then the most slices, then the thinnest slices, then ORIGINAL over DERIVED
+    (a full tie keeps the first found). The choice and its reason go to ``selection``.
+
+    Raises:
+        InputError: Every series is a localizer or cannot be read, or the series belong to several patients.
+    """
+    def listing(series_list):
+        return "; ".join(f"{s.series_instance_uid} ({s.n_slices} slices, '{s.description}')" for s in series_list)
+
+    volumetric = [s for s in candidates if not is_localizer(s)]
+    usable = [s for s in volumetric if _slice_step_mm(s) is not None]
+    if not usable:
+        raise InputError(f"'{folder}' holds {len(candidates)} CT series but none is a usable planning CT "
+                         f"(localizers, scouts or irregular series); choose one with --series UID: {listing(candidates)}.")
+    patients = {s.patient_id for s in usable}
+    if len(patients) > 1:
+        raise InputError(f"'{folder}' holds the CTs of {len(patients)} patients; give one patient's folder, or a "
+                         "folder with one subfolder per patient (segmented as a batch).")
+    best = min(usable, key=lambda s: (not _axial(s), -s.n_slices, round(_slice_step_mm(s), 3),
+                                      "DERIVED" in s.image_type))
+    skipped = [s for s in candidates if s is not best]
+    best.selection = (f"chose CT series {best.series_instance_uid} ({best.n_slices} slices, '{best.description}') "
+                      f"of {len(candidates)}: localizers skipped, then axial, most slices, thinnest spacing, "
+                      f"ORIGINAL first (pass --series UID to choose another: {listing(skipped)})")
+    return best
 
 
 # --------------------------------------------------------------------------- mask on a CT series

@@ -228,3 +228,29 @@ def _drop_collinear(xy: np.ndarray) -> np.ndarray:
     keep = np.abs(cross) > 1e-9
     return xy[keep] if keep.sum() >= 3 else xy
 
+
+
+def _inside(point: np.ndarray, poly: np.ndarray) -> bool:
+    """Even-odd ray casting of one point against one closed polygon."""
+    x, y = float(point[0]), float(point[1])
+    xs, ys = poly[:, 0], poly[:, 1]
+    xn, yn = np.roll(xs, -1), np.roll(ys, -1)
+    crosses = (ys > y) != (yn > y)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        x_at = xs + (y - ys) * (xn - xs) / (yn - ys)
+    return bool(np.count_nonzero(crosses & (x_at > x)) % 2)
+
+
+def even_odd_area(polygons: Iterable[np.ndarray]) -> float:
+    """The area the even-odd rule fills for non-crossing closed polygons (holes and islands), in the
+    polygons' own units squared: each polygon's shoelace area, subtracted when it lies inside an odd
+    number of the others (a hole), added otherwise.
+    """
+    polys = [np.asarray(p, float)[:, :2] for p in polygons]
+    total = 0.0
+    for k, p in enumerate(polys):
+        x, y = p[:, 0], p[:, 1]
+        area = 0.5 * abs(float(np.dot(x, np.roll(y, -1)) - np.dot(y, np.roll(x, -1))))
+        depth = sum(_inside(p[0], q) for m, q in enumerate(polys) if m != k)
+        total += -area if depth % 2 else area
+    return total

@@ -27,7 +27,7 @@ import numpy as np
 
 from ..core.errors import InputError
 from ..core.volume import Geometry, Volume
-from .polygons import fill_even_odd, polygon_self_intersects
+from .polygons import even_odd_area, fill_even_odd, polygon_self_intersects
 from .structure_set import CLOSED, DEFAULT_ROI_PATTERN, RoiContours, StructureSet, select_rois
 
 # A contour counts as "not on one slice" above this spread along the slice normal; below it the
@@ -60,13 +60,24 @@ class RasterReport:
     filled_slices: int = 0
     voxels: int = 0
     volume_ml: float = 0.0
+    contour_area_mm2: float = 0.0  # even-odd area of the contour polygons on the planes used
+    mask_area_mm2: float = 0.0  # area of the filled pixels on those same slices
     notes: list = field(default_factory=list)
+
+    @property
+    def mask_to_contour_area(self) -> Optional[float]:
+        """Filled pixel area / polygon area on the contour planes (1.0 = no bias from the pixel grid)."""
+        return self.mask_area_mm2 / self.contour_area_mm2 if self.contour_area_mm2 > 0 else None
 
     def to_dict(self) -> dict:
         out = asdict(self)
         out["max_spread_mm"] = round(self.max_spread_mm, 2)
         out["max_off_slice_mm"] = round(self.max_off_slice_mm, 2)
         out["volume_ml"] = round(self.volume_ml, 3)
+        out["contour_area_mm2"] = round(self.contour_area_mm2, 1)
+        out["mask_area_mm2"] = round(self.mask_area_mm2, 1)
+        ratio = self.mask_to_contour_area
+        out["mask_to_contour_area"] = round(ratio, 4) if ratio is not None else None
         return out
 
     def _finish(self, max_spread_mm: float) -> None:
@@ -165,13 +176,17 @@ def _rasterize_roi(roi: RoiContours, geometry: Geometry, shape, max_spread_mm: f
             if abs(g["normal"] @ normal) > 0.9999 and abs(g["normal"] @ centre - g["offset"]) < SAME_PLANE_MM:
                 g["polys"].append(ijk[:, :2])
                 g["k"].append(ijk[:, 2])
+                target = g
                 break
         else:
-            groups.append({"normal": normal, "offset": offset, "polys": [ijk[:, :2]], "k": [ijk[:, 2]]})
+            target = {"normal": normal, "offset": offset, "polys": [ijk[:, :2]], "k": [ijk[:, 2]]}
+            groups.append(target)
         if check_si and polygon_self_intersects(ijk[:, :2]):
             report.self_intersecting += 1
+            target["no_area"] = True  # the shoelace area of a crossing outline is not what even-odd fills
         if ijk[:, 0].min() < -0.5 or ijk[:, 1].min() < -0.5 or ijk[:, 0].max() > nx - 0.5 or ijk[:, 1].max() > ny - 0.5:
             report.clipped += 1
+            target["no_area"] = True  # clipped: the mask cannot hold the polygon's full area
     out = np.zeros(shape, bool)
     if not groups:
         return out
@@ -196,6 +211,10 @@ def _rasterize_roi(roi: RoiContours, geometry: Geometry, shape, max_spread_mm: f
     for s, g in by_slice.items():
         g["fill"] = fill_even_odd(g["polys"], (ny, nx))
         out[s] = g["fill"]
+        if not g.get("no_area"):  # planes with clipped or self-crossing outlines are left out of the comparison
+            pixel_mm2 = geometry.spacing[0] * geometry.spacing[1]
+            report.contour_area_mm2 += even_odd_area(g["polys"]) * pixel_mm2
+            report.mask_area_mm2 += int(np.count_nonzero(g["fill"])) * pixel_mm2
         report.used += len(g["polys"])
         report.max_off_slice_mm = max(report.max_off_slice_mm, abs(g["kc"] - s) * sz)
     report.slices += len(by_slice)

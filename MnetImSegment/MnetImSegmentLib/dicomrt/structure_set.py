@@ -20,6 +20,9 @@ from .common import RT_STRUCTURE_SET_STORAGE, dcmread_lenient
 
 # CTV names seen in cervix brachytherapy structure sets: CTV, ctv, HR-CTV, HRCTV, CTV_HR, CTV-HR, HR CTV.
 DEFAULT_ROI_PATTERN = r"(hr[-_ ]?)?ctv([-_ ]?hr)?"
+# When a plain "CTV" and one high-risk CTV spelling both match, the HR-CTV is the brachytherapy target.
+_HR_CTV = re.compile(r"hr[-_ ]?ctv|ctv[-_ ]?hr", re.IGNORECASE)
+_PLAIN_CTV = re.compile(r"ctv", re.IGNORECASE)
 
 CLOSED = "CLOSED_PLANAR"
 OPEN_TYPES = ("OPEN_PLANAR", "OPEN_NONPLANAR")
@@ -223,6 +226,10 @@ def select_rois(structure_set: StructureSet, pattern: str = DEFAULT_ROI_PATTERN,
                 union: bool = False) -> list[RoiContours]:
     """The ROI(s) whose (mapped) name fully matches ``pattern``, case-insensitively.
 
+    Case matters only inside a ``(?-i:...)`` group (e.g. ``(?-i:CTV)`` skips ``ctv``). Preference order
+    when several match: one HR-CTV spelling (HR-CTV, HRCTV, CTV_HR, CTV-HR, HR CTV) wins over plain
+    ``CTV`` names; any other tie (HR-CTV with IR-CTV, two HR-CTVs) is refused unless ``union``.
+
     Raises:
         InputError: No ROI matches; or several do and ``union`` is not set (merging HR-CTV with
             IR-CTV silently would corrupt training data).
@@ -234,6 +241,10 @@ def select_rois(structure_set: StructureSet, pattern: str = DEFAULT_ROI_PATTERN,
         raise InputError(f"The structure set has no ROI matching '{rx.pattern}' (its ROIs: {names}); "
                          "change the pattern or add a name map.")
     if len(chosen) > 1 and not union:
+        high_risk = [r for r in chosen if _HR_CTV.fullmatch(canonical_roi_name(r.name, name_map))]
+        plain = [r for r in chosen if _PLAIN_CTV.fullmatch(canonical_roi_name(r.name, name_map))]
+        if len(high_risk) == 1 and len(high_risk) + len(plain) == len(chosen):
+            return high_risk
         names = ", ".join(repr(r.name) for r in chosen)
         raise InputError(f"Several ROIs match '{rx.pattern}' ({names}); make the pattern more specific, "
                          "map the names, or merge them on purpose (union).")

@@ -9,10 +9,11 @@ from pathlib import Path
 from typing import Callable, Optional
 
 from ..core.errors import InputError, MnetImError, OutputError
-from ..core.commit import (batch_name_collisions, input_error, is_temp_name, output_error,
+from ..core.commit import (batch_name_collisions, input_error, output_error,
                            refuse_output_equals_input, signal_cleanup)
-from ..core.files import IMAGE_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of, transaction
+from ..core.files import SEGMENTATION_SUFFIX, transaction
 from ..dicomrt.export import DICOM_FORMATS
+from .batch_cases import find_cases, is_batch_folder, write_summary
 from .inference import Segmenter, SegmentationResult
 from .io import mask_kind, read_image, write_image, write_mask
 from .quality import strict_check
@@ -31,8 +32,8 @@ def write_result(result: SegmentationResult, output: Path, overwrite: bool = Fal
 
 
 def looks_like_series(folder: Path) -> bool:
-    """A folder is one DICOM series (not a batch of files) if it holds no image files at its top."""
-    return not any(suffix_of(p) in IMAGE_SUFFIXES for p in folder.iterdir() if p.is_file())
+    """A folder is one case (not a batch): see :mod:`.batch_cases` for the rule."""
+    return not is_batch_folder(folder)
 
 
 def _stderr(line: str) -> None:
@@ -57,7 +58,8 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
         strict: A case with quality warnings is a failure and is not written.
 
     Returns:
-        ``{"output", "cases": [...], "failed": [...]}``: one entry per case done or skipped, and per failure.
+        ``{"output", "cases": [...], "failed": [...], "summary"}``: one entry per case done or skipped, and
+        per failure; ``summary`` is ``out/summary.csv`` (one row per case, :data:`.batch_cases.SUMMARY_COLUMNS`).
 
     Raises:
         InputError: ``inp`` is not a folder or holds nothing to segment.
@@ -68,13 +70,7 @@ def segment_folder(inp: Path, out: Path, *, weights=None, device: str = "auto", 
     # The output folder may not be (or lie inside, or hold) the input folder: results would
     # replace or mix with the CTs, and a resumed run would take CTs for results.
     refuse_output_equals_input([out], [inp])
-    cases = []
-    for p in sorted(inp.iterdir()):
-        suffix = suffix_of(p)
-        if p.is_file() and suffix in IMAGE_SUFFIXES:
-            cases.append((p, p.name[: -len(suffix)]))
-        elif p.is_dir() and not is_temp_name(p.name):
-            cases.append((p, p.name))
+    cases = find_cases(inp)
     if not cases:
         raise InputError(f"'{inp}' holds no image files or series folders to segment.")
     stems = dict(cases)
@@ -157,4 +153,5 @@ def _segment_cases(cases, out, ext, segmenter, threshold, largest_component, ove
                 log(f"skipped {path}: {exc}")
         if pending_write is not None:
             finish(pending_write)
-    return {"output": str(out), "cases": results, "failed": failures}
+    summary = write_summary(out, results, failures)
+    return {"output": str(out), "cases": results, "failed": failures, "summary": str(summary)}

@@ -108,3 +108,19 @@ def split_records(records: list[ScanRecord], seed: int = 0, fractions=PAPER_FRAC
     return out
 
 
+
+
+# Below this many patients, a threshold or a Dice measured on the split rests on too few to trust.
+MIN_PATIENTS_PER_SPLIT = 5
+
+
+def split_size_warnings(splits: dict, minimum: int = MIN_PATIENTS_PER_SPLIT) -> list[str]:
+    """One line per validation/test split with fewer than ``minimum`` patients (empty when all are large enough)."""
+    what = {"val": "the threshold and early stopping", "test": "the test Dice"}
+    out = []
+    for split in ("val", "test"):
+        patients = {r.patient_id for r in splits.get(split, [])}
+        if 0 < len(patients) < minimum:
+            out.append(f"the {split} split has {len(patients)} patient(s): {what[split]} rest(s) on few patients; "
+                       f"with a small data set prefer `mnetim crossval` with k folds (docs/research.md).")
+    return out

@@ -124,13 +124,14 @@ METRIC_DEFINITIONS: Mapping[str, Mapping[str, str]] = MappingProxyType({
                       "within tau of the prediction surface, and of the prediction surface within tau "
                       "of the truth"}),
     "vd": MappingProxyType({
-        "name": "VD", "title": "volumetric Dice", "unit": "fraction", "better": "higher",
+        # Named "Dice" in tables: "VD" alone is read as "volume difference" by many (issue 16).
+        "name": "Dice", "title": "volumetric Dice, VD", "unit": "fraction", "better": "higher",
         "definition": "2 |prediction AND truth| / (|prediction| + |truth|), counted in voxels"}),
 })
 """What each reported metric means, in words reports print next to the numbers."""
 
 EMPTY_MASK_CONVENTION = (
-    "both masks empty: VD = SO = SD = 1, ASD = HD95 = 0; exactly one mask empty: VD = SO = SD = 0, "
+    "both masks empty: Dice = SO = SD = 1, ASD = HD95 = 0; exactly one mask empty: Dice = SO = SD = 0, "
     "ASD = HD95 = inf"
 )
 TOLERANCE_RATIONALE = (

@@ -138,8 +138,8 @@ def best_worst_overlays(path: Path, worst, best, models, snapshots, rows, images
                     continue
                 case = group[c]
                 snap = snapshots[case]
-                _draw_panel(ax, snap, snap.pred[model], ct.get(case), f"{case} (z {snap.z})\nVD {vd[(model, case)]:.3f}")
-            axes[r, 0].set_ylabel("lowest VD" if r == 0 else "highest VD", fontsize=9)
+                _draw_panel(ax, snap, snap.pred[model], ct.get(case), f"{case} (z {snap.z})\nDice {vd[(model, case)]:.3f}")
+            axes[r, 0].set_ylabel("lowest Dice" if r == 0 else "highest Dice", fontsize=9)
     else:
         fig = _new_figure(2.1 * len(models) + 0.8, 2.2 * len(picked) + 0.3)
         axes = fig.subplots(len(picked), len(models), squeeze=False)
@@ -147,7 +147,7 @@ def best_worst_overlays(path: Path, worst, best, models, snapshots, rows, images
             snap = snapshots[case]
             for c, model in enumerate(models):
                 _draw_panel(axes[r, c], snap, snap.pred[model], ct.get(case),
-                            (f"{model}\n" if r == 0 else "") + f"VD {vd[(model, case)]:.3f}")
+                            (f"{model}\n" if r == 0 else "") + f"Dice {vd[(model, case)]:.3f}")
             axes[r, 0].set_ylabel(f"{case}\n{'low' if case in worst else 'high'}", fontsize=8)
     fig.suptitle("prediction: orange fill; truth: green contour" + ("" if ct else " (no CT given)"), fontsize=9)
     fig.savefig(path)

@@ -14,7 +14,8 @@ from ..metrics import DEFAULT_TOLERANCE_MM, EMPTY_MASK_CONVENTION, METRIC_DEFINI
 REPORT_FILES = ("per_case.csv", "summary.csv", "summary.md", "boxplots.png", "best_worst.png", "per_slice.csv",
                 "evaluation.json")
 N_EXTREMES = 5  # the paper's Figure 3 shows the five worst and the five best cases
-VARIANCE_NOTE = "variance = sample variance (n - 1 denominator) over cases"
+VARIANCE_NOTE = ("± is the sample standard deviation (SD, n - 1 denominator) over cases; summary.csv also has "
+                 "the sample variance (the paper's Table 1 reports variance)")
 
 
 def listing(cases, n: int = 3) -> str:
@@ -120,13 +121,13 @@ def summary_markdown(summary, models, cases, missing, empty_predictions, toleran
     num = lambda v: "-" if not math.isfinite(v) else f"{v:.4f}"  # noqa: E731
     out = [f"# Evaluation: {', '.join(models)}", "",
            f"{len(cases)} case(s); surface tolerance tau = {tolerance:g} {tol_unit}; distances in {tol_unit}.", "",
-           "## Mean ± variance (as the paper's Table 1)", "",
-           table(lambda s: f"{num(s['mean'])} ± {num(s['variance'])}", "mean", summary), "",
+           "## Mean ± SD (the paper's Table 1 gives mean ± variance: see summary.csv)", "",
+           table(lambda s: f"{num(s['mean'])} ± {num(s['std'])}", "mean", summary), "",
            "## Median (as the paper's Table 2)", "",
            table(lambda s: num(s["median"]), "median", summary), ""]
     if slice_summary is not None:
-        out += ["## Per-slice (2D) mean ± variance, over every slice holding CTV in the truth or the prediction", "",
-                table(lambda s: f"{num(s['mean'])} ± {num(s['variance'])}", "mean", slice_summary), ""]
+        out += ["## Per-slice (2D) mean ± SD, over every slice holding CTV in the truth or the prediction", "",
+                table(lambda s: f"{num(s['mean'])} ± {num(s['std'])}", "mean", slice_summary), ""]
     out += ["## Definitions", ""]
     for metric in METRICS:
         d = METRIC_DEFINITIONS[metric]
@@ -138,9 +139,11 @@ def summary_markdown(summary, models, cases, missing, empty_predictions, toleran
     out += ["", f"- Tolerance: tau = {tolerance:g} {tol_unit}{why}.",
             f"- Units: {unit_text}.",
             f"- Empty masks: {EMPTY_MASK_CONVENTION}. Infinite distances are left out of the ASD/HD95 statistics "
-            "(counted as 'inf' in the tables); VD, SO and SD count those cases as 0.",
+            "(counted as 'inf' in the tables); Dice, SO and SD count those cases as 0.",
+            "- Volumes: per_case.csv has truth_ml, pred_ml, vol_diff_ml (prediction - truth) and vol_diff_pct "
+            "(of the truth volume) per case; 'Dice' is the volumetric Dice (machine key 'vd'), not a volume difference.",
             f"- {VARIANCE_NOTE[0].upper() + VARIANCE_NOTE[1:]}; bold marks the best model per column.",
-            f"- best_worst.png: the {N_EXTREMES} lowest- and {N_EXTREMES} highest-VD cases of '{reference}'."]
+            f"- best_worst.png: the {N_EXTREMES} lowest- and {N_EXTREMES} highest-Dice cases of '{reference}'."]
     notes = []
     for model in models:
         if empty_predictions[model]:

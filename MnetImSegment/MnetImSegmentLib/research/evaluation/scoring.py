@@ -10,17 +10,17 @@ Files are paired by case id, the file name without its image suffix (``case07.se
 Written to the output folder (names in ``REPORT_FILES``):
 
 * ``per_case.csv``: every metric of :mod:`..metrics` per case (and model), with volumes;
-* ``summary.csv`` / ``summary.md``: mean, sample variance and median per metric and model, laid out
+* ``summary.csv`` / ``summary.md``: mean, SD, sample variance and median per metric and model, laid out
   like the paper's Table 1 (mean +- variance) and Table 2 (median), with the definitions, tolerance,
   units and empty-mask convention stated under the tables;
 * ``boxplots.png``: one subplot per metric, one box per model, red dots at the means (Figure 4);
-* ``best_worst.png``: the five cases with the lowest and the five with the highest VD (Figure 3):
+* ``best_worst.png``: the five cases with the lowest and the five with the highest volumetric Dice (Figure 3):
   middle CTV slice, prediction filled orange, truth contour green, on the CT if ``--images`` is given;
 * ``per_slice.csv`` with ``--per-slice``: the same metrics in 2D on every slice holding CTV;
 * ``evaluation.json``: what was run (tolerance, units, folders, cases, missing cases, files).
 
 Statistics leave out infinite distances (a case whose prediction is empty has ASD = HD95 = inf by the
-convention of :mod:`..metrics`) and say how many were left out; VD, SO and SD count such cases as 0.
+convention of :mod:`..metrics`) and say how many were left out; Dice, SO and SD count such cases as 0.
 
 Safety: an output folder that already holds these results is refused unless ``overwrite``; even then
 only those result files are replaced (and stale ones that the previous run recorded as its own
@@ -142,7 +142,7 @@ def compare_models(pred_dirs: Mapping[str, Path], truth_dir, out_dir, *, toleran
         pred_dirs: Model name -> folder of that model's predicted masks (order kept in the outputs).
         truth_dir: Folder of ground-truth masks.
         out_dir: Result folder (see :func:`evaluate`).
-        reference: Model whose VD picks the best and worst cases for ``best_worst.png`` (the paper
+        reference: Model whose volumetric Dice picks the best and worst cases for ``best_worst.png`` (the paper
             picks them by the proposed model); default the first model.
         tolerance_mm, label, segment, images_dir, per_slice, units, overwrite, progress: As for
             :func:`evaluate`.
@@ -253,8 +253,9 @@ def _evaluate_case(case, truth_cases, pred_cases, label, segment, units, toleran
         values = segmentation_metrics(pred, truth, spacing, tolerance_mm=tolerance_mm)
         if not pred.any():
             empty_predictions[model].append(case)
-        rows.append({"model": model, "case_id": case, **values,
-                     "truth_ml": int(np.count_nonzero(truth)) * voxel_ml, "pred_ml": int(np.count_nonzero(pred)) * voxel_ml,
+        truth_ml, pred_ml = int(np.count_nonzero(truth)) * voxel_ml, int(np.count_nonzero(pred)) * voxel_ml
+        rows.append({"model": model, "case_id": case, **values, "truth_ml": truth_ml, "pred_ml": pred_ml,
+                     "vol_diff_ml": pred_ml - truth_ml, "vol_diff_pct": 100.0 * (pred_ml - truth_ml) / truth_ml,
                      "empty_prediction": not pred.any(), "shape_zyx": "x".join(map(str, truth.shape)),
                      "spacing_zyx_mm": "x".join(f"{v:.6g}" for v in reversed(truth_vol.geometry.spacing)),
                      "prediction_file": str(pc[case]), "truth_file": str(truth_cases[case])})

@@ -37,7 +37,7 @@ from typing import Optional, Sequence
 import numpy as np
 
 from ... import __version__
-from ...core.errors import DatasetError, OutputError
+from ...core.errors import DatasetError, OutputError, WeightsError
 from ...core.files import transaction, write_text
 from ...engine.inference import Segmenter
 from ...engine.io import read_image, write_labelmap
@@ -47,7 +47,7 @@ from ..manifest import PAPER_FRACTIONS, SPLITS, ScanRecord, read_manifest, split
 from . import distributed as dist_
 from .data import DatasetWarning, ctv_mask, read_volume_pair
 from .export import train_and_export
-from .trainer import TrainConfig
+from .trainer import TrainConfig, check_training_options
 
 EXPERIMENT_FILE = "experiment.json"
 FINISHED_FILE = "finished.json"
@@ -59,6 +59,22 @@ VAL_FRACTION_OF_TRAINVAL = PAPER_FRACTIONS[1] / (PAPER_FRACTIONS[0] + PAPER_FRAC
 
 
 # --------------------------------------------------------------------------- experiment folder
+# An experiment's models/folds must be trained alike, so only where they run may change on resume.
+EXPERIMENT_SAFE_CHANGES = frozenset({"train.device", "train.num_threads"})
+
+
+def _spec_changes(old: dict, new: dict, prefix: str = "") -> dict:
+    """{'train.epochs': (old, new), ...}: the leaves that differ between two experiment specs."""
+    out = {}
+    for key in sorted(set(old) | set(new)):
+        a, b = old.get(key), new.get(key)
+        if isinstance(a, dict) and isinstance(b, dict) and key == "train":
+            out.update(_spec_changes(a, b, f"{prefix}{key}."))
+        elif a != b:
+            out[f"{prefix}{key}"] = (a, b)
+    return out
+
+
 def open_experiment(out_dir, spec: dict) -> bool:
     """Create the experiment folder or check that it continues the same experiment.
 
@@ -77,11 +93,18 @@ def open_experiment(out_dir, spec: dict) -> bool:
         raise OutputError(f"'{out_dir}' holds a finished experiment; choose a new folder (nothing was overwritten).")
     if (out_dir / EXPERIMENT_FILE).is_file():
         saved = json.loads((out_dir / EXPERIMENT_FILE).read_text(encoding="utf-8"))
-        if saved.get("spec") != json.loads(json.dumps(spec)):
-            changed = sorted(k for k in set(saved.get("spec", {})) | set(spec)
-                             if saved.get("spec", {}).get(k) != json.loads(json.dumps(spec.get(k))))
-            raise OutputError(f"'{out_dir}' holds an experiment started with other options ({', '.join(changed)}); "
-                              "continue it with the same options or choose a new folder.")
+        wanted = json.loads(json.dumps(spec))
+        if saved.get("spec") != wanted:
+            changed = _spec_changes(saved.get("spec", {}), wanted)
+            unsafe = {k: v for k, v in changed.items() if k not in EXPERIMENT_SAFE_CHANGES}
+            if unsafe:
+                detail = "; ".join(f"{k}: {old!r} then, {new!r} now" for k, (old, new) in sorted(unsafe.items()))
+                raise OutputError(f"'{out_dir}' holds an experiment started with other options ({detail}); continue it "
+                                  f"with the same values (only --device and --threads may change: every model/fold must be "
+                                  "trained alike) "
+                                  "or choose a new folder.")
+            saved["spec"] = wanted  # safe changes only (device, threads): the runs resume under them
+            write_text(out_dir / EXPERIMENT_FILE, json.dumps(saved, indent=2) + "\n", overwrite=True)
         return True
     if out_dir.exists() and any(out_dir.iterdir()):
         raise OutputError(f"'{out_dir}' is not empty and holds no experiment; choose a new folder.")
@@ -357,7 +380,7 @@ def run_crossval(manifest, out_dir, config: TrainConfig, folds: int = 4, model_o
         report = {"model": config.model, "folds": per_fold, "average_of_folds": average, "pooled": pooled,
                   "excluded_no_ctv": excluded, "manifest": str(manifest),
                   "note": "fold values are means over the fold's test scans; AVG is the mean of the fold values "
-                          "(the paper's Table 3); pooled statistics are over all test scans. Distances in mm; "
+                          "(the paper's Table 3); pooled statistics (mean ± SD) are over all test scans. Distances in mm; "
                           "infinite distances (empty predictions) are left out of the means, see each fold's "
                           "evaluation/summary.md."}
         _write_crossval_tables(out_dir, report)
@@ -367,14 +390,14 @@ def run_crossval(manifest, out_dir, config: TrainConfig, folds: int = 4, model_o
 
 
 def _write_crossval_tables(out_dir: Path, report: dict) -> None:
-    names = {"asd": "ASD", "hd95": "HD95", "so": "SO", "sd": "SD", "vd": "VD"}
+    names = {"asd": "ASD", "hd95": "HD95", "so": "SO", "sd": "SD", "vd": "Dice"}
     header = ["fold", "test scans"] + [names[m] for m in TABLE3_METRICS]
     rows = [[f"{f['fold']}-fold", str(f["test_scans"])] + [f"{f['means'][m]:.4f}" for m in TABLE3_METRICS]
             for f in report["folds"]]
     rows.append(["AVG.", "-"] + [f"{report['average_of_folds'][m]:.4f}" for m in TABLE3_METRICS])
     pooled = report["pooled"]
     rows.append(["all scans", str(sum(f["test_scans"] for f in report["folds"]))]
-                + [f"{pooled[m]['mean']:.4f} ± {pooled[m]['variance']:.4f}" for m in TABLE3_METRICS])
+                + [f"{pooled[m]['mean']:.4f} ± {pooled[m]['std']:.4f}" for m in TABLE3_METRICS])
     buffer = io.StringIO(newline="")
     w = csv.writer(buffer, lineterminator="\n")
     w.writerow(header)
@@ -382,7 +405,7 @@ def _write_crossval_tables(out_dir: Path, report: dict) -> None:
     md = [f"# {report['model']}: {len(report['folds'])}-fold cross-validation (Table 3 layout)", "",
           "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     md += ["| " + " | ".join(r) + " |" for r in rows]
-    md += ["", "ASD and HD95 in mm (lower is better); SO, SD, VD fractions (higher is better). " + report["note"]]
+    md += ["", "ASD and HD95 in mm (lower is better); SO, SD, Dice (volumetric) fractions (higher is better). " + report["note"]]
     if report["excluded_no_ctv"]:
         md += ["", f"Left out (no CTV in the mask): {', '.join(report['excluded_no_ctv'])}."]
     with transaction(None, overwrite=True) as tx:  # the three tables of one result commit together
@@ -417,7 +440,7 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
         config: Training options shared by all models (its ``model`` field is ignored).
         model_options: ``{model: overrides}`` passed to ``build_model``.
         command, progress, tensorboard, log: As for :func:`run_crossval`.
-        reference: Model whose VD picks the best and worst cases of the figure.
+        reference: Model whose Dice picks the best and worst cases of the figure.
 
     Returns:
         The content of ``DIR/results/evaluation.json``'s summary plus the runs' validation results.
@@ -433,6 +456,15 @@ def run_compare(manifest, out_dir, models: Sequence[str], config: TrainConfig, m
     extra = sorted(set(model_options or {}) - set(models))
     if extra:
         raise DatasetError(f"--model-options names model(s) not compared: {', '.join(extra)}.")
+    # Every model's constraints before any is trained: a refusal after hours of training the others helps nobody.
+    problems = []
+    for model in models:
+        try:
+            check_training_options(_model_config(config, model, model_options))
+        except (DatasetError, WeightsError) as exc:
+            problems.append(f"{model}: {exc}")
+    if problems:
+        raise DatasetError("Nothing was trained; not every model accepts these options. " + " ".join(problems))
     manifest = Path(manifest).resolve()
     out_dir = Path(out_dir)
     ctx = dist_.setup(config.device)

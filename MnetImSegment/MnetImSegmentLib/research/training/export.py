@@ -97,6 +97,10 @@ def build_card(config: TrainConfig, summary: dict, name: str, version: str, inte
     }
     if "distributed" in summary:
         card["training"]["distributed"] = summary["distributed"]
+    if "parent_model" in summary:  # fine-tuned: which weights it started from
+        card["training"]["parent_model"] = summary["parent_model"]
+    if summary.get("warnings"):
+        card["training"]["warnings"] = summary["warnings"]
     return card
 
 

@@ -25,6 +25,7 @@ import csv
 import json
 import platform
 import random
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -32,11 +33,12 @@ from typing import Optional
 
 import numpy as np
 
-from ...core.errors import DatasetError
+from ...core.errors import DatasetError, WeightsError
 from ...core.files import atomic_path, write_text
 from ...engine.roi import RoiSpec
+from ...engine.weights import load_weights, read_card
 from ...engine.windows import InputSpec, make_windows
-from ..manifest import read_manifest, split_records
+from ..manifest import read_manifest, split_records, split_size_warnings
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import PreparedScan, WindowSampler, prepare_scan
@@ -70,6 +72,7 @@ class TrainConfig:
     augment: str = "full"  # none | basic | full (training.augment); runs before 0.3 used "basic"
     roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
     input: dict = field(default_factory=lambda: InputSpec().to_dict())
+    init_weights: str = ""  # fine-tuning: a weights folder whose tensors start the training ("" = random)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -89,6 +92,21 @@ class TrainConfig:
         if d.get("scale_weights") is not None:
             d["scale_weights"] = tuple(d["scale_weights"])
         return cls(**d)
+
+
+def check_training_options(config: TrainConfig) -> Optional[dict]:
+    """Check what a run could only find out later (ROI size vs the network, fine-tuning weights), cheaply.
+
+    Returns:
+        The parent model of ``config.init_weights`` (or None).
+
+    Raises:
+        DatasetError: The ROI size does not suit the model.
+        WeightsError: ``init_weights`` is not valid weights for this network and input.
+    """
+    checker = Trainer("", "", config, progress=False)
+    checker._check_roi_size()
+    return checker._check_init_weights()
 
 
 def seed_everything(seed: int) -> None:
@@ -158,6 +176,8 @@ class Trainer:
         self.config = config
         self.progress = progress
         self.tensorboard = tensorboard
+        self.warnings: list = []  # split-size warnings, also in the summary
+        self.parent: Optional[dict] = None  # the model fine-tuned from (init_weights), for the card
 
     # -- run folder -------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Optional[dict]:
@@ -180,10 +200,16 @@ class Trainer:
         return None
 
     def _same_config_or_fail(self) -> dict:
+        """The saved configuration, updated with safe changes; refuses others, naming them."""
         saved = json.loads((self.run_dir / "config.json").read_text())
-        if saved != json.loads(json.dumps(self.config.to_dict())):
-            raise DatasetError(f"'{self.run_dir}' was started with another configuration; resume with the same options.")
-        return saved
+        wanted = json.loads(json.dumps(self.config.to_dict()))
+        changed = sorted(k for k in set(saved) | set(wanted) if saved.get(k) != wanted.get(k))
+        unsafe = [k for k in changed if k not in RESUME_SAFE_OPTIONS]
+        if unsafe:
+            detail = "; ".join(f"{k}: {saved.get(k)!r} then, {wanted.get(k)!r} now" for k in unsafe)
+            raise DatasetError(f"'{self.run_dir}' was started with other options ({detail}); resume with the same "
+                               f"values (only {', '.join(sorted(RESUME_SAFE_OPTIONS))} may change on --resume).")
+        return wanted  # safe changes (more epochs, another device): run() writes them to config.json
 
     def _check_roi_size(self) -> None:
         """Refuse an ROI the network cannot take before anything is written or read."""
@@ -200,6 +226,32 @@ class Trainer:
             suggestion = max(multiple, int(size[0]) // multiple * multiple)
             raise DatasetError(f"The ROI size {size[0]} x {size[1]} px is not a multiple of {multiple}, which "
                                f"{cfg.model} needs; choose e.g. --roi-size {suggestion}.")
+
+    def _check_init_weights(self) -> Optional[dict]:
+        """The parent model of a fine-tuning run (name, version, SHA-256), checked against this run's options.
+
+        Raises:
+            WeightsError: The folder is not valid weights, or its network or input differ from this run's.
+        """
+        cfg = self.config
+        if not cfg.init_weights:
+            return None
+        from ...models import model_config  # torch
+
+        card = read_card(cfg.init_weights)
+        mine = model_config(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window, **cfg.model_overrides)
+        if card.architecture != cfg.model or card.config != json.loads(json.dumps(mine)):
+            raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
+                               f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")
+        plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
+        theirs_roi, mine_roi = plain(card.roi_spec.to_dict()), plain(RoiSpec.from_dict(cfg.roi).to_dict())
+        if plain(card.input_spec.to_dict()) != plain(InputSpec.from_dict(cfg.input).to_dict()) or theirs_roi != mine_roi:
+            size, spacing = theirs_roi["size_px"][0], theirs_roi["spacing_mm"][0]
+            raise WeightsError(f"'{cfg.init_weights}' was trained on another input (ROI {size} px at {spacing} mm, "
+                               f"HU window {card.input_spec.hu_window}); fine-tune with --roi-size {size} "
+                               f"--roi-spacing {spacing}.")
+        return {"name": card.raw["name"], "version": card.raw["version"],
+                "tensors_sha256": card.raw.get("tensors_sha256", ""), "folder": str(cfg.init_weights)}
 
     def run(self, resume: bool = False) -> Optional[dict]:
         """Train; return the summary (on rank 0; ``None`` on the other ranks of a torchrun job).
@@ -224,7 +276,8 @@ class Trainer:
             try:
                 self._check_run_dir(resume)
                 self._check_roi_size()
-            except DatasetError as exc:
+                self.parent = self._check_init_weights()
+            except (DatasetError, WeightsError) as exc:
                 problem = str(exc)
         problem = dist_.broadcast_object(ctx, problem)  # every rank fails with rank 0's message
         if problem:
@@ -242,6 +295,12 @@ class Trainer:
         splits = split_records(records, seed=cfg.seed)
         if not splits["train"] or not splits["val"]:
             raise DatasetError("Training needs at least one training and one validation scan.")
+        self.warnings = split_size_warnings(splits)
+        say = _say if (self.progress and main) else (lambda line: None)
+        for line in self.warnings:
+            say(f"warning: {line}")
+        say(f"preparing {len(splits['train'])} training and {len(splits['val'])} validation scan(s) "
+            f"(ROI crops; {len(splits['test'])} test scan(s) are kept for the end)...")
         t_prep = time.perf_counter()
         # Only rank 0 validates, so only it needs the validation scans.
         prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]]
@@ -267,6 +326,8 @@ class Trainer:
         state = {"epoch": 0, "best_dice": -1.0, "best_epoch": -1, "best_threshold": 0.5, "bad_epochs": 0,
                  "seconds": 0.0}
         ckpt = self.run_dir / "checkpoint.pt"
+        if cfg.init_weights and not (resume and ckpt.exists()):
+            model.load_state_dict(load_weights(cfg.init_weights)[0].state_dict())
         if resume and ckpt.exists():
             saved = torch.load(ckpt, map_location=device, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -309,6 +370,7 @@ class Trainer:
             net.train()
             losses = []
             t_epoch = time.perf_counter()
+            step_bar = _step_bar(steps * cfg.batch_size, epoch + 1, cfg.epochs, self.progress and main)
             for _ in range(steps):
                 x, y = sampler.batch(rng, cfg.batch_size)
                 x, y = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
@@ -320,6 +382,9 @@ class Trainer:
                 scaler.step(optimiser)
                 scaler.update()
                 losses.append(loss.item())
+                step_bar.update(cfg.batch_size)
+                step_bar.set_postfix(loss=f"{losses[-1]:.3f}", refresh=False)
+            step_bar.close()
             train_loss = dist_.mean_over_ranks(ctx, float(np.mean(losses)))
             rng_states = dist_.gather_objects(ctx, rng.bit_generator.state) if ctx.distributed else None
             decision = None
@@ -386,12 +451,20 @@ class Trainer:
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_threads": torch.get_num_threads()},
         }
+        if self.warnings:
+            summary["warnings"] = list(self.warnings)
+        if self.parent:
+            summary["parent_model"] = self.parent
         if ctx.distributed:
             summary["distributed"] = ctx.to_dict()
         self.model = model.eval()
         self.splits = splits
         return summary
 
+
+# Options that change neither the data, the network nor the optimiser's state: a resumed run may
+# take new values (train longer, on another device, with another time budget).
+RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", "num_threads"})
 
 # Files a run writes before its first checkpoint; a folder holding only these (and the hidden
 # temporary files of interrupted atomic writes) can be restarted.
@@ -431,6 +504,18 @@ def _board_epoch(board, epoch: int, lr: float, train_loss: float, val: dict, sta
     board.add_scalar("val/dice_at_0.5", val["dice_at_0.5"], epoch)
     board.add_scalar("val/best_dice", state["best_dice"], epoch)
     board.flush()
+
+
+def _say(line: str) -> None:
+    print(line, file=sys.stderr, flush=True)
+
+
+def _step_bar(windows: int, epoch: int, epochs: int, enabled: bool):
+    """Windows within one epoch: rate (windows/s) and ETA from the first batches on."""
+    from tqdm import tqdm
+
+    return tqdm(total=windows, desc=f"epoch {epoch}/{epochs}", unit="window", disable=not enabled,
+                leave=False, dynamic_ncols=True, mininterval=1.0)
 
 
 def _progress_bar(total: int, initial: int, enabled: bool):
