@@ -33,20 +33,13 @@ from MnetImSegmentLib.logic import MnetImSegmentLogic
 from MnetImSegmentLib.mrml.geometry import LPS_RAS, geometryFromIJKToRAS, ijkToRASFromGeometry, nodeIJKToRAS
 from MnetImSegmentLib.mrml.kept_probability import PROBABILITY_REFERENCE_ROLE
 from MnetImSegmentLib.research.phantom import PhantomAnatomy, make_phantom, rotation_matrix
-from helpers.slicer_scene import add_volume, new_scene
+from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
 
 TAG_MODEL = "MnetImSegment.Model"
 TAG_THRESHOLD = "MnetImSegment.Threshold"
 
 
 # --------------------------------------------------------------------------- scene
-@pytest.fixture
-def scene():
-    """A bare MRML scene wired like Slicer's (see slicer_scene.py)."""
-    scene = new_scene()
-    yield scene
-    slicer.mrmlScene = scene._previous_mrml_scene
-    scene.Clear(1)
 
 
 def node_ids(scene) -> set:

@@ -14,17 +14,11 @@ slicer = pytest.importorskip("slicer", reason="slicer-core is not installed")
 from MnetImSegmentLib.engine.quality import OutOfScopeError  # noqa: E402
 from MnetImSegmentLib.logic import MnetImSegmentLogic  # noqa: E402
 from MnetImSegmentLib.research.phantom import make_phantom  # noqa: E402
-from helpers.slicer_scene import add_volume, new_scene  # noqa: E402
+from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: E402,F401 (scene is a fixture)
 
 THREADS = int(os.environ.get("MNETIM_TEST_THREADS", "1"))
 
 
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    slicer.mrmlScene = scene._previous_mrml_scene
-    scene.Clear(1)
 
 
 @pytest.fixture(scope="module")

@@ -19,7 +19,7 @@ from MnetImSegmentLib.logic import MnetImSegmentLogic
 from MnetImSegmentLib.mrml.settings import (DEMO_TAG, DEMO_TAG_VALUE, WEIGHTS_KEY, DictStore, ModuleSettings,
                                             isDemoCard, weightsDescription, weightsForScene)
 from MnetImSegmentLib.research.phantom import make_phantom
-from helpers.slicer_scene import add_volume, new_scene
+from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
 
 
 class StringStore(DictStore):
@@ -29,12 +29,6 @@ class StringStore(DictStore):
         super().setValue(key, str(value).lower() if isinstance(value, bool) else str(value))
 
 
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    slicer.mrmlScene = scene._previous_mrml_scene
-    scene.Clear(1)
 
 
 def segment_tags(seg_node) -> dict:

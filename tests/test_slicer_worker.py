@@ -29,17 +29,11 @@ from MnetImSegmentLib.logic import MnetImSegmentLogic
 from MnetImSegmentLib.mrml import worker_client
 from MnetImSegmentLib.mrml.worker_client import WorkerProcess, childEnvironment, describeExit, workerInterpreter
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
-from helpers.slicer_scene import add_volume, new_scene
+from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
 
 THREADS = int(os.environ.get("MNETIM_TEST_THREADS", "1"))
 
 
-@pytest.fixture
-def scene():
-    scene = new_scene()
-    yield scene
-    slicer.mrmlScene = scene._previous_mrml_scene
-    scene.Clear(1)
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ logic registers the labelmap conversion rules; without it ``AddEmptySegment`` fa
 from __future__ import annotations
 
 import numpy as np
+import pytest
 import slicer
 import vtk
 
@@ -49,3 +50,16 @@ def add_volume(scene, volume, name="CT"):
     node.SetIJKToRASMatrix(m)
     node.CreateDefaultDisplayNodes()
     return node
+
+
+@pytest.fixture
+def scene():
+    """A fresh real MRML scene per test; ``slicer.mrmlScene`` is restored and the scene cleared after.
+
+    Test modules import this fixture (``from helpers.slicer_scene import scene``) so every Slicer test
+    starts from the same wiring.
+    """
+    scene = new_scene()
+    yield scene
+    slicer.mrmlScene = scene._previous_mrml_scene
+    scene.Clear(1)
