@@ -31,6 +31,8 @@ def add_parser(sub) -> None:
                     help="generator: v2 (default), v3 (domain-randomised), heldout (test-only, its manifest is all "
                          "'test'), or a training mix such as 'v3,v2' or 'v3:0.8,v2:0.2'; the manifest records each scan's style")
     ph.add_argument("--workers", type=int, default=0)
+    ph.add_argument("--fractions", type=int, default=0,
+                    help="write N fractions of one patient (applicator re-inserted): fraction_1..N/image + label")
     add_json(ph)
     ph.set_defaults(func=run)
 
@@ -54,6 +56,8 @@ def run(args) -> int:
 
     out = Path(args.output)
     fmt = args.format if args.format.startswith(".") else "." + args.format
+    if args.fractions:
+        return _run_fractions(args, out, fmt)
     styles = assign_styles(args.count, parse_style_mix(args.style), seed=args.seed)
     if args.count == 1 and not args.dataset:
         write_one_phantom((args.seed, out, args.matrix, args.slice_mm, fmt, args.dicom, styles[0]))
@@ -75,4 +79,24 @@ def run(args) -> int:
         splits = split_records(records, seed=args.seed)
     write_manifest(out / "manifest.csv", [r for s in SPLITS for r in splits[s]])
     emit(args, {"output": str(out), "count": len(done)}, f"{len(done)} phantoms -> {out} (manifest.csv)")
+    return 0
+
+
+def _run_fractions(args, out: Path, fmt: str) -> int:
+    from ..research.fractions_phantom import make_fraction_series
+
+    if args.fractions < 1:
+        raise OutputError("--fractions needs a positive number of fractions.")
+    folders = []
+    for fraction in make_fraction_series(args.seed, args.fractions, matrix=args.matrix, slice_mm=args.slice_mm):
+        folder = out / f"fraction_{fraction.index}"
+        folder.mkdir(parents=True, exist_ok=True)
+        ph = fraction.phantom
+        write_image(ph.ct, folder / f"image{fmt}", overwrite=True)
+        write_labelmap(ph.labels, folder / f"label{fmt}", overwrite=True)
+        (folder / "phantom.json").write_text(json.dumps(ph.params, indent=1))
+        if args.dicom:  # one patient: the same PatientID for every fraction, a new frame of reference each
+            write_ct_series(ph.ct, folder / "dicom", patient_id=f"PHANTOM{args.seed:04d}", overwrite=True)
+        folders.append(str(folder))
+    emit(args, {"output": str(out), "fractions": folders}, f"{len(folders)} fractions -> {out}")
     return 0

@@ -218,6 +218,7 @@ class PhantomAnatomy:
         uterus = Blob.make(rng, os_point + axis * u(50, 65), [u(22, 32), u(18, 26), u(30, 42)], _frame_from_axis(axis), bump_amp=0.1)
         vagina = Tube(os_point - np.array([0, u(-4, 4), 70.0]), os_point, u(9, 13))
         parametrium = Blob.make(rng, os_point + axis * 15, [u(35, 45), u(22, 30), u(30, 40)], _frame_from_axis(axis), bump_amp=0.1)
+        first_moving = len(layers)  # from here on the uterus, cervix, CTV and applicator move together
         layers.append(Layer(parametrium, soft - u(0, 10)))
         layers.append(Layer(uterus, soft + u(-5, 3)))
         layers.append(Layer(vagina, soft + u(-5, 5)))
@@ -236,6 +237,7 @@ class PhantomAnatomy:
 
         layers.append(Layer(bladder, u(150, 400) if contrast_bladder else u(0, 15), label=LABELS["bladder"]))
         layers.append(Layer(rectum, soft + u(5, 15), label=LABELS["rectum"]))
+        filling = (len(layers) - 2, len(layers) - 1)  # bladder and rectum: their filling changes between fractions
         n_gas = int(rng.integers(0, 4))
         for _ in range(n_gas):  # gas and stool inside the rectum: painted, but still rectum
             c = rectum.p0 + (rectum.p1 - rectum.p0) * u(0.3, 0.8) + rng.normal(0, 3, 3)
@@ -289,6 +291,13 @@ class PhantomAnatomy:
         p.update(streak_hu=streak_hu if metal and applicator is not None else 0.0, noise_hu=u(6, 14))
 
         self.layers = layers
+        # Fraction series (research/fractions_phantom.py) re-insert the applicator: which layers move, and
+        # the anchors they move about. Recording them draws nothing, so every seed keeps its phantom.
+        self.fraction_parts = {"moving": [i for i in range(first_moving, len(layers))
+                                          if i not in filling and layers[i].label != LABELS["rectum"]],
+                               "ctv": next(i for i, x in enumerate(layers) if x.label == LABELS["CTV"]),
+                               "bladder": filling[0], "rectum": filling[1]}
+        self.os_point, self.uterine_axis, self.tandem_tip = os_point, axis, tandem.p1
         self.body_center = body_center
         self.body_radii = (body_rx, body_ry)
         self.hu_offset = hu_offset
@@ -399,6 +408,8 @@ class PhantomAnatomy:
 
 
 def _min_radius(shape) -> float:
+    if hasattr(shape, "inner"):  # a moved or deformed shape (fractions_phantom.Moved)
+        return _min_radius(shape.inner)
     if isinstance(shape, Blob):
         return float(shape.radii.min())
     if isinstance(shape, Tube):
