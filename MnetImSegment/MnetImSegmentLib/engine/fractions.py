@@ -1,0 +1,397 @@
+"""The previous fraction's approved CTV, carried onto the new fraction's CT and fused with the network.
+
+Propagation (:func:`propagate_prior`): fraction N-1's CT is registered rigidly to fraction N's. The
+start comes from the applicator (os + tandem axis, from the localiser or any object with its
+attributes), else from the centroids of metal near the CTV; SimpleITK then refines a rigid Euler3D
+transform with Mattes mutual information on two resolutions, restricted to a ~100 mm box around the
+prior CTV (both images are cropped and resampled to 2 mm first: the whole registration is a few
+hundred thousand voxels, well under a second). The CTV moves with the applicator, not with the
+bones, which is why the box is small and the applicator is the anchor. The prior CTV is then
+resampled onto the current grid inside its own bounding box only.
+
+Fusion (:func:`fuse`): the network's logit is shifted by the clipped signed distance to the
+propagated CTV, ``p_fused = sigmoid(logit(p) + w * clip(d / sigma, -1, 1))`` (d > 0 inside the
+prior), thresholded, and the largest component overlapping the prior is kept. The prior therefore
+decides where the network is unsure (p near the threshold) and near its own edge, while a confident
+network still wins: ``FUSION_WEIGHT`` and ``FUSION_SIGMA_MM`` are calibrated on phantom pairs by
+``scripts/calibrate_fusion.py`` (table in ``docs/fractions.md``).
+
+Patient checks: a different PatientID refuses; the same FrameOfReferenceUID on two fractions is
+only a warning, because several scanners (and some anonymisers) re-use one FoR per patient or per
+couch, so equal FoR does not prove the two CTs share coordinates; the registration never assumes it.
+
+Only numpy and SimpleITK: this is on the inference path.
+"""
+
+from __future__ import annotations
+
+import importlib
+import time
+from dataclasses import dataclass, field
+from typing import Optional
+
+import numpy as np
+
+from ..core.errors import InputError
+from ..core.volume import Geometry, Volume
+
+BOX_MM = 100.0  # side of the registration box around the prior CTV (fixed image)
+MOVING_MARGIN_MM = 25.0  # extra margin of the moving crop, so the box never samples outside it
+REG_SPACING_MM = 2.0
+RESIDUAL_WARN_MM = 5.0
+RESIDUAL_REFUSE_MM = 10.0
+METAL_HU = 2000.0
+ANCHOR_LENGTH_MM = 40.0  # residual measured at the os and this far up the tandem
+# Fusion: calibrated by scripts/calibrate_fusion.py on phantom pairs (docs/fractions.md).
+FUSION_WEIGHT = 3.0
+FUSION_SIGMA_MM = 4.0
+LOW_AGREEMENT_DICE = 0.5
+
+
+@dataclass
+class Propagation:
+    """The prior CTV on the current grid and how it got there.
+
+    ``transform`` is a 4x4 LPS matrix carrying a physical point of the prior CT onto the current CT.
+    """
+
+    mask: Volume
+    transform: np.ndarray
+    metric: float
+    residual_mm: Optional[float]
+    seconds: float
+    init: str
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"transform": [[round(float(v), 5) for v in row] for row in self.transform],
+                "residual_mm": None if self.residual_mm is None else round(self.residual_mm, 2),
+                "metric": round(self.metric, 4), "init": self.init, "seconds": round(self.seconds, 3)}
+
+
+@dataclass
+class Fusion:
+    """The fused CTV and the agreement report."""
+
+    mask: Volume
+    probability: np.ndarray
+    dice_prior_vs_network: float
+    follows_prior: float  # of the voxels where prior and network disagree, the share the result takes from the prior
+    follows_network: float
+    warnings: list = field(default_factory=list)
+
+    def to_dict(self) -> dict:
+        return {"dice_prior_vs_network": round(self.dice_prior_vs_network, 4),
+                "follows": {"prior": round(self.follows_prior, 4), "network": round(self.follows_network, 4)}}
+
+
+# --------------------------------------------------------------------------- checks
+def check_same_patient(prior_meta: Optional[dict], current_meta: Optional[dict]) -> list:
+    """Refuse a prior of another patient; warn (only) on a re-used FrameOfReferenceUID."""
+    prior_meta, current_meta = prior_meta or {}, current_meta or {}
+    a, b = prior_meta.get("PatientID"), current_meta.get("PatientID")
+    if a and b and str(a).strip() != str(b).strip():
+        raise InputError(f"The previous fraction belongs to another patient (PatientID '{a}', this CT '{b}'); "
+                         "a prior is used only for the same patient.")
+    f1, f2 = prior_meta.get("FrameOfReferenceUID"), current_meta.get("FrameOfReferenceUID")
+    if f1 and f2 and f1 == f2:
+        return ["Both fractions share one FrameOfReferenceUID (some scanners re-use it); "
+                "the registration does not rely on it."]
+    return []
+
+
+def _check_prior(prior_ct: Volume, prior_ctv: Volume) -> None:
+    if not np.any(prior_ctv.array):
+        raise InputError("The previous fraction's CTV is empty; nothing can be carried over.")
+    if prior_ctv.shape != prior_ct.shape or not prior_ctv.geometry.allclose(prior_ct.geometry, atol=1e-3):
+        raise InputError("The previous fraction's CTV is not on the previous CT's voxel grid "
+                         "(different size, spacing, origin or orientation); export it on that CT.")
+
+
+# --------------------------------------------------------------------------- geometry helpers
+def _mask_points(mask: Volume) -> np.ndarray:
+    idx = np.argwhere(mask.array > 0)[:, ::-1].astype(float)  # (z,y,x) -> (i,j,k)
+    return mask.geometry.index_to_physical(idx)
+
+
+def _box_slices(geometry: Geometry, shape, lo: np.ndarray, hi: np.ndarray):
+    """Index slices (z, y, x) of the part of a grid covering the physical box [lo, hi]; None if empty."""
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    ijk = geometry.physical_to_index(corners)
+    a = np.floor(ijk.min(0)).astype(int) - 1
+    b = np.ceil(ijk.max(0)).astype(int) + 2
+    size = np.array(shape[::-1])
+    a, b = np.clip(a, 0, size), np.clip(b, 0, size)
+    if np.any(b - a < 2):
+        return None
+    return (slice(a[2], b[2]), slice(a[1], b[1]), slice(a[0], b[0]))
+
+
+def _sub_image(volume: Volume, box, dtype=np.float32):
+    import SimpleITK as sitk
+
+    arr = np.ascontiguousarray(volume.array[box], dtype=dtype)
+    img = sitk.GetImageFromArray(arr)
+    start = np.array([box[2].start, box[1].start, box[0].start], float)
+    img.SetOrigin(tuple(volume.geometry.index_to_physical(start)))
+    img.SetSpacing(volume.geometry.spacing)
+    img.SetDirection(volume.geometry.direction)
+    return img
+
+
+def _iso(image, spacing: float):
+    import SimpleITK as sitk
+
+    old_sp, old_size = np.array(image.GetSpacing()), np.array(image.GetSize())
+    size = [max(2, int(round(n))) for n in old_size * old_sp / spacing]
+    return sitk.Resample(image, size, sitk.Transform(), sitk.sitkLinear, image.GetOrigin(), (spacing,) * 3,
+                         image.GetDirection(), -1000.0, sitk.sitkFloat32)
+
+
+def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector a onto unit vector b."""
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(a @ b)
+    if c < -0.999999:  # opposite: any half turn about an axis normal to a
+        n = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
+        n /= np.linalg.norm(n)
+        return 2 * np.outer(n, n) - np.eye(3)
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k / (1 + c)
+
+
+def _usable(anchor) -> bool:
+    return anchor is not None and bool(getattr(anchor, "found", True)) and getattr(anchor, "os_lps", None) is not None
+
+
+def locate_anchors(volume: Volume):
+    """The applicator fit of a CT, or None where the localiser is not installed or fails."""
+    try:
+        module = importlib.import_module(__package__.rsplit(".", 1)[0] + ".applicator")
+    except ImportError:
+        try:
+            module = importlib.import_module(__package__ + ".applicator")
+        except ImportError:
+            return None
+    try:
+        fit = module.locate_applicator(volume)
+    except Exception:  # the localiser is an optional helper: a failure there only loses the anchor
+        return None
+    return fit if _usable(fit) else None
+
+
+def _metal_centroid(volume: Volume, box) -> Optional[np.ndarray]:
+    sub = volume.array[box] if box is not None else volume.array
+    idx = np.argwhere(sub >= METAL_HU)
+    if len(idx) < 30:
+        return None
+    if box is not None:
+        idx = idx + [box[0].start, box[1].start, box[2].start]
+    return volume.geometry.index_to_physical(idx[:, ::-1].astype(float).mean(0))
+
+
+# --------------------------------------------------------------------------- propagation
+def propagate_prior(prior_ct: Volume, prior_ctv: Volume, ct: Volume, anchor_prior=None, anchor_current=None,
+                    prior_meta: Optional[dict] = None, current_meta: Optional[dict] = None) -> Propagation:
+    """Carry the previous fraction's CTV onto the current CT (see the module docstring).
+
+    Args:
+        prior_ct: Previous fraction's CT (HU).
+        prior_ctv: Its approved CTV, on ``prior_ct``'s grid.
+        ct: The current fraction's CT.
+        anchor_prior, anchor_current: Applicator fits (``os_lps``, ``axis_lps``, ``found``), or None.
+        prior_meta, current_meta: Optional DICOM header values (``PatientID``, ``FrameOfReferenceUID``).
+
+    Raises:
+        InputError: other patient, empty or misplaced prior, prior carried outside the CT, or an
+            applicator residual above ``RESIDUAL_REFUSE_MM``.
+    """
+    import SimpleITK as sitk
+
+    t0 = time.perf_counter()
+    warnings = check_same_patient(prior_meta, current_meta)
+    _check_prior(prior_ct, prior_ctv)
+    pts = _mask_points(prior_ctv)
+    ctv_center = pts.mean(0)
+
+    # Initial transform T0: current physical -> prior physical (SimpleITK's fixed -> moving).
+    rot, init = np.eye(3), "identity"
+    c_cur, c_pri = ctv_center, ctv_center
+    if _usable(anchor_prior) and _usable(anchor_current):
+        c_pri, c_cur = np.asarray(anchor_prior.os_lps, float), np.asarray(anchor_current.os_lps, float)
+        rot = _rotation_between(np.asarray(anchor_current.axis_lps, float), np.asarray(anchor_prior.axis_lps, float))
+        init = "applicator"
+    else:
+        half = np.full(3, 60.0)
+        m_pri = _metal_centroid(prior_ct, _box_slices(prior_ct.geometry, prior_ct.shape, ctv_center - half, ctv_center + half))
+        m_cur = _metal_centroid(ct, _box_slices(ct.geometry, ct.shape, ctv_center - 2 * half, ctv_center + 2 * half))
+        if m_pri is not None and m_cur is not None:
+            c_pri, c_cur, init = m_pri, m_cur, "metal centroids"
+        else:
+            warnings.append("No applicator anchor was found; the registration started from the scanner coordinates.")
+
+    def t0_inverse(p):  # prior -> current under T0
+        return (np.asarray(p) - c_pri) @ rot + c_cur
+
+    # Crops: fixed = current, a BOX_MM box around where T0 puts the prior CTV; moving = prior, larger.
+    half_fixed = np.maximum(BOX_MM / 2, (pts.max(0) - pts.min(0)) / 2 + 15.0)
+    center_cur = t0_inverse(ctv_center)
+    fbox = _box_slices(ct.geometry, ct.shape, center_cur - half_fixed, center_cur + half_fixed)
+    half_moving = half_fixed + MOVING_MARGIN_MM
+    mbox = _box_slices(prior_ct.geometry, prior_ct.shape, ctv_center - half_moving, ctv_center + half_moving)
+    if fbox is None or mbox is None:
+        raise InputError("The previous fraction's CTV does not lie within the current CT (no overlap after alignment).")
+    fixed = _iso(sitk.Clamp(_sub_image(ct, fbox), sitk.sitkFloat32, -1000.0, 2000.0), REG_SPACING_MM)
+    moving = _iso(sitk.Clamp(_sub_image(prior_ct, mbox), sitk.sitkFloat32, -1000.0, 2000.0), REG_SPACING_MM)
+
+    tx = sitk.Euler3DTransform()
+    tx.SetCenter(tuple(float(v) for v in center_cur))
+    tx.SetMatrix(tuple(float(v) for v in rot.ravel()))
+    # T0(x) = rot (x - c_cur) + c_pri = rot (x - center) + center + t
+    tx.SetTranslation(tuple(float(v) for v in c_pri - rot @ c_cur + rot @ center_cur - center_cur))
+
+    reg = sitk.ImageRegistrationMethod()
+    reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
+    reg.SetMetricSamplingStrategy(reg.RANDOM)
+    reg.SetMetricSamplingPercentage(0.3, seed=1)
+    reg.SetInterpolator(sitk.sitkLinear)
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=80,
+                                                 relaxationFactor=0.6)
+    reg.SetOptimizerScalesFromPhysicalShift()
+    reg.SetShrinkFactorsPerLevel([2, 1])
+    reg.SetSmoothingSigmasPerLevel([2.0, 1.0])
+    reg.SmoothingSigmasAreSpecifiedInPhysicalUnitsOn()
+    reg.SetInitialTransform(tx, inPlace=True)
+    try:
+        reg.Execute(fixed, moving)
+        metric = float(reg.GetMetricValue())
+    except RuntimeError:
+        raise InputError("The registration of the previous fraction's CT to this CT failed "
+                         "(too little overlap between the two scans around the CTV).") from None
+
+    r = np.asarray(tx.GetMatrix()).reshape(3, 3)
+    c = np.asarray(tx.GetCenter())
+    t = np.asarray(tx.GetTranslation())
+    forward = np.eye(4)  # current -> prior
+    forward[:3, :3], forward[:3, 3] = r, c + t - r @ c
+    transform = np.linalg.inv(forward)  # prior -> current: what the user reads
+
+    residual = None
+    if _usable(anchor_prior) and _usable(anchor_current):
+        residual = applicator_residual(transform, anchor_prior, anchor_current)
+        if residual > RESIDUAL_REFUSE_MM:
+            raise InputError(f"The registration of the previous fraction failed: the applicators differ by "
+                             f"{residual:.1f} mm after alignment (over {RESIDUAL_REFUSE_MM:g} mm).")
+        if residual > RESIDUAL_WARN_MM:
+            warnings.append(f"The applicators differ by {residual:.1f} mm after registration; "
+                            "check the carried-over CTV before using it.")
+
+    mask = _resample_mask(prior_ctv, ct, forward, transform, pts)
+    kept = mask.sum() * np.prod(ct.geometry.spacing) / (len(pts) * np.prod(prior_ctv.geometry.spacing))
+    if kept < 0.5:
+        raise InputError(f"The previous fraction's CTV falls outside the current CT after registration "
+                         f"(only {100 * kept:.0f}% of it lies inside); the scans do not cover the same region.")
+    if kept < 0.9:
+        warnings.append(f"Only {100 * kept:.0f}% of the previous fraction's CTV lies inside this CT.")
+    return Propagation(ct.with_array(mask), transform, metric, residual, time.perf_counter() - t0, init, warnings)
+
+
+def applicator_residual(transform: np.ndarray, anchor_prior, anchor_current) -> float:
+    """Largest distance (mm) between the prior's os / tandem point and the current's carried onto it."""
+    def points(a):
+        os_ = np.asarray(a.os_lps, float)
+        axis = np.asarray(a.axis_lps, float)
+        return np.stack([os_, os_ + axis / np.linalg.norm(axis) * ANCHOR_LENGTH_MM])
+
+    carried = points(anchor_prior) @ transform[:3, :3].T + transform[:3, 3]
+    return float(np.linalg.norm(carried - points(anchor_current), axis=1).max())
+
+
+def _resample_mask(prior_ctv: Volume, ct: Volume, forward: np.ndarray, transform: np.ndarray, pts) -> np.ndarray:
+    """The prior CTV on the current grid, computed only inside its carried bounding box."""
+    import SimpleITK as sitk
+
+    out = np.zeros(ct.shape, np.uint8)
+    lo, hi = pts.min(0) - 3, pts.max(0) + 3
+    corners = np.array([[x, y, z] for x in (lo[0], hi[0]) for y in (lo[1], hi[1]) for z in (lo[2], hi[2])])
+    carried = corners @ transform[:3, :3].T + transform[:3, 3]
+    box = _box_slices(ct.geometry, ct.shape, carried.min(0), carried.max(0))
+    if box is None:
+        return out
+    ref = _sub_image(ct.with_array(out), box, np.uint8)
+    aff = sitk.AffineTransform(3)
+    aff.SetMatrix(tuple(float(v) for v in forward[:3, :3].ravel()))
+    aff.SetTranslation(tuple(float(v) for v in forward[:3, 3]))
+    src = prior_ctv.with_array((prior_ctv.array > 0).astype(np.float32)).to_sitk()
+    res = sitk.Resample(src, ref, aff, sitk.sitkLinear, 0.0, sitk.sitkFloat32)
+    out[box] = (sitk.GetArrayViewFromImage(res) >= 0.5).astype(np.uint8)
+    return out
+
+
+# --------------------------------------------------------------------------- fusion
+def _dice(a: np.ndarray, b: np.ndarray) -> float:
+    s = int(a.sum()) + int(b.sum())
+    return 1.0 if s == 0 else 2.0 * float(np.logical_and(a, b).sum()) / s
+
+
+def fuse(probability: Volume, propagated: Volume, threshold: float = 0.5, weight: float = FUSION_WEIGHT,
+         sigma_mm: float = FUSION_SIGMA_MM) -> Fusion:
+    """Fuse the network's probability map with the propagated prior CTV (see the module docstring).
+
+    Args:
+        probability: Network probability (0..1) on the current CT's grid.
+        propagated: The carried-over prior CTV on the same grid.
+        threshold: The network's threshold (the fused map is cut at the same value).
+        weight, sigma_mm: Strength of the prior in logits and the distance over which it acts.
+    """
+    import SimpleITK as sitk
+
+    p = np.asarray(probability.array, np.float32)
+    prior = propagated.array > 0
+    network = p >= threshold
+    fused_p = p.copy()
+    union = prior | network
+    if union.any():
+        nz = np.argwhere(union)
+        margin = np.ceil(2 * sigma_mm / np.asarray(probability.geometry.spacing)[::-1]).astype(int) + 2
+        a = np.maximum(nz.min(0) - margin, 0)
+        b = np.minimum(nz.max(0) + margin + 1, p.shape)
+        box = tuple(slice(i, j) for i, j in zip(a, b))
+        sub_prior = prior[box]
+        if sub_prior.any():
+            img = sitk.GetImageFromArray(sub_prior.astype(np.uint8))
+            img.SetSpacing(probability.geometry.spacing)
+            dist = -sitk.GetArrayFromImage(sitk.SignedMaurerDistanceMap(img, insideIsPositive=False,
+                                                                         squaredDistance=False, useImageSpacing=True))
+            sub = np.clip(p[box], 1e-4, 1 - 1e-4)
+            logit = np.log(sub / (1 - sub))
+            shift = weight * np.clip(dist / sigma_mm, -1.0, 1.0)  # on the prior's edge (d = 0) the network decides
+            fused_p[box] = 1.0 / (1.0 + np.exp(-(logit + shift)))
+    mask = _largest_overlapping(fused_p >= threshold, prior)
+    disagree = prior != network
+    n = int(disagree.sum())
+    follows_prior = float((mask[disagree] == prior[disagree]).sum()) / n if n else 1.0
+    dice = _dice(prior, network)
+    warnings = []
+    if dice < LOW_AGREEMENT_DICE:
+        warnings.append(f"The network and the previous fraction's CTV agree poorly (Dice {dice:.2f}); "
+                        "review the contour carefully.")
+    return Fusion(probability.with_array(mask.astype(np.uint8)), fused_p, dice, follows_prior,
+                  1.0 - follows_prior if n else 1.0, warnings)
+
+
+def _largest_overlapping(mask: np.ndarray, prior: np.ndarray) -> np.ndarray:
+    """The largest connected component touching the prior (the largest of all if none touches it)."""
+    import SimpleITK as sitk
+
+    if not mask.any():
+        return mask
+    nz = np.argwhere(mask)
+    box = tuple(slice(a, b + 1) for a, b in zip(nz.min(0), nz.max(0)))
+    labels = sitk.GetArrayFromImage(sitk.RelabelComponent(
+        sitk.ConnectedComponent(sitk.GetImageFromArray(mask[box].astype(np.uint8))), sortByObjectSize=True))
+    touching = np.unique(labels[prior[box] & (labels > 0)])
+    keep = int(touching.min()) if touching.size else 1  # labels sorted by size: the smallest label is the largest
+    out = np.zeros_like(mask)
+    out[box] = labels == keep
+    return out
