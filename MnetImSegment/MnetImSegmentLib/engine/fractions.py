@@ -35,9 +35,11 @@ import numpy as np
 from ..core.errors import InputError
 from ..core.volume import Geometry, Volume
 
-BOX_MM = 100.0  # side of the registration box around the prior CTV (fixed image)
+BOX_MM = 70.0  # minimum side of the registration box around the prior CTV (fixed image); CTV + 15 mm if larger
 MOVING_MARGIN_MM = 25.0  # extra margin of the moving crop, so the box never samples outside it
-REG_SPACING_MM = 2.0
+REG_SPACING_MM = 2.5
+SAMPLING = 0.2  # share of the fixed box's voxels the metric samples
+ITERATIONS = 50
 RESIDUAL_WARN_MM = 5.0
 RESIDUAL_REFUSE_MM = 10.0
 METAL_HU = 2000.0
@@ -253,9 +255,9 @@ def propagate_prior(prior_ct: Volume, prior_ctv: Volume, ct: Volume, anchor_prio
     reg = sitk.ImageRegistrationMethod()
     reg.SetMetricAsMattesMutualInformation(numberOfHistogramBins=32)
     reg.SetMetricSamplingStrategy(reg.RANDOM)
-    reg.SetMetricSamplingPercentage(0.3, seed=1)
+    reg.SetMetricSamplingPercentage(SAMPLING, seed=1)
     reg.SetInterpolator(sitk.sitkLinear)
-    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=80,
+    reg.SetOptimizerAsRegularStepGradientDescent(learningRate=2.0, minStep=0.05, numberOfIterations=ITERATIONS,
                                                  relaxationFactor=0.6)
     reg.SetOptimizerScalesFromPhysicalShift()
     reg.SetShrinkFactorsPerLevel([2, 1])
