@@ -13,6 +13,7 @@ from ..core.files import suffix_of
 from ..core.validate import validate_segment_options
 from ..dicomrt.export import DICOM_FORMATS, write_segmentation_dicom
 from ..engine.batch import looks_like_series, segment_folder, write_result
+from ..engine.fractions import dicom_identity, fuse_result, load_prior, propagate_loaded
 from ..engine.inference import Segmenter
 from ..engine.io import IMAGE_WRITE_SUFFIXES, mask_kind, read_image, write_image
 from ..engine.quality import parse_point, strict_check
@@ -37,6 +38,8 @@ def add_parser(sub) -> None:
     s.add_argument("--precision", default="auto", choices=["auto", "fp32", "bf16"],
                    help="auto: bf16 on CUDA and on CPUs with native bf16 (Dice >= 0.999 to fp32), else fp32")
     add_trust(s)
+    s.add_argument("--prior-ct", help="previous fraction's CT (DICOM folder or image file): its approved CTV guides this one")
+    s.add_argument("--prior-ctv", help="previous fraction's approved CTV: .seg.nrrd, labelmap, or RTSTRUCT file on --prior-ct")
     add_overwrite(s)
     add_json(s)
     s.set_defaults(func=run)
@@ -60,10 +63,15 @@ def run(args) -> int:
             raise OutputError(f"'{out}' already exists; choose another output or pass --overwrite.")
     _check_single_outputs(args, inp, out)
     center = parse_point(args.roi_center) if args.roi_center else None
+    prior = load_prior(args.prior_ct, args.prior_ctv) if (args.prior_ct or args.prior_ctv) else None
     volume = read_image(inp, series_uid=args.series)
+    propagation = propagate_loaded(prior, volume, dicom_identity(inp)) if prior else None
     segmenter = Segmenter(args.weights, device=args.device, batch_size=args.batch_size, precision=args.precision)
     result = segmenter.segment(volume, threshold=args.threshold, largest_component=not args.no_largest_component,
-                               keep_probability=args.probability is not None, roi_center=center)
+                               keep_probability=args.probability is not None or prior is not None, roi_center=center)
+    prior_report = None
+    if propagation is not None:  # fused before --strict and before anything is written
+        result, prior_report = fuse_result(result, propagation)
     if args.strict:
         strict_check(result.warnings)
     # One transaction: the mask (or DICOM object) and the probability map commit together or not at all.
@@ -89,6 +97,8 @@ def run(args) -> int:
               "threshold": result.threshold, "model": result.model, "roi": result.roi.to_dict(),
               "stage_seconds": {k: round(v, 3) for k, v in result.seconds.items()},
               "warnings": result.warnings, "quality": result.quality}
+    if prior_report is not None:
+        report["prior"] = {k: v for k, v in prior_report.items() if k != "warnings"}
     emit(args, report, lambda: f"CTV {report['ctv_ml']:.1f} ml -> {out} ({report['seconds']:.1f} s on {result.device})")
     return 0
 
@@ -108,6 +118,8 @@ def _check_single_outputs(args, inp: Path, out: Path) -> None:
 
 
 def _run_batch(args, inp: Path, out: Path) -> int:
+    if args.prior_ct or args.prior_ctv:
+        raise InputError("--prior-ct/--prior-ctv guide one CT; they cannot be used in batch mode.")
     report = segment_folder(inp, out, weights=args.weights, device=args.device, batch_size=args.batch_size,
                             precision=args.precision, fmt=args.format, threshold=args.threshold,
                             largest_component=not args.no_largest_component, overwrite=args.overwrite,

@@ -397,3 +397,90 @@ def _largest_overlapping(mask: np.ndarray, prior: np.ndarray) -> np.ndarray:
     out = np.zeros_like(mask)
     out[box] = labels == keep
     return out
+
+
+# --------------------------------------------------------------------------- the CLI's entry points
+@dataclass
+class Prior:
+    """The previous fraction as read from disk: its CT, its approved CTV and DICOM identity (if any)."""
+
+    ct: Volume
+    ctv: Volume
+    meta: dict = field(default_factory=dict)
+
+
+def dicom_identity(path) -> dict:
+    """PatientID and FrameOfReferenceUID of a DICOM CT series folder ({} for an image file)."""
+    from pathlib import Path
+
+    from ..dicomrt.ct_series import find_ct_series
+
+    path = Path(path)
+    if not path.is_dir():
+        return {}
+    series = find_ct_series(path)
+    return {"PatientID": series.patient_id, "FrameOfReferenceUID": series.frame_of_reference_uid}
+
+
+def read_prior_ctv(path, prior_ct: Volume) -> tuple[Volume, dict]:
+    """The approved CTV of the previous fraction: a .seg.nrrd, a labelmap, or an RTSTRUCT on the prior CT.
+
+    A labelmap with several labels gives its label 1 (the CTV in this project's label maps).
+    Returns the mask and the DICOM identity the file states (RTSTRUCT only).
+    """
+    from pathlib import Path
+
+    from ..core.files import IMAGE_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
+    from .io import read_image, read_segmentation_mask
+
+    path = Path(path)
+    if not path.exists():
+        raise InputError(f"The previous fraction's CTV '{path}' does not exist.")
+    if suffix_of(path) == SEGMENTATION_SUFFIX:
+        return read_segmentation_mask(path), {}
+    if suffix_of(path) not in IMAGE_SUFFIXES + LABELMAP_SUFFIXES:  # DICOM files carry any name: RTSTRUCT
+        from ..dicomrt.rasterize import rasterize_structure_set
+        from ..dicomrt.structure_set import read_structure_set
+
+        structure_set = read_structure_set(path)
+        mask, _ = rasterize_structure_set(structure_set, prior_ct.geometry, prior_ct.shape)
+        fors = structure_set.frame_of_reference_uids
+        return mask, {"PatientID": structure_set.patient_id, "FrameOfReferenceUID": fors[0] if fors else ""}
+    labels = read_image(path)
+    values = np.unique(labels.array)
+    values = values[values != 0]
+    pick = (labels.array == 1) if len(values) > 1 else (labels.array != 0)
+    return labels.with_array(pick.astype(np.uint8)), {}
+
+
+def load_prior(prior_ct_path, prior_ctv_path) -> Prior:
+    """Read the previous fraction (CT: DICOM folder or image file; CTV: see :func:`read_prior_ctv`)."""
+    from .io import read_image
+
+    if not prior_ct_path or not prior_ctv_path:
+        raise InputError("A previous fraction needs both its CT (--prior-ct) and its approved CTV (--prior-ctv).")
+    ct = read_image(prior_ct_path)
+    ctv, ctv_meta = read_prior_ctv(prior_ctv_path, ct)
+    meta = dicom_identity(prior_ct_path)
+    if ctv_meta.get("PatientID") and meta.get("PatientID") and ctv_meta["PatientID"] != meta["PatientID"]:
+        raise InputError("The previous fraction's RTSTRUCT and CT belong to different patients.")
+    meta = {k: meta.get(k) or ctv_meta.get(k) for k in ("PatientID", "FrameOfReferenceUID")}
+    _check_prior(ct, ctv)
+    return Prior(ct, ctv, meta)
+
+
+def propagate_loaded(prior: Prior, ct: Volume, current_meta: Optional[dict] = None) -> Propagation:
+    """:func:`propagate_prior` with the applicator of both CTs located (when the localiser is installed)."""
+    check_same_patient(prior.meta, current_meta)  # before any image work: refusal is immediate
+    return propagate_prior(prior.ct, prior.ctv, ct, locate_anchors(prior.ct), locate_anchors(ct),
+                           prior.meta, current_meta)
+
+
+def fuse_result(result, propagation: Propagation):
+    """A SegmentationResult (with probability) fused with the propagated prior: (new result, report dict)."""
+    import dataclasses
+
+    fusion = fuse(result.probability, propagation.mask, result.threshold)
+    report = dict(propagation.to_dict(), **fusion.to_dict())
+    report["warnings"] = propagation.warnings + fusion.warnings
+    return dataclasses.replace(result, mask=fusion.mask), report
