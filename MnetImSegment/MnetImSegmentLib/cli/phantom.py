@@ -13,6 +13,7 @@ from ..core.files import write_text
 from ..dicomrt.ct_writer import write_ct_series
 from ..engine.io import write_image, write_labelmap
 from ..research.manifest import SPLITS, ScanRecord, split_records, write_manifest
+from ..research.fractions_phantom import make_fraction_series
 from ..research.phantom_styles import HELDOUT_STYLE, assign_styles, make_phantom_style, parse_style_mix
 from .options import add_json, emit
 
@@ -83,8 +84,6 @@ def run(args) -> int:
 
 
 def _run_fractions(args, out: Path, fmt: str) -> int:
-    from ..research.fractions_phantom import make_fraction_series
-
     if args.fractions < 1:
         raise OutputError("--fractions needs a positive number of fractions.")
     folders = []

@@ -28,12 +28,18 @@ from __future__ import annotations
 import importlib
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Optional
 
 import numpy as np
 
 from ..core.errors import InputError
+from ..core.files import IMAGE_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
 from ..core.volume import Geometry, Volume
+from ..dicomrt.ct_series import find_ct_series
+from ..dicomrt.rasterize import rasterize_structure_set
+from ..dicomrt.structure_set import read_structure_set
+from .io import read_image, read_segmentation_mask
 
 BOX_MM = 70.0  # minimum side of the registration box around the prior CTV (fixed image); CTV + 15 mm if larger
 MOVING_MARGIN_MM = 25.0  # extra margin of the moving crop, so the box never samples outside it
@@ -411,10 +417,6 @@ class Prior:
 
 def dicom_identity(path) -> dict:
     """PatientID and FrameOfReferenceUID of a DICOM CT series folder ({} for an image file)."""
-    from pathlib import Path
-
-    from ..dicomrt.ct_series import find_ct_series
-
     path = Path(path)
     if not path.is_dir():
         return {}
@@ -428,20 +430,12 @@ def read_prior_ctv(path, prior_ct: Volume) -> tuple[Volume, dict]:
     A labelmap with several labels gives its label 1 (the CTV in this project's label maps).
     Returns the mask and the DICOM identity the file states (RTSTRUCT only).
     """
-    from pathlib import Path
-
-    from ..core.files import IMAGE_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
-    from .io import read_image, read_segmentation_mask
-
     path = Path(path)
     if not path.exists():
         raise InputError(f"The previous fraction's CTV '{path}' does not exist.")
     if suffix_of(path) == SEGMENTATION_SUFFIX:
         return read_segmentation_mask(path), {}
     if suffix_of(path) not in IMAGE_SUFFIXES + LABELMAP_SUFFIXES:  # DICOM files carry any name: RTSTRUCT
-        from ..dicomrt.rasterize import rasterize_structure_set
-        from ..dicomrt.structure_set import read_structure_set
-
         structure_set = read_structure_set(path)
         mask, _ = rasterize_structure_set(structure_set, prior_ct.geometry, prior_ct.shape)
         fors = structure_set.frame_of_reference_uids
@@ -455,8 +449,6 @@ def read_prior_ctv(path, prior_ct: Volume) -> tuple[Volume, dict]:
 
 def load_prior(prior_ct_path, prior_ctv_path) -> Prior:
     """Read the previous fraction (CT: DICOM folder or image file; CTV: see :func:`read_prior_ctv`)."""
-    from .io import read_image
-
     if not prior_ct_path or not prior_ctv_path:
         raise InputError("A previous fraction needs both its CT (--prior-ct) and its approved CTV (--prior-ctv).")
     ct = read_image(prior_ct_path)

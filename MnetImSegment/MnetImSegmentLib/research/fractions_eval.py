@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from ..core.volume import Volume
+from ..core.volume import Geometry, Volume
 from ..engine.fractions import fuse, propagate_prior
 from .fractions_phantom import make_fraction_series
 from .metrics import volumetric_dice
@@ -49,8 +49,6 @@ def build_pair(seed: int, matrix: int, segmenter, cache_dir=None) -> dict:
 
 def score_pair(pair: dict, weight: float, sigma_mm: float) -> dict:
     """Dice to the truth of the prior alone, the network alone and the fusion with (weight, sigma)."""
-    from ..core.volume import Geometry
-
     g = Geometry(tuple(pair["spacing"]))
     fusion = fuse(Volume(pair["probability"], g), Volume(pair["prior"], g), float(pair["threshold"]),
                   weight=weight, sigma_mm=sigma_mm)
