@@ -20,6 +20,7 @@ so the same code runs in 3D Slicer and in the ``slicer-core`` wheel the tests us
 
 from __future__ import annotations
 
+import dataclasses
 import importlib.util
 import logging
 import time
@@ -35,10 +36,12 @@ from .core.errors import Cancelled, InputError, MnetImError, WeightsError
 from .core.style import CTV_NAME, THRESHOLD_TAG
 from .core.volume import Volume
 from .engine.device import is_cuda_failure, release_cuda_cache, resolve_device
+from .engine.fractions import Prior, fuse_result, propagate_loaded
 from .engine.inference import SegmentationResult, SegmenterCache
 from .engine.weights import TENSORS, ModelCard, read_card, resolve_weights_dir
 from .mrml.background import BackgroundRun, startBackgroundRun
 from .mrml.dependencies import raiseForMissingDependencies
+from .mrml.fractions import priorSegmentId, segmentMaskOnVolume, writePriorSegment
 from .mrml.geometry import geometryFromIJKToRAS, nodeIJKToRAS, orientedImage
 from .mrml.kept_probability import (MAX_THRESHOLD, MIN_THRESHOLD, PROBABILITY_REFERENCE_ROLE, KeptProbabilities,
                                     KeptProbability, segmentUnchanged)
@@ -69,6 +72,7 @@ class MnetImSegmentLogic:
         self._kept = KeptProbabilities()
         self.lastWarnings: list[str] = []
         self.lastRun: Optional[EngineRun] = None
+        self.lastPriorReport: Optional[dict] = None
 
     # ------------------------------------------------------------------ dependencies
     @staticmethod
@@ -252,7 +256,7 @@ class MnetImSegmentLogic:
     def process(self, inputVolume, outputSegmentation=None, device: str = "auto", threshold: Optional[float] = None,
                 progressCallback: Optional[ProgressCallback] = None, weights=None,
                 largestComponent: Optional[bool] = None, keepProbability: bool = False, cancel: CancelArg = None,
-                roiCenter=None):
+                roiCenter=None, priorVolume=None, priorSegmentation=None):
         """Segment the CTV of ``inputVolume``; return the ``vtkMRMLSegmentationNode`` holding segment ``CTV``.
 
         Args:
@@ -267,6 +271,9 @@ class MnetImSegmentLogic:
             largestComponent: Keep only the largest connected component (``None``: the card's choice).
             keepProbability: Also add the probability map to the scene as a scalar volume.
             cancel: A callable returning True, or a ``threading.Event``, to stop the run.
+            priorVolume, priorSegmentation: The previous fraction's CT and its approved CTV (segment
+                ``CTV``): carried onto this CT, fused with the network, and added as the second segment
+                "CTV (previous fraction)" for comparison (``engine.fractions``).
 
         Raises:
             Cancelled: Cancelled by ``cancel``; the scene is unchanged.
@@ -274,10 +281,15 @@ class MnetImSegmentLogic:
         """
         start = time.perf_counter()
         prepared = self.prepareInput(inputVolume)
+        propagation = self.propagatePrior(prepared, priorVolume, priorSegmentation)
         run = self.runEngine(prepared, weights=weights, device=device, threshold=threshold,
                              largestComponent=largestComponent, progressCallback=progressCallback, cancel=cancel,
                              roiCenter=roiCenter)
+        if propagation is not None:
+            run = self.fusePrior(run, propagation)
         segNode = self.createOutput(inputVolume, run, outputSegmentation, keepProbability=keepProbability)
+        if propagation is not None:
+            writePriorSegment(segNode, propagation.mask.array, prepared.ijkToRas)
         logging.info(f"MnetImSegment: CTV {run.result.volume_ml:.1f} ml in '{segNode.GetName()}' "
                      f"({time.perf_counter() - start:.1f} s on {run.device}, {run.card.label})")
         return segNode
@@ -316,6 +328,27 @@ class MnetImSegmentLogic:
             return self.createOutput(inputVolume, engineRun, outputSegmentation, keepProbability=keepProbability)
         finally:
             run.cleanup()
+
+    # ------------------------------------------------------------------ previous fraction
+    def propagatePrior(self, prepared: PreparedInput, priorVolume=None, priorSegmentation=None):
+        """The previous fraction's CTV carried onto ``prepared``'s grid (main thread), or None without one."""
+        if priorVolume is None and priorSegmentation is None:
+            return None
+        if priorVolume is None or priorSegmentation is None:
+            raise InputError("A previous fraction needs both its CT and its approved CTV segmentation.")
+        segmentId = priorSegmentId(priorSegmentation)
+        priorPrepared = self.prepareInput(priorVolume)
+        priorMask = segmentMaskOnVolume(priorSegmentation, segmentId, priorVolume)
+        prior = Prior(priorPrepared.volume, priorPrepared.volume.with_array(priorMask), {})
+        return propagate_loaded(prior, prepared.volume)
+
+    def fusePrior(self, run: EngineRun, propagation) -> EngineRun:
+        """The engine run with its CTV fused with the carried-over prior; warnings and report kept on the logic."""
+        result, report = fuse_result(run.result, propagation)
+        self.lastPriorReport = report
+        warnings = list(run.warnings) + report["warnings"]
+        self.lastWarnings = warnings
+        return dataclasses.replace(run, result=result, warnings=warnings)
 
     # ------------------------------------------------------------------ re-thresholding
     def hasProbability(self, segNode) -> bool:

@@ -469,10 +469,15 @@ def propagate_loaded(prior: Prior, ct: Volume, current_meta: Optional[dict] = No
 
 
 def fuse_result(result, propagation: Propagation):
-    """A SegmentationResult (with probability) fused with the propagated prior: (new result, report dict)."""
+    """A SegmentationResult (with probability) fused with the propagated prior: (new result, report dict).
+
+    The result's probability becomes the fused map, so re-thresholding it (Slicer) stays consistent
+    with the fused contour.
+    """
     import dataclasses
 
     fusion = fuse(result.probability, propagation.mask, result.threshold)
     report = dict(propagation.to_dict(), **fusion.to_dict())
     report["warnings"] = propagation.warnings + fusion.warnings
-    return dataclasses.replace(result, mask=fusion.mask), report
+    fused_probability = result.probability.with_array(fusion.probability.astype(np.float32))
+    return dataclasses.replace(result, mask=fusion.mask, probability=fused_probability, probability_box=None), report
