@@ -161,6 +161,8 @@ class MnetImSegmentParameterNode:
     threshold: Probability threshold for the next run and for live re-thresholding of the last result.
     largestComponent: Keep only the largest connected component of the CTV.
     keepProbability: Also add the probability map to the scene as a volume.
+    priorVolume, priorSegmentation: Optional previous fraction (CT + approved CTV): carried onto the
+        input, fused with the network and shown as segment "CTV (previous fraction)".
     resultSegmentation: The last result; the threshold slider re-thresholds it.
     thresholdWeightsFolder: The weights whose card threshold last initialised ``threshold`` (so a
         user's threshold survives a scene reload, and a new model starts from its own).
@@ -173,6 +175,8 @@ class MnetImSegmentParameterNode:
     threshold: Annotated[float, WithinRange(MIN_THRESHOLD, MAX_THRESHOLD)] = 0.5
     largestComponent: bool = True
     keepProbability: bool = False
+    priorVolume: vtkMRMLScalarVolumeNode
+    priorSegmentation: vtkMRMLSegmentationNode
     resultSegmentation: vtkMRMLSegmentationNode
     thresholdWeightsFolder: str = ""
 
@@ -255,6 +259,7 @@ class SegmentationJob:
         self.keepProbability = keepProbability
         self.engineArguments = engineArguments
         self.cancelEvent = threading.Event()
+        self.propagation = None  # the previous fraction's carried-over CTV (set on the main thread), or None
         self.messages = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="MnetImSegment inference", daemon=True)
 
@@ -279,8 +284,9 @@ class SegmentationJob:
             raise Cancelled(_("Cancelled; the scene was not changed."))
         if isinstance(outcome, BaseException):
             raise outcome
-        return self.logic.createOutput(self.inputVolume, outcome, self.outputSegmentation,
-                                       keepProbability=self.keepProbability), outcome
+        segmentation = self.logic.createOutput(self.inputVolume, outcome, self.outputSegmentation,
+                                               keepProbability=self.keepProbability, propagation=self.propagation)
+        return segmentation, self.logic.lastRun if self.propagation is not None else outcome
 
     def _run(self) -> None:
         try:
@@ -304,6 +310,7 @@ class ProcessJob:
         self.keepProbability = keepProbability
         self.engineArguments = engineArguments
         self.cancelEvent = threading.Event()
+        self.propagation = None  # the previous fraction's carried-over CTV (set on the main thread), or None
         self.run = None
 
     def start(self) -> None:
@@ -330,7 +337,7 @@ class ProcessJob:
 
     def finish(self, outcome):
         segmentation = self.logic.finishProcess(self.inputVolume, self.run, self.outputSegmentation,
-                                                keepProbability=self.keepProbability)
+                                                keepProbability=self.keepProbability, propagation=self.propagation)
         return segmentation, self.logic.lastRun
 
 
@@ -463,7 +470,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = ready
         for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.weightsPathLineEdit,
                        self.ui.defaultWeightsButton, self.ui.deviceComboBox, self.ui.largestComponentCheckBox,
-                       self.ui.keepProbabilityCheckBox):
+                       self.ui.keepProbabilityCheckBox, self.ui.priorVolumeSelector, self.ui.priorSegmentationSelector):
             widget.enabled = not running
         if p is not None and str(p.weightsFolder) != self._weightsShown:
             self._weightsChanged()
@@ -544,6 +551,10 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             else:  # the worker process checks the device and reports a missing GPU in one sentence
                 jobClass = ProcessJob
             self._job = jobClass(self.logic, p.inputVolume, p.outputSegmentation, p.keepProbability, arguments)
+            # The previous fraction is registered here on the main thread (it reads MRML nodes): a bad
+            # prior refuses before the network starts.
+            self._job.propagation = self.logic.propagatePrior(self.logic.prepareInput(p.inputVolume), p.priorVolume,
+                                                              p.priorSegmentation)
             self._job.start()
             self.log(_("Segmenting '{name}' with {weights} on {device} ({where}).").format(
                 name=p.inputVolume.GetName(), weights=weights, device=p.device.value,

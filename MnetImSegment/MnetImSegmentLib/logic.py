@@ -192,7 +192,8 @@ class MnetImSegmentLogic:
         return EngineRun(result, card, folder, keepLargest, resolved, warnings, prepared)
 
     # ------------------------------------------------------------------ phase 3: MRML output
-    def createOutput(self, inputVolume, run: EngineRun, outputSegmentation=None, keepProbability: bool = False):
+    def createOutput(self, inputVolume, run: EngineRun, outputSegmentation=None, keepProbability: bool = False,
+                     propagation=None):
         """Write an engine result into the scene (main thread) and return the segmentation node.
 
         Args:
@@ -202,8 +203,12 @@ class MnetImSegmentLogic:
                 overwritten); a node the user picked gets its ``CTV`` segment replaced or added and
                 keeps its other segments.
             keepProbability: Also add the probability map as a scalar volume node.
+            propagation: The previous fraction's carried-over CTV (:meth:`propagatePrior`): the CTV is
+                fused with it and it is added as segment "CTV (previous fraction)".
         """
         validateVolumeNode(inputVolume)
+        if propagation is not None:
+            run = self.fusePrior(run, propagation)
         prepared = run.prepared
         if prepared is not None:
             same = (prepared.volumeNodeID == inputVolume.GetID()
@@ -250,6 +255,8 @@ class MnetImSegmentLogic:
                 scene.RemoveNode(node)
             raise
         self._kept.keep(segNode.GetID(), kept)
+        if propagation is not None:
+            self.addPriorSegment(segNode, propagation, ijkToRas)
         return segNode
 
     # ------------------------------------------------------------------ all phases
@@ -289,7 +296,7 @@ class MnetImSegmentLogic:
             run = self.fusePrior(run, propagation)
         segNode = self.createOutput(inputVolume, run, outputSegmentation, keepProbability=keepProbability)
         if propagation is not None:
-            writePriorSegment(segNode, propagation.mask.array, prepared.ijkToRas)
+            self.addPriorSegment(segNode, propagation, prepared.ijkToRas)
         logging.info(f"MnetImSegment: CTV {run.result.volume_ml:.1f} ml in '{segNode.GetName()}' "
                      f"({time.perf_counter() - start:.1f} s on {run.device}, {run.card.label})")
         return segNode
@@ -315,7 +322,8 @@ class MnetImSegmentLogic:
         """The worker's events since the last poll: progress, log, then one done or error (never blocks)."""
         return run.poll()
 
-    def finishProcess(self, inputVolume, run: BackgroundRun, outputSegmentation=None, keepProbability: bool = False):
+    def finishProcess(self, inputVolume, run: BackgroundRun, outputSegmentation=None, keepProbability: bool = False,
+                      propagation=None):
         """Read a finished worker's result into the scene through :meth:`createOutput`; always removes its files.
 
         Raises:
@@ -325,7 +333,8 @@ class MnetImSegmentLogic:
         try:
             engineRun = self.lastRun = run.engineRun()
             self.lastWarnings = list(engineRun.warnings)
-            return self.createOutput(inputVolume, engineRun, outputSegmentation, keepProbability=keepProbability)
+            return self.createOutput(inputVolume, engineRun, outputSegmentation, keepProbability=keepProbability,
+                                     propagation=propagation)
         finally:
             run.cleanup()
 
@@ -342,13 +351,19 @@ class MnetImSegmentLogic:
         prior = Prior(priorPrepared.volume, priorPrepared.volume.with_array(priorMask), {})
         return propagate_loaded(prior, prepared.volume)
 
+    @staticmethod
+    def addPriorSegment(segNode, propagation, ijkToRas) -> str:
+        """Show the carried-over CTV as segment "CTV (previous fraction)" of ``segNode``; return its ID."""
+        return writePriorSegment(segNode, propagation.mask.array, ijkToRas)
+
     def fusePrior(self, run: EngineRun, propagation) -> EngineRun:
         """The engine run with its CTV fused with the carried-over prior; warnings and report kept on the logic."""
         result, report = fuse_result(run.result, propagation)
         self.lastPriorReport = report
         warnings = list(run.warnings) + report["warnings"]
         self.lastWarnings = warnings
-        return dataclasses.replace(run, result=result, warnings=warnings)
+        self.lastRun = dataclasses.replace(run, result=result, warnings=warnings)
+        return self.lastRun
 
     # ------------------------------------------------------------------ re-thresholding
     def hasProbability(self, segNode) -> bool:
