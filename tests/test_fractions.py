@@ -246,3 +246,18 @@ def test_cli_refuses_other_patient_dicom(series, tiny_weights, tmp_path, capsys)
                         "--prior-ct", tmp_path / "prior", "--prior-ctv", tmp_path / "prior_ctv.nii.gz"], capsys)
     assert code != 0 and "another patient" in err and "Traceback" not in err
     assert not list(out_dir.iterdir())
+
+
+# --------------------------------------------------------------------------- measurement (docs/fractions.md)
+@pytest.mark.slow
+def test_twenty_phantom_pairs_prior_network_fused(demo_weights, tmp_path):
+    """The issue's claim on >= 20 pairs at matrix 256: prior >= 0.85, fused better than both (mean Dice)."""
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.research.fractions_eval import build_pair, score_pair
+
+    segmenter = Segmenter(demo_weights, device="cpu")
+    rows = [score_pair(build_pair(seed, 256, segmenter, tmp_path), F.FUSION_WEIGHT, F.FUSION_SIGMA_MM)
+            for seed in range(1, 21)]
+    mean = {k: float(np.mean([r[k] for r in rows])) for k in ("prior", "network", "fused")}
+    assert mean["prior"] >= 0.85, mean
+    assert mean["fused"] > mean["prior"] and mean["fused"] > mean["network"], mean

@@ -3,7 +3,8 @@
 Fraction 1 is exactly ``make_phantom(seed, **kwargs)``. Every later fraction keeps the same random
 anatomy (bones, body, muscles) and moves the applicator together with the cervix, uterus, CTV and
 packing rigidly about the external os (3-10 mm and 3-10 degrees about a random axis), changes the
-bladder and rectum filling, and deforms the CTV slightly with a smooth field (a few Gaussian bumps
+bladder and rectum filling (radii x0.8-1.2 / x0.85-1.15, growing away from the cervix, pushed by half the
+applicator's shift), and deforms the CTV slightly with a smooth field (a few Gaussian bumps
 of at most ~2.5 mm). Each fraction is sampled on its own scanner grid (the couch position differs)
 with its own noise. The truth of every fraction is its label map, the applicator anchors in LPS and
 the 4x4 LPS transform that carries fraction 1's physical points onto this fraction's.
@@ -121,11 +122,23 @@ def _fraction_anatomy(base: PhantomAnatomy, index: int, max_shift_mm: float, max
             vectors *= (rng.uniform(0.5, 1.0, size=3) * warp_mm / np.linalg.norm(vectors, axis=1))[:, None]
             warp = SmoothWarp((centers - pivot) @ rot.T + pivot + shift, vectors, 15.0)  # about the moved CTV
         layers[i] = dataclasses.replace(base.layers[i], shape=Moved(base.layers[i].shape, rot, pivot, shift, warp))
-    bladder_f, rectum_f = rng.uniform(0.75, 1.3), rng.uniform(0.8, 1.25)
+    bladder_f, rectum_f = rng.uniform(0.8, 1.2), rng.uniform(0.85, 1.15)
+    # Filling grows or shrinks the organ away from the cervix: the wall next to the CTV stays about where
+    # it was (a fuller bladder lifts the uterus, it does not swallow the tumour).
+    ctv_center = base.layers[parts["ctv"]].shape.center
     b = base.layers[parts["bladder"]]
-    layers[parts["bladder"]] = dataclasses.replace(b, shape=dataclasses.replace(b.shape, radii=b.shape.radii * bladder_f))
+    away = (b.shape.center - ctv_center) / np.linalg.norm(b.shape.center - ctv_center)
+    reach = float(np.sqrt((((b.shape.rotation.T @ away) * b.shape.radii) ** 2).sum()))  # centre to wall, towards the CTV
+    # The organs next to the cervix are pushed along by half the applicator's displacement.
+    bladder = dataclasses.replace(b.shape, radii=b.shape.radii * bladder_f,
+                                  center=b.shape.center + away * (bladder_f - 1) * reach + shift / 2)
+    layers[parts["bladder"]] = dataclasses.replace(b, shape=bladder)
     r = base.layers[parts["rectum"]]
-    layers[parts["rectum"]] = dataclasses.replace(r, shape=dataclasses.replace(r.shape, radius=r.shape.radius * rectum_f))
+    away = (r.shape.center - ctv_center) * [1, 1, 0]
+    away = away / np.linalg.norm(away)
+    grow = away * (rectum_f - 1) * r.shape.radius + shift / 2
+    rectum = dataclasses.replace(r.shape, radius=r.shape.radius * rectum_f, p0=r.shape.p0 + grow, p1=r.shape.p1 + grow)
+    layers[parts["rectum"]] = dataclasses.replace(r, shape=rectum)
     anatomy = copy.copy(base)
     anatomy.layers = layers
     anatomy.seed = base.seed * 1000 + index  # sample() draws its noise from it: new noise per fraction
