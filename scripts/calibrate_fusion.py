@@ -22,8 +22,8 @@ sys.path.insert(0, str(ROOT / "MnetImSegment"))
 
 from MnetImSegmentLib.research.fractions_eval import build_pair, score_pair  # noqa: E402
 
-WEIGHTS = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, 10.0)
-SIGMAS_MM = (2.0, 4.0, 6.0, 10.0)
+WEIGHTS = (0.0, 0.5, 1.0, 1.5, 2.0, 3.0)
+SIGMAS_MM = (3.0, 6.0, 10.0)
 
 
 def main(argv=None) -> int:
