@@ -55,8 +55,8 @@ RESIDUAL_REFUSE_MM = 10.0
 METAL_HU = 2000.0
 ANCHOR_LENGTH_MM = 40.0  # residual measured at the os and this far up the tandem
 # Fusion: calibrated by scripts/calibrate_fusion.py on phantom pairs (docs/fractions.md).
-FUSION_WEIGHT = 1.5
-FUSION_SIGMA_MM = 6.0
+FUSION_WEIGHT = 3.0
+FUSION_SIGMA_MM = 3.0
 FUSED_PROBABILITY_MM = 2.0  # mm of fused surface per logit unit in the fused probability
 LOW_AGREEMENT_DICE = 0.5
 
