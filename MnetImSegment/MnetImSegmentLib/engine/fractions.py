@@ -505,4 +505,6 @@ def fuse_result(result, propagation: Propagation):
     report = dict(propagation.to_dict(), **fusion.to_dict())
     report["warnings"] = propagation.warnings + fusion.warnings
     fused_probability = result.probability.with_array(fusion.probability.astype(np.float32))
-    return dataclasses.replace(result, mask=fusion.mask, probability=fused_probability, probability_box=None), report
+    extra = {"warnings": list(result.warnings) + report["warnings"]} if hasattr(result, "warnings") else {}
+    return dataclasses.replace(result, mask=fusion.mask, probability=fused_probability, probability_box=None,
+                               **extra), report
