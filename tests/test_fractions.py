@@ -263,3 +263,23 @@ def test_twenty_phantom_pairs_prior_network_fused(demo_weights, tmp_path):
     mean = {k: float(np.mean([r[k] for r in rows])) for k in ("prior", "network", "fused")}
     assert mean["prior"] >= 0.85, mean
     assert mean["fused"] > mean["network"] and mean["fused"] >= mean["prior"] - 0.01, mean
+
+
+def test_cli_rtstruct_prior_same_patient_dicom(series, tiny_weights, tmp_path, capsys):
+    """DICOM in: the prior CTV as an RTSTRUCT on the prior series; same patient; a re-used FoR only warns."""
+    pytest.importorskip("pydicom")
+    from MnetImSegmentLib.dicomrt.ct_writer import write_ct_series
+    from MnetImSegmentLib.dicomrt.export import write_segmentation_dicom
+
+    write_ct_series(series[0].phantom.ct, tmp_path / "prior", patient_id="PATIENT_A", frame_of_reference_uid="1.2.3.4")
+    write_ct_series(series[1].phantom.ct, tmp_path / "current", patient_id="PATIENT_A", frame_of_reference_uid="1.2.3.4")
+    rs = write_segmentation_dicom(series[0].phantom.mask(), tmp_path / "prior", tmp_path / "rs", "rtstruct")
+    rs_file = rs if rs.is_file() else next(p for p in rs.rglob("*") if p.is_file())
+    out = tmp_path / "ctv.seg.nrrd"
+    code, stdout, err = run(["segment", tmp_path / "current", "-o", out, "--weights", tiny_weights, "--device", "cpu",
+                             "--prior-ct", tmp_path / "prior", "--prior-ctv", rs_file, "--json"], capsys)
+    assert code == 0, err
+    report = json.loads(stdout)
+    assert "prior" in report and any("FrameOfReferenceUID" in w for w in report["warnings"])
+    carried = read_segmentation_mask(out).array
+    assert dice(carried, series[1].phantom.mask().array) >= 0.6  # the fused CTV follows the carried RTSTRUCT
