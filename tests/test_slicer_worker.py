@@ -40,7 +40,7 @@ THREADS = int(os.environ.get("MNETIM_TEST_THREADS", "1"))
 def oblique_phantom():
     """Oblique, flipped, anisotropic: a wrong axis anywhere in the file hand-over would show."""
     direction = rotation_matrix(0, 8, 14) @ np.diag([1.0, -1.0, 1.0])
-    return make_phantom(seed=31, matrix=112, slice_mm=3.0, z_extent_mm=80, direction=direction)
+    return make_phantom(seed=32, matrix=112, slice_mm=3.0, z_extent_mm=80, direction=direction)  # in scope (applicator found)
 
 
 def node_ids(scene) -> set:

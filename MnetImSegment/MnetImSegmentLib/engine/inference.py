@@ -178,11 +178,14 @@ class Segmenter:
     def segment(self, volume: Volume, threshold: Optional[float] = None, largest_component: Optional[bool] = None,
                 keep_probability: bool = False, progress: Optional[ProgressCallback] = None,
                 cancel: Optional[Callable[[], bool]] = None, roi_center=None,
-                modality: Optional[str] = None) -> SegmentationResult:
+                modality: Optional[str] = None, enforce_scope: bool = True) -> SegmentationResult:
         """Segment the CTV of one CT volume (HU). See the module docstring for the pipeline.
 
         An out-of-scope CT (``quality.check_scope``) raises :class:`~.quality.OutOfScopeError` unless
         ``roi_center`` is given; the result carries the quality checks' ``warnings`` and values.
+        ``enforce_scope=False`` is for research evaluation on labelled data, where every test scan must
+        be scored (a refusal would silently drop the hard cases from the metrics): the scope reasons
+        become warnings instead.
         """
         t0 = time.perf_counter()
         report = progress or (lambda f, m: None)
@@ -193,7 +196,7 @@ class Segmenter:
         report(0.0, "checking the CT is in scope")
         qspec = self.card.quality_spec
         scope = check_scope(volume, qspec, modality)
-        if roi_center is None:
+        if roi_center is None and enforce_scope:
             refuse(scope)
         report(0.02, "locating region of interest")
         roi = locate_roi(volume, roi_spec, center=roi_center, fit=scope.fit)
@@ -218,6 +221,8 @@ class Segmenter:
         report(0.95, "quality checks")
         warnings, quality = assess_result(self, stack, prob_roi, cropped.geometry, roi, volume.with_array(mask),
                                           prob_box, threshold, scope, qspec)
+        if roi_center is None and not enforce_scope and scope.refusals:
+            warnings = [f"out of scope (not enforced): {reason}" for reason in scope.refusals] + list(warnings)
         t5 = time.perf_counter()
         report(1.0, "done")
         seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3,

@@ -29,7 +29,7 @@ def build_pair(seed: int, matrix: int, segmenter, cache_dir=None) -> dict:
     t0 = time.perf_counter()
     prop = propagate_prior(first.phantom.ct, first.phantom.mask(), ct, first.anchors, second.anchors)
     t_reg = time.perf_counter() - t0
-    result = segmenter.segment(ct, keep_probability=True)
+    result = segmenter.segment(ct, keep_probability=True, enforce_scope=False)
     truth = second.phantom.mask().array
     union = (truth > 0) | (prop.mask.array > 0) | (result.probability.array >= 0.05)
     nz = np.argwhere(union)

@@ -244,7 +244,7 @@ def predict_scans(weights_dir, records: Sequence[ScanRecord], pred_dir, cases: d
         return 0
     segmenter = Segmenter(weights_dir, device=device)
     for r in todo:
-        result = segmenter.segment(read_image(r.image))
+        result = segmenter.segment(read_image(r.image), enforce_scope=False)
         write_labelmap(result.mask, pred_dir / f"{cases[r.scan_id]}{PREDICTION_SUFFIX}")
     return len(todo)
 
