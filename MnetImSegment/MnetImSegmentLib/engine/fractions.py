@@ -29,7 +29,6 @@ Only numpy and SimpleITK: this is on the inference path.
 
 from __future__ import annotations
 
-import importlib
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,6 +37,7 @@ from typing import Optional
 import numpy as np
 
 from ..core.errors import InputError
+from .applicator import locate_applicator
 from ..core.files import IMAGE_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
 from ..core.volume import Geometry, Volume
 from ..dicomrt.ct_series import find_ct_series
@@ -178,18 +178,8 @@ def _usable(anchor) -> bool:
 
 
 def locate_anchors(volume: Volume):
-    """The applicator fit of a CT, or None where the localiser is not installed or fails."""
-    try:
-        module = importlib.import_module(__package__.rsplit(".", 1)[0] + ".applicator")
-    except ImportError:
-        try:
-            module = importlib.import_module(__package__ + ".applicator")
-        except ImportError:
-            return None
-    try:
-        fit = module.locate_applicator(volume)
-    except Exception:  # the localiser is an optional helper: a failure there only loses the anchor
-        return None
+    """The applicator fit of a CT, or None where the localiser finds no usable applicator."""
+    fit = locate_applicator(volume)
     return fit if _usable(fit) else None
 
 
