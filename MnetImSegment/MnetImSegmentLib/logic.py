@@ -36,14 +36,13 @@ from .core.errors import Cancelled, InputError, MnetImError, WeightsError
 from .core.style import CTV_NAME, THRESHOLD_TAG
 from .core.volume import Volume
 from .engine.device import is_cuda_failure, release_cuda_cache, resolve_device
-from .engine.fractions import Prior, fuse_result, propagate_loaded
 from .engine.inference import SegmentationResult, SegmenterCache
 from .engine.weights import TENSORS, ModelCard, read_card, resolve_weights_dir
 from .mrml.background import BackgroundRun, startBackgroundRun
 from .mrml.dependencies import raiseForMissingDependencies
-from .mrml.fractions import priorSegmentId, segmentMaskOnVolume, writePriorSegment
+from .mrml.fractions import PreviousFractionMixin
 from .mrml.geometry import geometryFromIJKToRAS, nodeIJKToRAS, orientedImage
-from .mrml.kept_probability import (MAX_THRESHOLD, MIN_THRESHOLD, PROBABILITY_REFERENCE_ROLE, KeptProbabilities,
+from .mrml.kept_probability import (RethresholdingMixin, MAX_THRESHOLD, MIN_THRESHOLD, PROBABILITY_REFERENCE_ROLE, KeptProbabilities,
                                     KeptProbability, segmentUnchanged)
 from .mrml.phases import CancelArg, EngineRun, PreparedInput, ProgressCallback, cancelFunction
 from .mrml.segments import (addProbabilityVolume, newSegmentationBeside, tagCTV, validateOutputNode, validateVolumeNode,
@@ -53,7 +52,7 @@ SEGMENT_NAME = CTV_NAME
 
 
 # --------------------------------------------------------------------------- the logic
-class MnetImSegmentLogic:
+class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
     """CTV segmentation of CT volume nodes with Mnet_Im; usable from the GUI and from scripts.
 
     Example (Slicer's Python console)::
@@ -337,78 +336,3 @@ class MnetImSegmentLogic:
                                      propagation=propagation)
         finally:
             run.cleanup()
-
-    # ------------------------------------------------------------------ previous fraction
-    def propagatePrior(self, prepared: PreparedInput, priorVolume=None, priorSegmentation=None):
-        """The previous fraction's CTV carried onto ``prepared``'s grid (main thread), or None without one."""
-        if priorVolume is None and priorSegmentation is None:
-            return None
-        if priorVolume is None or priorSegmentation is None:
-            raise InputError("A previous fraction needs both its CT and its approved CTV segmentation.")
-        segmentId = priorSegmentId(priorSegmentation)
-        priorPrepared = self.prepareInput(priorVolume)
-        priorMask = segmentMaskOnVolume(priorSegmentation, segmentId, priorVolume)
-        prior = Prior(priorPrepared.volume, priorPrepared.volume.with_array(priorMask), {})
-        return propagate_loaded(prior, prepared.volume)
-
-    @staticmethod
-    def addPriorSegment(segNode, propagation, ijkToRas) -> str:
-        """Show the carried-over CTV as segment "CTV (previous fraction)" of ``segNode``; return its ID."""
-        return writePriorSegment(segNode, propagation.mask.array, ijkToRas)
-
-    def fusePrior(self, run: EngineRun, propagation) -> EngineRun:
-        """The engine run with its CTV fused with the carried-over prior; warnings and report kept on the logic."""
-        result, report = fuse_result(run.result, propagation)
-        self.lastPriorReport = report
-        warnings = list(run.warnings) + report["warnings"]
-        self.lastWarnings = warnings
-        self.lastRun = dataclasses.replace(run, result=result, warnings=warnings)
-        return self.lastRun
-
-    # ------------------------------------------------------------------ re-thresholding
-    def hasProbability(self, segNode) -> bool:
-        """Whether :meth:`rethreshold` can work on ``segNode`` (a result of this logic or with a kept map)."""
-        return segNode is not None and self._kept.forNode(segNode) is not None
-
-    def rethreshold(self, segmentationNode, threshold: float) -> int:
-        """Re-threshold a result's kept probability map (no network run); return the CTV voxel count.
-
-        Refuses, rather than silently discarding them, if the CTV was edited since it was computed.
-
-        Raises:
-            MnetImError: No probability map is kept for this node, the threshold is out of range,
-                the CTV segment is gone, or it was edited.
-        """
-        if segmentationNode is None:
-            raise InputError("No segmentation: run 'Segment CTV' first.")
-        threshold = float(threshold)
-        if not MIN_THRESHOLD <= threshold <= MAX_THRESHOLD:
-            raise InputError(f"The threshold must lie between {MIN_THRESHOLD} and {MAX_THRESHOLD}, got {threshold:g}.")
-        kept = self._kept.forNode(segmentationNode)
-        if kept is None:
-            raise MnetImError(f"'{segmentationNode.GetName()}' has no probability map to re-threshold; run "
-                              "'Segment CTV' again (tick 'keep probability map' to keep it with the scene).")
-        if segmentationNode.GetSegmentation().GetSegment(kept.segmentId) is None:
-            raise MnetImError(f"The CTV segment of '{segmentationNode.GetName()}' was deleted; run 'Segment CTV' again.")
-        if not segmentUnchanged(segmentationNode, kept):
-            raise MnetImError(f"The CTV in '{segmentationNode.GetName()}' was edited after it was computed; "
-                              "re-thresholding would discard those edits, so it was not changed. Run "
-                              "'Segment CTV' again for a new segmentation.")
-        mask = kept.mask(threshold)
-        ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
-            orientedImage(mask, kept.ijkToRas), segmentationNode, kept.segmentId,
-            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, None)
-        if not ok:
-            raise MnetImError(f"Slicer could not update the CTV in '{segmentationNode.GetName()}'.")
-        kept.remember(mask)
-        segment = segmentationNode.GetSegmentation().GetSegment(kept.segmentId)
-        segment.SetTag(THRESHOLD_TAG, f"{threshold:.4g}")
-        return kept.writtenCount
-
-    def forget(self, segmentationNode=None) -> None:
-        """Drop kept probability maps (of one node, or all) and loaded models (all) to free memory."""
-        if segmentationNode is None:
-            self._kept.forget()
-            self._segmenters.forget()
-        else:
-            self._kept.forget(segmentationNode.GetID())

@@ -5,6 +5,8 @@ Only MRML classes (``slicer.vtk*``) and ``slicer.util`` array helpers: runs in S
 
 from __future__ import annotations
 
+import dataclasses
+
 import numpy as np
 import vtk
 
@@ -13,7 +15,9 @@ import slicer.util
 
 from ..core.errors import InputError, MnetImError
 from ..core.style import CTV_NAME
+from ..engine.fractions import Prior, fuse_result, propagate_loaded
 from .geometry import orientedImage
+from .phases import EngineRun, PreparedInput
 
 PRIOR_SEGMENT_NAME = "CTV (previous fraction)"
 PRIOR_SEGMENT_COLOR = (0.35, 0.65, 1.0)  # blue beside the CTV's colour: the comparison stays readable
@@ -64,3 +68,34 @@ def writePriorSegment(segNode, mask: np.ndarray, ijkToRas: np.ndarray) -> str:
     if not ok:
         raise MnetImError(f"Slicer could not write the previous fraction's CTV into '{segNode.GetName()}'.")
     return segmentId
+
+
+class PreviousFractionMixin:
+    """The logic's previous-fraction steps: carry the approved CTV across, show it, fuse it with the network."""
+
+    def propagatePrior(self, prepared: PreparedInput, priorVolume=None, priorSegmentation=None):
+        """The previous fraction's CTV carried onto ``prepared``'s grid (main thread), or None without one."""
+        if priorVolume is None and priorSegmentation is None:
+            return None
+        if priorVolume is None or priorSegmentation is None:
+            raise InputError("A previous fraction needs both its CT and its approved CTV segmentation.")
+        segmentId = priorSegmentId(priorSegmentation)
+        priorPrepared = self.prepareInput(priorVolume)
+        priorMask = segmentMaskOnVolume(priorSegmentation, segmentId, priorVolume)
+        prior = Prior(priorPrepared.volume, priorPrepared.volume.with_array(priorMask), {})
+        return propagate_loaded(prior, prepared.volume)
+
+    @staticmethod
+    def addPriorSegment(segNode, propagation, ijkToRas) -> str:
+        """Show the carried-over CTV as segment "CTV (previous fraction)" of ``segNode``; return its ID."""
+        return writePriorSegment(segNode, propagation.mask.array, ijkToRas)
+
+    def fusePrior(self, run: EngineRun, propagation) -> EngineRun:
+        """The engine run with its CTV fused with the carried-over prior; warnings and report kept on the logic."""
+        result, report = fuse_result(run.result, propagation)
+        self.lastPriorReport = report
+        warnings = list(run.warnings) + report["warnings"]
+        self.lastWarnings = warnings
+        self.lastRun = dataclasses.replace(run, result=result, warnings=warnings)
+        return self.lastRun
+

@@ -19,9 +19,10 @@ from vtk.util import numpy_support
 import slicer
 import slicer.util
 
+from ..core.errors import InputError, MnetImError
 from ..core.style import CTV_NAME, LARGEST_COMPONENT_TAG, THRESHOLD_TAG
 from ..engine.inference import threshold_mask
-from .geometry import nodeIJKToRAS
+from .geometry import nodeIJKToRAS, orientedImage
 
 # Threshold range the GUI offers and re-thresholding accepts. The kept probability map is cropped
 # to where it reaches MIN_THRESHOLD, so any threshold in range gives exactly the mask the engine
@@ -176,3 +177,54 @@ def segmentUnchanged(segNode, kept: KeptProbability) -> bool:
     a = current[lo[0] - z0:hi[0] - z0, lo[1] - y0:hi[1] - y0, lo[2] - x0:hi[2] - x0]
     b = kept.written[lo[0] - wz0:hi[0] - wz0, lo[1] - wy0:hi[1] - wy0, lo[2] - wx0:hi[2] - wx0]
     return int(np.count_nonzero(a)) == count and np.array_equal(a, b)
+
+
+class RethresholdingMixin:
+    """The logic's re-thresholding of kept probability maps (needs ``self._kept`` and ``self._segmenters``)."""
+
+    def hasProbability(self, segNode) -> bool:
+        """Whether :meth:`rethreshold` can work on ``segNode`` (a result of this logic or with a kept map)."""
+        return segNode is not None and self._kept.forNode(segNode) is not None
+
+    def rethreshold(self, segmentationNode, threshold: float) -> int:
+        """Re-threshold a result's kept probability map (no network run); return the CTV voxel count.
+
+        Refuses, rather than silently discarding them, if the CTV was edited since it was computed.
+
+        Raises:
+            MnetImError: No probability map is kept for this node, the threshold is out of range,
+                the CTV segment is gone, or it was edited.
+        """
+        if segmentationNode is None:
+            raise InputError("No segmentation: run 'Segment CTV' first.")
+        threshold = float(threshold)
+        if not MIN_THRESHOLD <= threshold <= MAX_THRESHOLD:
+            raise InputError(f"The threshold must lie between {MIN_THRESHOLD} and {MAX_THRESHOLD}, got {threshold:g}.")
+        kept = self._kept.forNode(segmentationNode)
+        if kept is None:
+            raise MnetImError(f"'{segmentationNode.GetName()}' has no probability map to re-threshold; run "
+                              "'Segment CTV' again (tick 'keep probability map' to keep it with the scene).")
+        if segmentationNode.GetSegmentation().GetSegment(kept.segmentId) is None:
+            raise MnetImError(f"The CTV segment of '{segmentationNode.GetName()}' was deleted; run 'Segment CTV' again.")
+        if not segmentUnchanged(segmentationNode, kept):
+            raise MnetImError(f"The CTV in '{segmentationNode.GetName()}' was edited after it was computed; "
+                              "re-thresholding would discard those edits, so it was not changed. Run "
+                              "'Segment CTV' again for a new segmentation.")
+        mask = kept.mask(threshold)
+        ok = slicer.vtkSlicerSegmentationsModuleLogic.SetBinaryLabelmapToSegment(
+            orientedImage(mask, kept.ijkToRas), segmentationNode, kept.segmentId,
+            slicer.vtkSlicerSegmentationsModuleLogic.MODE_REPLACE, None)
+        if not ok:
+            raise MnetImError(f"Slicer could not update the CTV in '{segmentationNode.GetName()}'.")
+        kept.remember(mask)
+        segment = segmentationNode.GetSegmentation().GetSegment(kept.segmentId)
+        segment.SetTag(THRESHOLD_TAG, f"{threshold:.4g}")
+        return kept.writtenCount
+
+    def forget(self, segmentationNode=None) -> None:
+        """Drop kept probability maps (of one node, or all) and loaded models (all) to free memory."""
+        if segmentationNode is None:
+            self._kept.forget()
+            self._segmenters.forget()
+        else:
+            self._kept.forget(segmentationNode.GetID())
