@@ -15,6 +15,13 @@ SHARED_DATA = REPO.parent / "shared" / "data"
 
 
 def pytest_configure(config):
+    # A runner started in the background without job control hands us SIGINT *ignored*, and an
+    # ignored signal stays ignored through exec in every child: the signal tests would then test the
+    # runner, not our clean-up. Give the suite Python's normal Ctrl-C behaviour, as a terminal would.
+    import signal
+
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
     # Tests are small; one thread keeps them deterministic and fair on a 2-core CI machine.
     import torch
 
