@@ -220,3 +220,27 @@ def test_dicom_outputs_carry_the_reasons(tmp_path):
     seg = pydicom.dcmread(write_segmentation_dicom(ph.mask(), tmp_path / "ct", tmp_path / "seg", fmt="dicom-seg",
                                                    warnings=warnings))
     assert seg.SeriesDescription.startswith("MnetImSegment CTV REVIEW:") and len(seg.SeriesDescription) <= 64
+
+
+REAL_NECK = __import__("pathlib").Path(__file__).resolve().parents[2] / "shared/data/real-rt-samples/dicomrttool-neck"
+
+
+@pytest.mark.parametrize("source", ["nifti", "dicom"])
+def test_a_real_ct_without_applicator_is_refused_and_nothing_is_written(source, tmp_path, capsys):
+    """A real patient CT (Visible Human neck, 4 slices) made outside this project: refused, exit 2."""
+    if not REAL_NECK.is_dir():
+        pytest.skip(f"real sample data not here ({REAL_NECK})")
+    if source == "dicom":  # the CT slices only, copied: the user's folder is never written into
+        src = tmp_path / "ct"
+        src.mkdir()
+        for f in sorted(REAL_NECK.glob("CT_*.dcm")):
+            (src / f.name).write_bytes(f.read_bytes())
+    else:
+        src = REAL_NECK / "Image.nii.gz"
+    out = tmp_path / "out" / "ctv.seg.nrrd"
+    assert main(["segment", str(src), "-o", str(out), "--json"]) == 2
+    err = capsys.readouterr().err
+    assert "out of scope" in err and "--roi-center" in err and "Traceback" not in err
+    assert len([line for line in err.splitlines() if line.strip()]) == 1
+    assert not out.exists()
+    assert not out.parent.exists() or not any(out.parent.iterdir())
