@@ -413,7 +413,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.roiCenterPlaceWidget.buttonsVisible = False
         self.roiCenterPlaceWidget.placeButton().show()
         self.roiCenterPlaceWidget.deleteButton().show()
-        self.ui.roiCenterLayout.addWidget(self.roiCenterPlaceWidget)
+        self.ui.roiCenterWidget.layout().addWidget(self.roiCenterPlaceWidget)
         self.ui.roiCenterSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.roiCenterPlaceWidget.setCurrentNode)
         self.ui.roiCenterSelector.connect("nodeAddedByUser(vtkMRMLNode*)", self.onRoiCenterAdded)
 
@@ -492,7 +492,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.weightsPathLineEdit,
                        self.ui.defaultWeightsButton, self.ui.deviceComboBox, self.ui.largestComponentCheckBox,
                        self.ui.keepProbabilityCheckBox, self.ui.priorVolumeSelector, self.ui.priorSegmentationSelector,
-                       self.ui.roiCenterSelector, self.roiCenterPlaceWidget):
+                       self.ui.roiCenterWidget):
             widget.enabled = not running
         if p is not None and str(p.weightsFolder) != self._weightsShown:
             self._weightsChanged()
@@ -786,7 +786,7 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         # What a user does: a point placed at the cervix (Slicer's RAS) as "ROI centre".
         l, p, s = phantom.params["cervix_os_lps"]
         point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "ROI centre")
-        point.AddControlPoint(-l, -p, s)
+        point.AddControlPoint([-l, -p, s])
         segmentation = logic.process(volume, device="cpu", roiCenterNode=point)
         segment = segmentation.GetSegmentation().GetSegment(
             segmentation.GetSegmentation().GetSegmentIdBySegmentName("CTV"))
