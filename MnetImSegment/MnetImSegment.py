@@ -77,7 +77,9 @@ class MnetImSegment(ScriptedLoadableModule):
             "the <code>mnetim train</code> command and select that weights folder here.<br><br>"
             "Select the CT, click <i>Segment CTV</i>. Inference runs in the background (Cancel stops it and "
             "leaves the scene unchanged); the threshold slider re-thresholds the last result instantly. "
-            "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export."
+            "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export. "
+            "A CT that looks out of scope (e.g. no applicator) is refused with the reason; to segment it "
+            "anyway, place a point at the cervix as <i>ROI centre</i> and run again."
         ).format(citation=PAPER_CITATION)
         self.parent.helpText += documentationLink()
         # The CTV's terminology list must be loaded before any segment refers to it (scene loading too).
