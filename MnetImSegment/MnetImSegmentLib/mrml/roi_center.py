@@ -9,7 +9,7 @@ the first control point of a markups point list ("ROI centre (optional)" in the 
 * it is brought into the CT's own frame, because the engine works on the CT's own IJK-to-RAS matrix
   (:func:`.geometry.nodeIJKToRAS`, parent transforms excluded) and the CTV is placed under the CT's
   transform: a point seen on the transformed CT is the same anatomical point for the engine;
-* RAS -> LPS, the one sign flip of :mod:`.geometry`.
+* RAS -> LPS with :data:`.geometry.LPS_RAS`, the sign flip of :mod:`.geometry`.
 
 The engine's refusal tells a command-line user to pass ``--roi-center``; :func:`slicerScopeRefusal`
 says the same reasons with the Slicer way to override (place a point).
@@ -27,6 +27,7 @@ import slicer
 from ..core.errors import InputError
 from ..core.volume import Geometry
 from ..engine.quality import OutOfScopeError, scope_refusal
+from .geometry import LPS_RAS
 
 #: How a Slicer user overrides a scope refusal (the end of the refusal's one sentence).
 SLICER_OVERRIDE_HINT = ('place a point at the cervix (external os) as "ROI centre (optional)" in the MnetImSegment '
@@ -61,8 +62,8 @@ def roiCenterFromMarkup(markupsNode, frameNode=None) -> Optional[Point]:
                          "(external os), or set the ROI centre to None.")
     world = [0.0, 0.0, 0.0]
     markupsNode.GetNthControlPointPositionWorld(index, world)
-    ras = worldToNodeFrame(world, frameNode)
-    return (-float(ras[0]), -float(ras[1]), float(ras[2]))
+    lps = LPS_RAS[:3, :3] @ worldToNodeFrame(world, frameNode)
+    return (float(lps[0]), float(lps[1]), float(lps[2]))
 
 
 def _firstPlacedPoint(markupsNode) -> Optional[int]:
@@ -120,9 +121,8 @@ def checkCenterInside(center: Optional[Point], geometry: Geometry, shape, volume
     extent = np.asarray(shape[::-1], dtype=float)  # (x, y, z) voxels, as ijk
     if np.all(ijk >= -0.5) and np.all(ijk <= extent - 0.5):
         return
-    ras = (-center[0], -center[1], center[2])
-    raise InputError(f"The ROI centre (RAS {ras[0]:.1f}, {ras[1]:.1f}, {ras[2]:.1f} mm) lies outside '{volumeName}': "
-                     "place it on that CT, at the cervix (external os).")
+    raise InputError(f"The ROI centre (LPS {center[0]:.1f}, {center[1]:.1f}, {center[2]:.1f} mm) lies outside "
+                     f"'{volumeName}': place it on that CT, at the cervix (external os).")
 
 
 def slicerScopeRefusal(error: OutOfScopeError) -> OutOfScopeError:
