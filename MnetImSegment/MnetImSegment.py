@@ -19,7 +19,7 @@ import qt
 import vtk
 
 import slicer
-from slicer import vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
+from slicer import vtkMRMLMarkupsFiducialNode, vtkMRMLScalarVolumeNode, vtkMRMLSegmentationNode
 
 from MnetImSegmentLib.mrml.dependencies import (currentVersions, installedVersion, planInstallation, slicerRTProblem,
                                                 slicerVersionProblem, torchVersionRequirement)
@@ -77,7 +77,9 @@ class MnetImSegment(ScriptedLoadableModule):
             "the <code>mnetim train</code> command and select that weights folder here.<br><br>"
             "Select the CT, click <i>Segment CTV</i>. Inference runs in the background (Cancel stops it and "
             "leaves the scene unchanged); the threshold slider re-thresholds the last result instantly. "
-            "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export."
+            "The segmentation is placed in the CT's study, ready for DICOM RTSTRUCT export. "
+            "A CT that looks out of scope (e.g. no applicator) is refused with the reason; to segment it "
+            "anyway, place a point at the cervix as <i>ROI centre</i> and run again."
         ).format(citation=PAPER_CITATION)
         self.parent.helpText += documentationLink()
         # The CTV's terminology list must be loaded before any segment refers to it (scene loading too).
@@ -163,6 +165,8 @@ class MnetImSegmentParameterNode:
     keepProbability: Also add the probability map to the scene as a volume.
     priorVolume, priorSegmentation: Optional previous fraction (CT + approved CTV): carried onto the
         input, fused with the network and shown as segment "CTV (previous fraction)".
+    roiCenterNode: Optional point list whose first point (at the cervix) centres the region of
+        interest; it also segments a CT refused as out of scope (the reasons become warnings).
     resultSegmentation: The last result; the threshold slider re-thresholds it.
     thresholdWeightsFolder: The weights whose card threshold last initialised ``threshold`` (so a
         user's threshold survives a scene reload, and a new model starts from its own).
@@ -177,6 +181,7 @@ class MnetImSegmentParameterNode:
     keepProbability: bool = False
     priorVolume: vtkMRMLScalarVolumeNode
     priorSegmentation: vtkMRMLSegmentationNode
+    roiCenterNode: vtkMRMLMarkupsFiducialNode
     resultSegmentation: vtkMRMLSegmentationNode
     thresholdWeightsFolder: str = ""
 
@@ -389,6 +394,7 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.show3DCheckBox.connect("toggled(bool)", self.onShow3DToggled)
         self.ui.inProcessCheckBox.checked = self.settings.inProcess
         self.ui.inProcessCheckBox.connect("toggled(bool)", self.onInProcessToggled)
+        self._setupRoiCenterPlacement()
         torchVersion = installedVersion("torch")
         self.ui.versionsLabel.text = _("MnetImSegment {version}; PyTorch {torch} (CUDA is reported after the first "
                                        "run); Slicer {slicer}").format(
@@ -400,6 +406,23 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if rtProblem:
             logging.warning(rtProblem)
             self.ui.statusLabel.text = rtProblem
+
+    def _setupRoiCenterPlacement(self) -> None:
+        """A place button (and delete) beside the ROI centre selector; it places into the selected list."""
+        self.roiCenterPlaceWidget = slicer.qSlicerMarkupsPlaceWidget()
+        self.roiCenterPlaceWidget.setMRMLScene(slicer.mrmlScene)
+        self.roiCenterPlaceWidget.placeMultipleMarkups = slicer.qSlicerMarkupsPlaceWidget.ForcePlaceSingleMarkup
+        self.roiCenterPlaceWidget.buttonsVisible = False
+        self.roiCenterPlaceWidget.placeButton().show()
+        self.roiCenterPlaceWidget.deleteButton().show()
+        self.ui.roiCenterWidget.layout().addWidget(self.roiCenterPlaceWidget)
+        self.ui.roiCenterSelector.connect("currentNodeChanged(vtkMRMLNode*)", self.roiCenterPlaceWidget.setCurrentNode)
+        self.ui.roiCenterSelector.connect("nodeAddedByUser(vtkMRMLNode*)", self.onRoiCenterAdded)
+
+    def onRoiCenterAdded(self, node) -> None:
+        """A point list just created from the selector: start placing its point at once."""
+        self.roiCenterPlaceWidget.setCurrentNode(node)
+        self.roiCenterPlaceWidget.setPlaceModeEnabled(True)
 
     def cleanup(self) -> None:
         self._cancelJob()
@@ -470,7 +493,8 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.applyButton.enabled = ready
         for widget in (self.ui.inputVolumeSelector, self.ui.outputSegmentationSelector, self.ui.weightsPathLineEdit,
                        self.ui.defaultWeightsButton, self.ui.deviceComboBox, self.ui.largestComponentCheckBox,
-                       self.ui.keepProbabilityCheckBox, self.ui.priorVolumeSelector, self.ui.priorSegmentationSelector):
+                       self.ui.keepProbabilityCheckBox, self.ui.priorVolumeSelector, self.ui.priorSegmentationSelector,
+                       self.ui.roiCenterWidget):
             widget.enabled = not running
         if p is not None and str(p.weightsFolder) != self._weightsShown:
             self._weightsChanged()
@@ -543,8 +567,10 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         with slicer.util.tryWithErrorDisplay(_("Segment CTV could not start."), waitCursor=True):
             ensureDependencies(self.logic, log=self.log)
             weights = self.logic.resolveWeights(None if _isDefaultWeights(p.weightsFolder) else p.weightsFolder)
+            # Read once, now: the point as placed when the user clicked is the one both paths use.
+            roiCenter = self.logic.resolveRoiCenter(roiCenterNode=p.roiCenterNode, inputVolume=p.inputVolume)
             arguments = dict(weights=weights, device=p.device.value, threshold=p.threshold,
-                             largestComponent=p.largestComponent)
+                             largestComponent=p.largestComponent, roiCenter=roiCenter)
             if self.settings.inProcess:
                 self.logic.resolveDevice(p.device.value)  # a GPU request without a GPU fails here, before any work
                 jobClass = SegmentationJob
@@ -559,6 +585,10 @@ class MnetImSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.log(_("Segmenting '{name}' with {weights} on {device} ({where}).").format(
                 name=p.inputVolume.GetName(), weights=weights, device=p.device.value,
                 where=_("in Slicer's process") if self.settings.inProcess else _("worker process")))
+            if roiCenter is not None:
+                self.log(_("ROI centre: the first point of '{name}' (LPS {x:.1f}, {y:.1f}, {z:.1f} mm, the CT's "
+                           "frame).").format(name=p.roiCenterNode.GetName(), x=roiCenter[0], y=roiCenter[1],
+                                             z=roiCenter[2]))
             self.ui.progressBar.value = 0
             self.ui.progressBar.show()
             self.ui.statusLabel.text = _("Starting...")
@@ -740,7 +770,7 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         self.delayDisplay("Test passed")
 
     def test_OutOfScopeRefusedThenWarned(self):
-        """A pelvis without applicator is refused; given a centre it is segmented with a red, tagged warning."""
+        """A pelvis without applicator is refused; given a placed point it is segmented with a red, tagged warning."""
         from MnetImSegmentLib.engine.quality import OutOfScopeError
         from MnetImSegmentLib.mrml.geometry import ijkToRASFromGeometry
         from MnetImSegmentLib.research.phantom import make_phantom
@@ -751,10 +781,15 @@ class MnetImSegmentTest(ScriptedLoadableModuleTest):
         volume = slicer.util.addVolumeFromArray(phantom.ct.array, ijkToRASFromGeometry(phantom.ct.geometry),
                                                 name="phantom without applicator")
         nodes = slicer.mrmlScene.GetNumberOfNodes()
-        with self.assertRaises(OutOfScopeError):
+        with self.assertRaises(OutOfScopeError) as refusal:
             logic.process(volume, device="cpu")
+        self.assertIn("ROI centre", str(refusal.exception))  # the Slicer way to override, not --roi-center
         self.assertEqual(slicer.mrmlScene.GetNumberOfNodes(), nodes)
-        segmentation = logic.process(volume, device="cpu", roiCenter=phantom.params["cervix_os_lps"])
+        # What a user does: a point placed at the cervix (Slicer's RAS) as "ROI centre".
+        l, p, s = phantom.params["cervix_os_lps"]
+        point = slicer.mrmlScene.AddNewNodeByClass("vtkMRMLMarkupsFiducialNode", "ROI centre")
+        point.AddControlPoint([-l, -p, s])
+        segmentation = logic.process(volume, device="cpu", roiCenterNode=point)
         segment = segmentation.GetSegmentation().GetSegment(
             segmentation.GetSegmentation().GetSegmentIdBySegmentName("CTV"))
         value = vtk.mutable("")

@@ -13,8 +13,9 @@ from MnetImSegmentLib.dicomrt.export import review_note
 from MnetImSegmentLib.engine.applicator import ApplicatorFit
 from MnetImSegmentLib.engine.inference import Segmenter, check_ct
 from MnetImSegmentLib.engine.io import write_image
-from MnetImSegmentLib.engine.quality import (OutOfScopeError, QualitySpec, check_scope, component_volumes_ml,
-                                             parse_point, result_warnings, slice_confidence, tandem_relation)
+from MnetImSegmentLib.engine.quality import (OVERRIDE_HINT, OutOfScopeError, QualitySpec, check_scope,
+                                             component_volumes_ml, parse_point, result_warnings, scope_refusal,
+                                             slice_confidence, tandem_relation)
 from MnetImSegmentLib.research.distractors import add_distractors, pelvis_phantom
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
 from MnetImSegmentLib.research.scope_phantoms import chest_phantom, head_phantom, mr_like, water_phantom
@@ -151,8 +152,13 @@ def no_applicator_ct(tmp_path_factory):
 def test_segmenter_refuses_then_segments_at_a_given_centre(no_applicator_ct, tiny_weights):
     _, ph = no_applicator_ct
     seg = Segmenter(tiny_weights, device="cpu")
-    with pytest.raises(OutOfScopeError, match="no intrauterine applicator.*--roi-center"):
+    with pytest.raises(OutOfScopeError, match="no intrauterine applicator.*--roi-center") as refusal:
         seg.segment(ph.ct)
+    # The reasons travel with the error, so a front end (Slicer) can give its own way to override.
+    assert any(r.startswith("no intrauterine applicator") for r in refusal.value.reasons)
+    reworded = scope_refusal(refusal.value.reasons, "place a point")
+    assert str(reworded) == str(refusal.value).replace(OVERRIDE_HINT, "place a point")
+    assert reworded.reasons == refusal.value.reasons
     r = seg.segment(ph.ct, roi_center=ph.params["cervix_os_lps"])
     assert any("out of scope" in w for w in r.warnings)
     assert r.quality["status"] == "red" and "low_confidence_slices" in r.quality

@@ -373,6 +373,7 @@ def test_ui_is_a_qmrmlwidget_with_every_widget_the_module_uses(ui_tree, module_a
 CONNECTABLE = {
     "vtkMRMLScalarVolumeNode": "qMRMLNodeComboBox",
     "vtkMRMLSegmentationNode": "qMRMLNodeComboBox",
+    "vtkMRMLMarkupsFiducialNode": "qMRMLNodeComboBox",
     "Path": "ctkPathLineEdit",
     "Device": "QComboBox",
     "bool": "QCheckBox",

@@ -37,6 +37,7 @@ from .core.style import CTV_NAME, THRESHOLD_TAG
 from .core.volume import Volume
 from .engine.device import is_cuda_failure, release_cuda_cache, resolve_device
 from .engine.inference import SegmentationResult, SegmenterCache
+from .engine.quality import OutOfScopeError
 from .engine.weights import TENSORS, ModelCard, read_card, resolve_weights_dir
 from .mrml.background import BackgroundRun, startBackgroundRun
 from .mrml.dependencies import raiseForMissingDependencies
@@ -45,6 +46,7 @@ from .mrml.geometry import geometryFromIJKToRAS, nodeIJKToRAS, orientedImage
 from .mrml.kept_probability import (RethresholdingMixin, MAX_THRESHOLD, MIN_THRESHOLD, PROBABILITY_REFERENCE_ROLE, KeptProbabilities,
                                     KeptProbability, segmentUnchanged)
 from .mrml.phases import CancelArg, EngineRun, PreparedInput, ProgressCallback, cancelFunction
+from .mrml.roi_center import checkCenterInside, resolveRoiCenter, slicerScopeRefusal
 from .mrml.segments import (addProbabilityVolume, newSegmentationBeside, tagCTV, validateOutputNode, validateVolumeNode,
                             writeCTV)
 
@@ -103,6 +105,21 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
         return PreparedInput(Volume(array, geometry), ijkToRas, inputVolume.GetID(), inputVolume.GetName())
 
     @staticmethod
+    def resolveRoiCenter(roiCenter=None, roiCenterNode=None, inputVolume=None):
+        """The ROI centre (LPS mm, in ``inputVolume``'s own frame) from a point or a markups node, or ``None``.
+
+        Args:
+            roiCenter: Three numbers, LPS mm.
+            roiCenterNode: A markups point list (``vtkMRMLMarkupsFiducialNode``): its first placed point,
+                at its world position (a point list under a transform counts where it is shown).
+            inputVolume: The CT the point is for; a CT under a transform gets the point in its own frame.
+
+        Raises:
+            InputError: Both were given, or the point list has no placed point (one sentence).
+        """
+        return resolveRoiCenter(roiCenter, roiCenterNode, inputVolume)
+
+    @staticmethod
     def resolveWeights(weights=None) -> Path:
         """The weights folder to use (``None``, '' or '.' mean the shipped demo weights), with a valid card."""
         folder = resolve_weights_dir(weights)
@@ -140,12 +157,13 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
             largestComponent: Keep only the largest connected component; ``None`` for the card's choice.
             progressCallback: ``progressCallback(fraction, message)``.
             cancel: A callable returning True, or a ``threading.Event``, to stop between batches.
-            roiCenter: A point (LPS mm) to centre the ROI on; it also segments a CT refused as out of
-                scope (the reasons then become warnings).
+            roiCenter: A point (LPS mm, the CT's own frame) to centre the ROI on; it also segments a CT
+                refused as out of scope (the reasons then become warnings). It must lie inside the CT.
 
         Raises:
             Cancelled: The run was cancelled; nothing was produced.
-            OutOfScopeError: The CT is out of scope (no applicator, not a pelvis...) and no roiCenter.
+            OutOfScopeError: The CT is out of scope (no applicator, not a pelvis...) and no roiCenter;
+                the sentence tells a Slicer user to place a point as ROI centre.
             MnetImError: With a message for the user (input, weights, device, dependencies).
         """
         self.checkDependencies()
@@ -157,6 +175,8 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
         if threshold is not None and not (0.0 < float(threshold) < 1.0):
             raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
         keepLargest = card.largest_component if largestComponent is None else bool(largestComponent)
+        roiCenter = resolveRoiCenter(roiCenter)
+        checkCenterInside(roiCenter, prepared.volume.geometry, prepared.volume.shape, prepared.name)
         warnings = []
 
         def attempt(dev: str) -> SegmentationResult:
@@ -164,9 +184,13 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
                 raise Cancelled("Segmentation cancelled; the scene was not changed.")
             report(0.0, f"loading {card.label} on {dev}")
             segmenter = self._segmenter(folder, dev)
-            # The probability map is always kept: it is what makes re-thresholding instant.
-            return segmenter.segment(prepared.volume, threshold=threshold, largest_component=keepLargest,
-                                     keep_probability=True, progress=report, cancel=isCancelled, roi_center=roiCenter)
+            try:
+                # The probability map is always kept: it is what makes re-thresholding instant.
+                return segmenter.segment(prepared.volume, threshold=threshold, largest_component=keepLargest,
+                                         keep_probability=True, progress=report, cancel=isCancelled,
+                                         roi_center=roiCenter)
+            except OutOfScopeError as exc:  # the engine's sentence says --roi-center; Slicer's, a placed point
+                raise slicerScopeRefusal(exc) from None
 
         try:
             result = attempt(resolved)
@@ -188,7 +212,8 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
             raise Cancelled("Segmentation cancelled; the scene was not changed.")
         warnings.extend(result.warnings)  # the quality checks' (engine/quality.py); also on the segment's tags
         self.lastWarnings = warnings
-        return EngineRun(result, card, folder, keepLargest, resolved, warnings, prepared)
+        self.lastRun = EngineRun(result, card, folder, keepLargest, resolved, warnings, prepared)
+        return self.lastRun
 
     # ------------------------------------------------------------------ phase 3: MRML output
     def createOutput(self, inputVolume, run: EngineRun, outputSegmentation=None, keepProbability: bool = False,
@@ -262,7 +287,7 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
     def process(self, inputVolume, outputSegmentation=None, device: str = "auto", threshold: Optional[float] = None,
                 progressCallback: Optional[ProgressCallback] = None, weights=None,
                 largestComponent: Optional[bool] = None, keepProbability: bool = False, cancel: CancelArg = None,
-                roiCenter=None, priorVolume=None, priorSegmentation=None):
+                roiCenter=None, priorVolume=None, priorSegmentation=None, roiCenterNode=None):
         """Segment the CTV of ``inputVolume``; return the ``vtkMRMLSegmentationNode`` holding segment ``CTV``.
 
         Args:
@@ -277,6 +302,9 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
             largestComponent: Keep only the largest connected component (``None``: the card's choice).
             keepProbability: Also add the probability map to the scene as a scalar volume.
             cancel: A callable returning True, or a ``threading.Event``, to stop the run.
+            roiCenter: A point (LPS mm) to centre the ROI on; it also segments a CT refused as out of
+                scope (the reasons then become warnings, status red).
+            roiCenterNode: The same as a markups point list (its first placed point); not with ``roiCenter``.
             priorVolume, priorSegmentation: The previous fraction's CT and its approved CTV (segment
                 ``CTV``): carried onto this CT, fused with the network, and added as the second segment
                 "CTV (previous fraction)" for comparison (``engine.fractions``).
@@ -287,6 +315,7 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
         """
         start = time.perf_counter()
         prepared = self.prepareInput(inputVolume)
+        roiCenter = resolveRoiCenter(roiCenter, roiCenterNode, inputVolume)
         propagation = self.propagatePrior(prepared, priorVolume, priorSegmentation)
         run = self.runEngine(prepared, weights=weights, device=device, threshold=threshold,
                              largestComponent=largestComponent, progressCallback=progressCallback, cancel=cancel,
@@ -303,13 +332,16 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
     # ------------------------------------------------------------------ phase 2 in a worker process
     def startProcess(self, inputVolume, weights=None, device: str = "auto", threshold: Optional[float] = None,
                      largestComponent: Optional[bool] = None, python: Optional[str] = None,
-                     threads: Optional[int] = None, roiCenter=None) -> BackgroundRun:
+                     threads: Optional[int] = None, roiCenter=None, roiCenterNode=None) -> BackgroundRun:
         """Start the network on ``inputVolume`` in a separate process (what the GUI uses); see :mod:`.mrml.background`.
 
         Poll with :meth:`pollProcess`, then call :meth:`finishProcess` (or ``run.cancel()`` and
-        ``run.cleanup()``). The scene is touched only by :meth:`finishProcess`.
+        ``run.cleanup()``). The scene is touched only by :meth:`finishProcess`. ``roiCenter`` /
+        ``roiCenterNode`` are those of :meth:`process`.
         """
         prepared = self.prepareInput(inputVolume)
+        roiCenter = resolveRoiCenter(roiCenter, roiCenterNode, inputVolume)
+        checkCenterInside(roiCenter, prepared.volume.geometry, prepared.volume.shape, prepared.name)
         folder = self.resolveWeights(weights)
         if threshold is not None and not (0.0 < float(threshold) < 1.0):
             raise InputError(f"The threshold must lie strictly between 0 and 1, got {threshold}.")
@@ -327,6 +359,7 @@ class MnetImSegmentLogic(PreviousFractionMixin, RethresholdingMixin):
 
         Raises:
             Cancelled: The run was cancelled; the scene is unchanged.
+            OutOfScopeError: The CT is out of scope (the sentence says how to override in Slicer).
             MnetImError: The worker failed or died (one sentence); the scene is unchanged.
         """
         try:

@@ -29,7 +29,16 @@ from .applicator import ApplicatorFit, locate_applicator, pelvis_signals
 
 
 class OutOfScopeError(InputError):
-    """The CT is outside what the model was made for; nothing was segmented or written."""
+    """The CT is outside what the model was made for; nothing was segmented or written.
+
+    Attributes:
+        reasons: The refusals, each a clause (``ScopeReport.refusals``), so that a front end can say
+            the same thing with its own way to override (:func:`scope_refusal`).
+    """
+
+    def __init__(self, message: str, reasons=()):
+        super().__init__(message)
+        self.reasons = tuple(str(r) for r in reasons)
 
 
 class QualityError(MnetImError):
@@ -144,11 +153,16 @@ def check_scope(volume: Volume, spec: QualitySpec = QualitySpec(), modality: str
     return report
 
 
+def scope_refusal(reasons, hint: str = OVERRIDE_HINT) -> OutOfScopeError:
+    """The :class:`OutOfScopeError` for these reasons: one sentence, why and then ``hint`` (how to override)."""
+    reasons = [str(r) for r in reasons]
+    return OutOfScopeError(f"This CT looks out of scope for the CTV model: {'; '.join(reasons)}; {hint}.", reasons)
+
+
 def refuse(report: ScopeReport) -> None:
     """Raise :class:`OutOfScopeError` with one sentence: why, and how to override."""
     if report.refusals:
-        raise OutOfScopeError(f"This CT looks out of scope for the CTV model: {'; '.join(report.refusals)}; "
-                              f"{OVERRIDE_HINT}.")
+        raise scope_refusal(report.refusals)
 
 
 def parse_point(text: str) -> tuple[float, float, float]:

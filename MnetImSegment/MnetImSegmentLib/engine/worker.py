@@ -18,6 +18,7 @@ and the probability map cropped to the box outside which it is zero are written 
     {"event": "done", "threshold": 0.5, "device": "cpu", "model": "...", "seconds": {...},
      "probability_box": [[z0, z1], [y0, y1], [x0, x1]] or null, "warnings": [...], "volume_ml": 12.3}
     {"event": "error", "message": "One sentence.", "kind": "InputError"}
+    {"event": "error", "message": "...", "kind": "OutOfScopeError", "reasons": ["no intrauterine applicator ..."]}
 
 The exit status is 0 after ``done`` and non-zero after ``error``. Anything else a library prints
 goes to stderr, so it cannot corrupt the event stream.
@@ -39,6 +40,7 @@ from ..core.volume import Geometry, Volume
 from .device import is_cuda_failure, release_cuda_cache
 from .inference import SegmentationResult, Segmenter
 from .io import image_readback_check
+from .quality import OutOfScopeError
 from .roi import Roi
 from .weights import read_card
 
@@ -233,7 +235,9 @@ def main(argv=None) -> int:
         events.emit("error", message=str(exc), kind="Cancelled")
         return exc.exit_code
     except BaseException as exc:  # reported as one sentence; the client shows it
-        events.emit("error", message=one_sentence(exc), kind=type(exc).__name__)
+        # The refusal's reasons travel too, so the client can word its own way to override.
+        extra = {"reasons": list(exc.reasons)} if isinstance(exc, OutOfScopeError) else {}
+        events.emit("error", message=one_sentence(exc), kind=type(exc).__name__, **extra)
         return getattr(exc, "exit_code", 1) if isinstance(exc, MnetImError) else 1
     finally:
         sys.stdout = events._stream

@@ -20,9 +20,11 @@ from pathlib import Path
 from typing import Optional
 
 from ..core.errors import Cancelled, MnetImError
+from ..engine.quality import scope_refusal
 from ..engine.weights import ModelCard
 from ..engine.worker import REQUEST_NAME, read_result, write_request
 from .phases import EngineRun, PreparedInput
+from .roi_center import SLICER_OVERRIDE_HINT
 from .worker_client import WorkerProcess
 
 
@@ -50,6 +52,7 @@ class BackgroundRun:
 
         Raises:
             Cancelled: The run was cancelled.
+            OutOfScopeError: The CT is out of scope (worded for Slicer: place a point as ROI centre).
             MnetImError: The worker failed or died (its one sentence), or its output is unusable.
         """
         if self.worker.cancelled:
@@ -57,6 +60,9 @@ class BackgroundRun:
         if not self.worker.finished:
             raise MnetImError("The segmentation is still running.")
         if self.worker.result is None:
+            event = self.worker.errorEvent or {}
+            if event.get("kind") == "OutOfScopeError" and event.get("reasons"):
+                raise scope_refusal(event["reasons"], SLICER_OVERRIDE_HINT)
             raise MnetImError(self.worker.error or "The segmentation process failed; the scene was not changed.")
         return readEngineRun(self.worker.result, self.workDir, self.prepared, self.card, self.weights)
 

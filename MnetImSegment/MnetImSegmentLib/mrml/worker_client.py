@@ -76,6 +76,8 @@ class WorkerProcess:
     Attributes:
         result: The ``done`` event once it arrived.
         error: The sentence of the ``error`` event (the worker's own, or one about the process dying).
+        errorEvent: The worker's own ``error`` event (its ``kind``, and ``reasons`` for a scope
+            refusal), or ``None``.
         cancelled: :meth:`cancel` was called.
     """
 
@@ -87,6 +89,7 @@ class WorkerProcess:
         self.process: Optional[subprocess.Popen] = None
         self.result: Optional[dict] = None
         self.error: Optional[str] = None
+        self.errorEvent: Optional[dict] = None
         self.cancelled = False
         self._events: queue.Queue = queue.Queue()
         self._stderr = collections.deque(maxlen=STDERR_LINES)
@@ -185,6 +188,7 @@ class WorkerProcess:
             self.result = event
         elif event.get("event") == "error" and self.error is None:
             self.error = str(event.get("message", "The segmentation process failed."))
+            self.errorEvent = event
 
     def _deathSentence(self) -> str:
         code = self.process.returncode if self.process is not None else None
