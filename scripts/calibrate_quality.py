@@ -4,7 +4,7 @@ Scope checks (no network) on held-out phantoms of several styles -- the v2 gener
 without distractors, metal and plastic applicators, on the default and a 192 px pelvis grid -- and
 on out-of-scope cases (chest, head, water cylinder, MR-like, pelvis without applicator, hip
 prosthesis without applicator). With ``--network N`` the first N in-scope phantoms are also
-segmented with the demo weights and the result checks are counted.
+segmented (the demo weights, or ``--weights DIR``) and the result checks are counted.
 
     PYTHONPATH=MnetImSegment python scripts/calibrate_quality.py --n 12 --network 6
 """
@@ -63,6 +63,7 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--n", type=int, default=12, help="in-scope phantoms (and as many out-of-scope cases)")
     p.add_argument("--network", type=int, default=0, help="segment this many in-scope phantoms")
+    p.add_argument("--weights", default=None, help="weights folder for --network (default: the shipped demo weights)")
     args = p.parse_args()
     spec = QualitySpec()
     rows = []
@@ -88,7 +89,7 @@ def main() -> None:
     if args.network:
         from MnetImSegmentLib.engine.inference import Segmenter
 
-        seg = Segmenter(device="cpu")
+        seg = Segmenter(args.weights, device="cpu")
         warned, dices = 0, []
         print(f"\n{'style':18} {'dice':>5} {'ml':>7} {'os_mm':>6} {'encl':>5} {'dis':>6} {'unc':>6} {'low':>4} {'qual_s':>6} {'net_s':>6}  warnings")
         for _, style, rep, ph in ins[: args.network]:
