@@ -250,3 +250,14 @@ def test_a_real_ct_without_applicator_is_refused_and_nothing_is_written(source, 
     assert len([line for line in err.splitlines() if line.strip()]) == 1
     assert not out.exists()
     assert not out.parent.exists() or not any(out.parent.iterdir())
+
+
+def test_shipped_card_writes_down_its_thresholds_and_their_calibration(demo_weights):
+    """Issue 12: the thresholds the demo weights run with, and how they were calibrated, are in the card."""
+    from MnetImSegmentLib.engine.weights import read_card
+
+    raw = read_card(demo_weights).raw
+    assert QualitySpec.from_card(raw["quality"]) == QualitySpec()  # the card's thresholds are the ones in force
+    calibration = raw["quality_calibration"]
+    assert calibration["script"].startswith("scripts/calibrate_quality.py")
+    assert calibration["out_of_scope_refused"] == "24/24" and "caveat" in calibration
