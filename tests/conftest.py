@@ -22,6 +22,9 @@ def pytest_configure(config):
 
     if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
         signal.signal(signal.SIGINT, signal.default_int_handler)
+    # Likewise `nohup` hands SIGHUP ignored (and our clean-up rightly respects an inherited ignore).
+    if signal.getsignal(signal.SIGHUP) is signal.SIG_IGN:
+        signal.signal(signal.SIGHUP, signal.SIG_DFL)
     # Tests are small; one thread keeps them deterministic and fair on a 2-core CI machine.
     import torch
 
