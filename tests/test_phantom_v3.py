@@ -194,3 +194,34 @@ def test_template_table_is_rederived_from_the_real_structure_sets(tmp_path):
     subprocess.run([sys.executable, str(repo / "scripts" / "derive_phantom_templates.py"), str(folder), "-o", str(out)],
                    check=True, capture_output=True)
     assert json.loads(out.read_text()) == json.loads((repo / "MnetImSegment" / "MnetImSegmentLib" / "research" / "phantom_templates.json").read_text())
+
+
+def test_ctv_boundary_contrast_measures_a_visible_and_an_invisible_edge():
+    """scripts/ctv_boundary_contrast.py: anisotropic shells, and a CNR that tells a seen edge from an unseen one."""
+    import importlib.util
+    from pathlib import Path
+    from types import SimpleNamespace
+
+    from MnetImSegmentLib.core.volume import Geometry, Volume
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "ctv_boundary_contrast.py"
+    spec = importlib.util.spec_from_file_location("ctv_boundary_contrast", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    mask = np.zeros((20, 40, 40), bool)
+    mask[5:15, 10:30, 10:30] = True
+    inner, outer = module.boundary_rings(mask, (1.0, 1.0, 3.0), mm=3.0)  # x, y 1 mm; z 3 mm
+    assert inner[10, 20, 10:13].all() and not inner[10, 20, 13]  # 3 voxels in-plane
+    assert inner[5, 20, 20] and not inner[6, 20, 20]  # 1 voxel (3 mm) along z
+    assert outer[10, 20, 7:10].all() and not outer[10, 20, 6] and not (inner & outer).any()
+
+    rng = np.random.default_rng(0)
+    geometry = Geometry((1.0, 1.0, 3.0), (0.0, 0.0, 0.0), np.eye(3).ravel())
+    for delta, seen in ((40.0, True), (0.0, False)):
+        ct = 20.0 + rng.normal(0, 10, mask.shape) + delta * mask
+        ph = SimpleNamespace(ct=Volume(ct.astype(np.float32), geometry),
+                             labels=Volume(mask.astype(np.uint8), geometry), params={"noise_hu": 10.0})
+        r = module.boundary_contrast(ph)
+        assert (r["cnr"] > 2.0) if seen else (r["cnr"] < 0.5), r
+        assert r["ctv_ml"] == pytest.approx(mask.sum() * 3.0 / 1000)
