@@ -250,29 +250,36 @@ def ensureDependencies(logic: MRMLBridgeLogic, log=logging.info) -> None:
 #
 # Background run
 #
-class SegmentationJob:
-    """One network run on a worker thread of Slicer's own process (the in-process setting).
-
-    The main thread calls :meth:`drain` from a timer; MRML is never touched on the thread.
-    """
+class _Job:
+    """What both kinds of run share: their inputs, the cancel flag and the carried-over prior CTV."""
 
     def __init__(self, logic, inputVolume, outputSegmentation, keepProbability, engineArguments):
         self.logic = logic
-        self.prepared = logic.prepareInput(inputVolume)
         self.inputVolume = inputVolume
         self.outputSegmentation = outputSegmentation
         self.keepProbability = keepProbability
         self.engineArguments = engineArguments
         self.cancelEvent = threading.Event()
         self.propagation = None  # the previous fraction's carried-over CTV (set on the main thread), or None
+
+    def cancel(self) -> None:
+        self.cancelEvent.set()
+
+
+class SegmentationJob(_Job):
+    """One network run on a worker thread of Slicer's own process (the in-process setting).
+
+    The main thread calls :meth:`drain` from a timer; MRML is never touched on the thread.
+    """
+
+    def __init__(self, logic, inputVolume, outputSegmentation, keepProbability, engineArguments):
+        super().__init__(logic, inputVolume, outputSegmentation, keepProbability, engineArguments)
+        self.prepared = logic.prepareInput(inputVolume)
         self.messages = queue.Queue()
         self.thread = threading.Thread(target=self._run, name="MnetImSegment inference", daemon=True)
 
     def start(self) -> None:
         self.thread.start()
-
-    def cancel(self) -> None:
-        self.cancelEvent.set()
 
     def drain(self) -> list:
         """``("progress", fraction, text)``, ``("log", text)``, and last ``("finished", outcome)``."""
@@ -305,24 +312,18 @@ class SegmentationJob:
         self.messages.put(("progress", float(fraction), str(text)))
 
 
-class ProcessJob:
+class ProcessJob(_Job):
     """One network run in a worker process (the default): a crash there cannot end Slicer."""
 
     def __init__(self, logic, inputVolume, outputSegmentation, keepProbability, engineArguments):
-        self.logic = logic
-        self.inputVolume = inputVolume
-        self.outputSegmentation = outputSegmentation
-        self.keepProbability = keepProbability
-        self.engineArguments = engineArguments
-        self.cancelEvent = threading.Event()
-        self.propagation = None  # the previous fraction's carried-over CTV (set on the main thread), or None
+        super().__init__(logic, inputVolume, outputSegmentation, keepProbability, engineArguments)
         self.run = None
 
     def start(self) -> None:
         self.run = self.logic.startProcess(self.inputVolume, **self.engineArguments)
 
     def cancel(self) -> None:
-        self.cancelEvent.set()
+        super().cancel()
         if self.run is not None:
             self.run.cancel()
 
