@@ -25,7 +25,7 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
-from MnetImSegmentLib.cli import main
+from helpers.cli import assert_refused as _assert_cli_refused, run_cli
 from MnetImSegmentLib.core.commit import (TEMP_PREFIX, OutputTransaction, batch_name_collisions, check_min_size,
                                      check_sha256, clean_stale_temps, is_temp_name, os_error_reason,
                                      output_error, refuse_output_equals_input, signal_cleanup)
@@ -68,18 +68,6 @@ def _noisy_mask(shape=(40, 128, 128), seed=0) -> Volume:
     return Volume((rng.random(shape) > 0.5).astype(np.uint8), OBLIQUE)
 
 
-def run_cli(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _assert_cli_refused(code, err, match):
-    assert code != 0, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("mnetim: error:"), err
-    assert "Traceback" not in err
-    assert any(m.lower() in err.lower() for m in match.split("|")), err
 
 
 @pytest.fixture(scope="module")

@@ -21,8 +21,8 @@ import numpy as np
 import pytest
 import SimpleITK as sitk
 
+from helpers.cli import assert_refused as _refused, run_cli as _run
 from helpers.rt_fixtures import circle, ct_volume, write_ct, write_rs
-from MnetImSegmentLib.cli import main
 from MnetImSegmentLib.core.commit import is_temp_name
 from MnetImSegmentLib.core.errors import InputError, OutputError
 from MnetImSegmentLib.core.volume import Geometry, Volume
@@ -37,17 +37,6 @@ def _names(folder: Path) -> list[str]:
     return sorted(p.name for p in Path(folder).iterdir())
 
 
-def _run(argv, capsys):
-    code = main([str(a) for a in argv])
-    out, err = capsys.readouterr()
-    return code, out, err
-
-
-def _refused(code, err, match):
-    assert code != 0, err
-    lines = [ln for ln in err.strip().splitlines() if ln]
-    assert len(lines) == 1 and lines[0].startswith("mnetim: error:"), err
-    assert match.lower() in err.lower(), err
 
 
 @pytest.fixture(scope="module")

@@ -748,15 +748,20 @@ def _inode_in_tree(path: Path, root: Path, limit: int = 100_000) -> bool:
 _KNOWN_SUFFIXES = (".seg.nrrd", ".nii.gz", ".nii", ".nrrd", ".mha", ".mhd")
 
 
-def output_stem(path: PathLike) -> str:
-    """The part of an input's name that names its output: suffixes of image formats removed."""
-    p = Path(path)
-    name = p.name
+def strip_suffix(name: str, suffixes: Iterable[str]) -> Optional[str]:
+    """``name`` without the first of ``suffixes`` it ends with (case-insensitive; never empty), else None."""
     lower = name.lower()
-    for s in _KNOWN_SUFFIXES:
+    for s in suffixes:
         if lower.endswith(s) and len(name) > len(s):
             return name[: -len(s)]
-    return name
+    return None
+
+
+def output_stem(path: PathLike) -> str:
+    """The part of an input's name that names its output: suffixes of image formats removed."""
+    name = Path(path).name
+    stem = strip_suffix(name, _KNOWN_SUFFIXES)
+    return name if stem is None else stem
 
 
 def batch_name_collisions(inputs: Iterable[PathLike], stem: Callable[[Path], str] = output_stem) -> dict[str, list[Path]]:

@@ -7,6 +7,7 @@ from typing import Optional
 
 import numpy as np
 
+from ...core.commit import strip_suffix
 from ...core.errors import DatasetError
 from ...core.files import MASK_SUFFIXES
 from ...core.style import CTV_NAME
@@ -17,12 +18,7 @@ from ...engine.io import read_image, read_segmentation_mask
 # --------------------------------------------------------------------------- case discovery and reading
 def case_id_of(path: Path) -> Optional[str]:
     """The case id of a mask or image file (name without its image suffix), or None if not one."""
-    name = path.name
-    lower = name.lower()
-    for suffix in MASK_SUFFIXES:
-        if lower.endswith(suffix) and len(name) > len(suffix):
-            return name[: -len(suffix)]
-    return None
+    return strip_suffix(path.name, MASK_SUFFIXES)
 
 
 def find_cases(folder, what: str, allow_dirs: bool = False) -> dict[str, Path]:
