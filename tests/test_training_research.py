@@ -450,14 +450,14 @@ def test_init_weights_starts_from_the_parent_and_names_it(dataset, tmp_path):
 
 def test_card_test_section_reports_each_phantom_style():
     """A mixed-style test split is summarised per generator style as well as overall."""
-    from MnetImSegmentLib.research.training.export import test_section
+    from MnetImSegmentLib.research.training.export import card_test_section
 
     rows = [{"scan_id": "a", "vd": 0.9, "style": "v2"}, {"scan_id": "b", "vd": 0.8, "style": "v2"},
             {"scan_id": "c", "vd": 0.5, "style": "v3"}]
-    section = test_section(rows)
+    section = card_test_section(rows)
     assert section["volumetric_dice_mean"] == pytest.approx(0.7333, abs=1e-4)
     assert section["by_style"]["v2"] == {"volumetric_dice_mean": 0.85, "volumetric_dice_median": 0.85,
                                          "volumetric_dice_min": 0.8, "n": 2}
     assert section["by_style"]["v3"]["n"] == 1 and section["by_style"]["v3"]["volumetric_dice_min"] == 0.5
-    assert "by_style" not in test_section([{"scan_id": "x", "vd": 0.7}])  # real data: no style column
-    assert test_section([])["volumetric_dice_mean"] is None
+    assert "by_style" not in card_test_section([{"scan_id": "x", "vd": 0.7}])  # real data: no style column
+    assert card_test_section([])["volumetric_dice_mean"] is None

@@ -75,7 +75,7 @@ def dice_summary(rows: list[dict]) -> dict:
             "volumetric_dice_min": round(float(np.min(vds)), 4), "n": len(vds)}
 
 
-def test_section(rows: list[dict]) -> dict:
+def card_test_section(rows: list[dict]) -> dict:
     """The card's ``test`` entry: overall Dice, per phantom style when the scans have one, the rows.
 
     A mixed-style test split's single mean hides which generator the model handles; the per-style
@@ -160,7 +160,7 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     segmenter = Segmenter(staging, device=ctx.device)
     # The staging tensors are those that ship, so these predictions are the shipped model's.
     rows = evaluate_scans(segmenter, trainer.splits["test"], save_dir=predictions_dir, save_names=prediction_names)
-    card["test"] = test_section(rows)
+    card["test"] = card_test_section(rows)
     _remove_stale_weights(staging)
     save_weights(trainer.model, Path(run_dir) / "weights", card)
     summary["test"] = card["test"]
