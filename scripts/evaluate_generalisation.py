@@ -27,7 +27,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("-n", type=int, default=3, help="phantoms per row")
     ap.add_argument("--matrix", type=int, default=256)
-    ap.add_argument("--perturb-style", default="v2", choices=("v2", "v3"))
+    ap.add_argument("--perturb-style", default="v2", choices=("v2", "v3", "v4"))
     ap.add_argument("--rows", nargs="*", help="only these rows (style or perturbation names)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--card-out", type=Path, help="write the card with a 'generalisation' entry here")

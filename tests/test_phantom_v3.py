@@ -13,7 +13,7 @@ from MnetImSegmentLib.research.phantom import rotation_matrix
 from MnetImSegmentLib.research.phantom_heldout import PhantomHeldout, make_phantom_heldout
 from MnetImSegmentLib.research.phantom_styles import assign_styles, make_phantom_style, parse_style_mix
 from MnetImSegmentLib.research.phantom_templates import StarShape, load_templates, star_volume_mm3
-from MnetImSegmentLib.research.phantom_v3 import LABELS, PhantomV3, make_phantom_v3
+from MnetImSegmentLib.research.phantom_v3 import LABELS, PhantomV3, PhantomV4, make_phantom_v3
 
 SMALL = dict(matrix=64, slice_mm=4.0, z_extent_mm=48.0)
 
@@ -37,9 +37,10 @@ def test_v3_is_deterministic_per_seed_and_differs_between_seeds():
 
 @pytest.mark.parametrize("direction", [np.diag([-1.0, 1.0, -1.0]), rotation_matrix(4, -3, 15) @ np.diag([1.0, -1.0, 1.0])],
                          ids=["flipped", "oblique_flipped"])
-def test_v3_labels_are_physical_on_any_grid(direction):
+@pytest.mark.parametrize("anatomy_class", [PhantomV3, PhantomV4], ids=["v3", "v4"])
+def test_v3_labels_are_physical_on_any_grid(direction, anatomy_class):
     """The same patient on an axial and on a flipped/oblique anisotropic grid: same CTV in space."""
-    anatomy = PhantomV3(11)
+    anatomy = anatomy_class(11)
     center = anatomy.patient_rotation @ anatomy.ctv_center
 
     def grid(d, spacing, size):

@@ -5,7 +5,7 @@ segment`` does) on each CT's own grid and scores the CTV mask with ``metrics.vol
 
 Rows:
 
-* ``v2``, ``v3`` (in-distribution styles) and ``heldout`` (never trained on);
+* ``v2``, ``v3``, ``v4`` (training styles) and ``heldout`` (never trained on);
 * the perturbation table of issue 11, applied to phantoms of ``perturb_style`` (default ``v2``; the
   same seeds as that style's own row, so every perturbation is paired with its unperturbed phantom):
   HU offset +-40, contrast x0.85 / x1.15 about 40 HU, noise x2 (the generator's own noise level
@@ -37,10 +37,10 @@ from ..engine.inference import Segmenter
 from .metrics import volumetric_dice
 from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
 from .phantom_heldout import PhantomHeldout
-from .phantom_v3 import Layer3, PhantomV3
+from .phantom_v3 import Layer3, PhantomV3, PhantomV4
 
-SEED_BASE = {"v2": 500000, "v3": 510000, "heldout": 900000}
-STYLE_ROWS = ("v2", "v3", "heldout")
+SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "heldout": 900000}
+STYLE_ROWS = ("v2", "v3", "v4", "heldout")
 BASE_SLICE_MM = 2.5
 BASE_Z_EXTENT_MM = 160.0
 CONTRAST_CENTRE_HU = 40.0
@@ -48,7 +48,7 @@ PLASTIC_HU = 250.0
 PERTURBATIONS = ("hu+40", "hu-40", "contrast x0.85", "contrast x1.15", "noise x2", "blur 1px",
                  "slices 1.25 mm", "slices 5 mm", "pixels 0.5 mm", "pixels 1.0 mm", "mirrored",
                  "rotated 10 deg", "plastic applicator")
-_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "heldout": PhantomHeldout}
+_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "heldout": PhantomHeldout}
 
 
 @dataclass
@@ -198,7 +198,7 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
         weights: A weights folder (ignored when ``segmenter`` is given).
         n: Phantoms per row.
         matrix: In-plane matrix of the base grid.
-        perturb_style: The style the perturbations are applied to ('v2' or 'v3').
+        perturb_style: The style the perturbations are applied to ('v2', 'v3' or 'v4').
         styles: Style rows to run.
         perturbations: Perturbation rows to run (names from ``PERTURBATIONS``).
         device: Inference device.
@@ -209,8 +209,8 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
     Returns:
         A JSON-ready dict: ``rows`` (one summary per row), the settings, and the weights' name/version.
     """
-    if perturb_style not in ("v2", "v3"):
-        raise ValueError("perturbations apply to a training style: 'v2' or 'v3'")
+    if perturb_style not in ("v2", "v3", "v4"):
+        raise ValueError("perturbations apply to a training style: 'v2', 'v3' or 'v4'")
     log = log or (lambda s: None)
     segmenter = segmenter or Segmenter(weights, device=device)
     t0 = time.perf_counter()

@@ -3,6 +3,8 @@
 * ``v2``: the original generator (``phantom.py``; the demo's and ``make demo``'s default);
 * ``v3``: domain-randomised (``phantom_v3.py``): template anatomy, wide per-structure HU, physical
   metal artefacts, random acquisition;
+* ``v4``: v3 with the CTV tied to what the image shows (the visible cervix inside the CTV and
+  scaled with it, a parametrium edge of at least 25 HU), wider tissue levels, fat-free pelvises;
 * ``heldout``: a structurally different generator (``phantom_heldout.py``) used ONLY to measure
   generalisation; never part of a training mix.
 """
@@ -14,10 +16,10 @@ import numpy as np
 from ..core.errors import InputError
 from .phantom import make_phantom
 from .phantom_heldout import make_phantom_heldout
-from .phantom_v3 import make_phantom_v3
+from .phantom_v3 import make_phantom_v3, make_phantom_v4
 
-STYLES = ("v2", "v3", "heldout")
-TRAINING_STYLES = ("v2", "v3")
+STYLES = ("v2", "v3", "v4", "heldout")
+TRAINING_STYLES = ("v2", "v3", "v4")
 HELDOUT_STYLE = "heldout"
 
 
@@ -29,6 +31,8 @@ def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_exte
         return ph
     if style == "v3":
         return make_phantom_v3(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+    if style == "v4":
+        return make_phantom_v4(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     if style == HELDOUT_STYLE:
         return make_phantom_heldout(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     raise InputError(f"Unknown phantom style '{style}'; choose among {', '.join(STYLES)}.")

@@ -149,12 +149,18 @@ def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 class PhantomV3:
-    """The random patient, applicator, intensities and scanner for one seed (grid-independent)."""
+    """The random patient, applicator, intensities and scanner for one seed (grid-independent).
+
+    ``anatomy_tied`` (False here; True for :class:`PhantomV4`) switches on the v4 changes. They draw
+    from a second random stream, so a v3 phantom of a given seed stays bit-identical.
+    """
 
     style = "v3"
+    anatomy_tied = False
 
     def __init__(self, seed: int):
         rng = np.random.default_rng([seed, 3])
+        rng4 = np.random.default_rng([seed, 4])  # v4-only draws (see the class docstring)
         self.seed = int(seed)
         u = rng.uniform
         p: dict = {"seed": int(seed), "style": self.style}
@@ -167,6 +173,15 @@ class PhantomV3:
         sc_fat = u(5, 45)
         fat_hu = u(-130, -70)
         soft = u(20, 60)  # the patient's soft-tissue level (calibration, hydration)
+        fat_free = False
+        if self.anatomy_tied:
+            # Wider tissue levels, and lean (fat-free) pelvises: the network must not need fat to
+            # find the cervix, because not every patient has any.
+            soft = rng4.uniform(15, 85)
+            fat_free = bool(rng4.random() < 0.35)
+            if fat_free:
+                sc_fat *= rng4.uniform(0.1, 0.35)
+            p.update(soft_tissue_hu=soft, subcutaneous_fat_mm=sc_fat, fat_free=fat_free)
         p.update(body_width_mm=2 * body_rx, body_depth_mm=2 * body_ry, subcutaneous_fat_mm=sc_fat,
                  soft_tissue_hu=soft)
         layers.append(Layer3(FastBlob.make(rng, body_c, [body_rx, body_ry, 400], bumps=4, bump_amp=0.05), fat_hu))
@@ -175,6 +190,8 @@ class PhantomV3:
         layers.append(Layer3(inner, soft + u(0, 20)))  # muscle wall
         visceral = FastBlob.make(rng, body_c + [0, u(-8, 0), 0], [inner_rx - u(5, 15), inner_ry - u(5, 12), 400], bumps=5, bump_amp=0.08)
         layers.append(Layer3(visceral, u(-100, -20)))  # pelvic fat, more or less mixed with strands
+        if fat_free:
+            layers[-1].hu = soft + rng4.uniform(-35, 5)
         def muscle(center, radii):
             layers.append(Layer3(Intersect(FastBlob.make(rng, center, radii), inner), soft + u(0, 25)))
 
@@ -253,9 +270,11 @@ class PhantomV3:
         cervix_hu = uterus_hu + u(-15, 10)
         vag_dir = rotation_matrix(u(-25, 5), u(-8, 8), 0) @ np.array([0.0, 0.0, -1.0])
         layers.append(Layer3(FastBlob.make(rng, axis * 15, [u(35, 50), u(22, 32), u(30, 42)], _frame_from_axis(axis), bump_amp=0.12), soft + u(-15, 5)))
+        parametrium = layers[-1]
         layers.append(Layer3(FastBlob.make(rng, axis * u(50, 70), [u(22, 35), u(18, 28), u(30, 45)], _frame_from_axis(axis), bump_amp=0.12), uterus_hu))
         layers.append(Layer3(Tube(vag_dir * 75, np.zeros(3), u(9, 14)), soft + u(-5, 10)))
         layers.append(Layer3(Tube(np.zeros(3) - axis * 5, axis * u(25, 40), u(14, 21)), cervix_hu))
+        cervix = layers[-1]
 
         # CTV: enhanced, iso-dense or darker than the tissue around it.
         ctv_ml = float(np.exp(u(np.log(25), np.log(130))))
@@ -264,6 +283,7 @@ class PhantomV3:
         delta = {"enhanced": u(10, 50), "iso": u(-5, 8), "hypo": u(-30, -5)}[mode]
         p.update(ctv_target_ml=ctv_ml, ctv_mode=str(mode), ctv_contrast_hu=float(delta))
         layers.append(Layer3(ctv, cervix_hu + delta, label=LABELS["CTV"], edge_mm=u(1.0, 2.5)))
+        ctv_layer = layers[-1]
         if rng.random() < 0.5:  # a necrotic / heterogeneous part inside the tumour (still CTV)
             core = StarShape(ctv.center + rng.normal(0, 4, 3), ctv.axes * u(0.3, 0.55), ctv.coeffs)
             layers.append(Layer3(core, cervix_hu + delta + u(-25, 15), label=LABELS["CTV"], edge_mm=2.0))
@@ -345,8 +365,35 @@ class PhantomV3:
         self.body_radii = (body_rx, body_ry)
         self.ctv = ctv
         self.ctv_center = ctv.center
+        if self.anatomy_tied:
+            self._tie_ctv_to_anatomy(rng4, ctv, ctv_layer, cervix, parametrium, axis, p)
         self.params = p
         self.rng_grid = np.random.default_rng([seed, 7919])
+
+    @staticmethod
+    def _tie_ctv_to_anatomy(rng, ctv, ctv_layer, cervix, parametrium, axis, p) -> None:
+        """v4: make the CTV's size and edge something the image shows (issue 11's diagnosis).
+
+        In v3 the CTV (25-130 ml) was drawn independently of a visible cervix of fixed size, and one
+        third of CTVs were iso-dense with everything around them: the label was not a function of
+        the image (predicted vs true volume r = 0.24). Here the visible cervix sits INSIDE the CTV
+        and scales with it, and the parametrium around the CTV differs from it by at least 25 HU or
+        1.2 noise SD (fatty strands darker, or enhancing tissue brighter). Edges against the uterus,
+        bladder and rectum stay whatever they happen to be, as on real CT, where the superior HR-CTV
+        border is partly convention.
+        """
+        r_eq = (3.0 * p["ctv_target_ml"] * 1000.0 / (4.0 * np.pi)) ** (1.0 / 3.0)
+        half = r_eq * rng.uniform(0.4, 0.7)
+        cervix.shape = Tube(ctv.center - axis * half, ctv.center + axis * half, r_eq * rng.uniform(0.45, 0.7))
+        # The parametrium envelops the CTV (v3's was centred on the os and often missed it).
+        parametrium.shape = FastBlob.make(rng, ctv.center, r_eq * np.array([rng.uniform(1.5, 2.0), rng.uniform(1.3, 1.6),
+                                                                            rng.uniform(1.3, 1.7)]),
+                                          _frame_from_axis(axis), bump_amp=0.12)
+        ctv_hu = ctv_layer.hu
+        gap = rng.uniform(max(25.0, 1.2 * p["noise_hu"]), 90.0)
+        sign = -1.0 if rng.random() < 0.8 else 1.0
+        parametrium.hu = ctv_hu + sign * gap
+        p.update(parametrium_contrast_hu=float(sign * gap))
 
     # ------------------------------------------------------------------------------ geometry
     def to_patient(self, points: np.ndarray) -> np.ndarray:
@@ -518,6 +565,21 @@ class PhantomV3:
             img = np.where(metal > 0, METAL_HU, img)
             delta = metal_artifact_hu(img, metal, (sp[0], sp[1]), kind, rng, settings)
             ct[k] = np.clip(np.rint(ct[k].astype(np.float32) + delta), -1024, 3071).astype(np.int16)
+
+
+class PhantomV4(PhantomV3):
+    """Style "v4": v3 with the CTV tied to what the image shows, wider tissue levels, fat-free pelvises."""
+
+    style = "v4"
+    anatomy_tied = True
+
+
+def make_phantom_v4(seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
+                    artifacts: bool = True) -> Phantom:
+    """One v4 phantom (:class:`PhantomV4`); same arguments and result as ``phantom.make_phantom``."""
+    anatomy = PhantomV4(seed)
+    geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
+    return anatomy.sample(geometry, shape, artifacts=artifacts)
 
 
 def make_phantom_v3(seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
