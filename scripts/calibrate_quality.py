@@ -6,7 +6,7 @@ on out-of-scope cases (chest, head, water cylinder, MR-like, pelvis without appl
 prosthesis without applicator). With ``--network N`` the first N in-scope phantoms are also
 segmented (the demo weights, or ``--weights DIR``) and the result checks are counted.
 
-    PYTHONPATH=MnetImSegment python scripts/calibrate_quality.py --n 12 --network 6
+    PYTHONPATH=MnetImSegment python scripts/calibrate_quality.py --n 14 --network 7
 """
 
 from __future__ import annotations
@@ -31,11 +31,11 @@ FIELDS = ("air_hu", "fat_hu", "soft_tissue_hu", "fat_fraction", "soft_tissue_fra
 
 
 def in_scope(i: int):
-    """Phantom i of the held-out set: six styles in turn (v3 and the held-out generator from phantom_styles)."""
+    """Phantom i of the held-out set: seven styles in turn (v3, v4 and the held-out generator from phantom_styles)."""
     seed = SEED0 + i
-    style = i % 6
+    style = i % 7
     if style >= 4:
-        name = ("v3", "heldout")[style - 4]
+        name = ("v3", "v4", "heldout")[style - 4]
         return name, make_phantom_style(name, seed, matrix=192)
     rng = np.random.default_rng(seed)
     if style == 0:

@@ -82,9 +82,10 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
                                           perturbations=[p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"])
     rows = results["rows"]
     assert [r["row"] for r in rows] == list(gen.STYLE_ROWS) + [p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"]
-    assert [r["group"] for r in rows[:3]] == ["in-distribution", "in-distribution", "held-out"]
+    assert [r["group"] for r in rows[:4]] == ["in-distribution"] * 3 + ["held-out"]
     for r in rows:
         assert r["n"] == 1 and len(r["dice"]) == 1 and 0.0 <= r["min"] <= r["median"] <= 1.0
+        assert len(r["ctv_ml"]) == 1 and r["ctv_ml"][0][1] > 5.0 and r["volume_r"] is None  # r needs >= 3
         assert r["mean"] == pytest.approx(r["dice"][0], abs=1e-4)
     js, md = gen.write_results(results, tmp_path)
     assert json.loads(js.read_text())["rows"] == rows
@@ -93,6 +94,18 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
     card = {"name": "x", "version": "0.0.0"}
     new = gen.add_to_card(card, results)
     assert "generalisation" not in card and set(new["generalisation"]["rows"]) == {r["row"] for r in rows}
+
+
+def test_volume_correlation_tells_a_size_reading_model_from_a_constant_one():
+    row = gen.RowResult("v4", "in-distribution", "v4", [0, 1, 2, 3])
+    for true_ml in (20.0, 45.0, 80.0, 120.0):
+        row.add((0.9, true_ml * 1.05 + 2.0, true_ml))
+    assert row.volume_r() == pytest.approx(1.0)
+    constant = gen.RowResult("v3", "in-distribution", "v3", [0, 1, 2])
+    for true_ml, pred in ((20.0, 61.0), (45.0, 58.0), (120.0, 60.0)):
+        constant.add((0.5, pred, true_ml))
+    assert abs(constant.volume_r()) < 0.5
+    assert constant.summary()["ctv_ml"] == [[61.0, 20.0], [58.0, 45.0], [60.0, 120.0]]
 
 
 @pytest.mark.slow

@@ -35,7 +35,7 @@ def test_demo_weights_unseen_styles_match_their_card(demo_weights, capsys):
 
     recorded = read_card(demo_weights).raw["generalisation"]
     results = gen.evaluate_generalisation(demo_weights, n=recorded["n_per_row"], matrix=recorded["matrix"],
-                                          styles=gen.STYLE_ROWS, perturbations=())
+                                          styles=[s for s in gen.STYLE_ROWS if s in recorded["rows"]], perturbations=())
     with capsys.disabled():
         print("\n" + gen.markdown_table(results))
     for row in results["rows"]:

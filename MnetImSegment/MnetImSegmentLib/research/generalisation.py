@@ -173,19 +173,36 @@ class RowResult:
     style: str
     seeds: list
     dice: list = field(default_factory=list)
+    volumes: list = field(default_factory=list)  # (predicted ml, true ml) per phantom
+
+    def add(self, score: tuple[float, float, float]) -> None:
+        self.dice.append(score[0])
+        self.volumes.append(score[1:])
+
+    def volume_r(self) -> Optional[float]:
+        """Pearson r of predicted vs true CTV volume: does the model read the CTV's size from the image?"""
+        v = np.asarray(self.volumes, float)
+        if len(v) < 3 or v[:, 0].std() == 0 or v[:, 1].std() == 0:
+            return None
+        return round(float(np.corrcoef(v[:, 0], v[:, 1])[0, 1]), 3)
 
     def summary(self) -> dict:
         d = self.dice
         return {"row": self.row, "group": self.group, "style": self.style, "n": len(d), "seeds": list(self.seeds),
                 "dice": [round(float(x), 4) for x in d],
+                "ctv_ml": [[round(float(a), 1), round(float(b), 1)] for a, b in self.volumes],
+                "volume_r": self.volume_r(),
                 "mean": round(float(np.mean(d)), 4) if d else None,
                 "median": round(float(statistics.median(d)), 4) if d else None,
                 "min": round(float(np.min(d)), 4) if d else None}
 
 
-def _score(segmenter, ph: Phantom) -> float:
+def _score(segmenter, ph: Phantom) -> tuple[float, float, float]:
+    """(Dice, predicted CTV ml, true CTV ml) of one phantom through the full pipeline."""
     result = segmenter.segment(ph.ct, enforce_scope=False)
-    return volumetric_dice(result.mask.array > 0, ph.labels.array == 1)
+    pred, truth = result.mask.array > 0, ph.labels.array == 1
+    voxel_ml = float(np.prod(ph.ct.geometry.spacing)) / 1000.0
+    return volumetric_dice(pred, truth), float(pred.sum()) * voxel_ml, float(truth.sum()) * voxel_ml
 
 
 def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_style: str = "v2",
@@ -222,7 +239,7 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
             ph = generate(style, s, matrix, z_extent_mm=z_extent_mm)
             if style == perturb_style:
                 bases[s] = ph
-            row.dice.append(_score(segmenter, ph))
+            row.add(_score(segmenter, ph))
             log(f"{style} seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
     seeds = [SEED_BASE[perturb_style] + i for i in range(n)]
@@ -231,7 +248,7 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
         for s in seeds:
             if s not in bases:
                 bases[s] = generate(perturb_style, s, matrix, z_extent_mm=z_extent_mm)
-            row.dice.append(_score(segmenter, perturb(name, perturb_style, s, matrix, bases[s], z_extent_mm)))
+            row.add(_score(segmenter, perturb(name, perturb_style, s, matrix, bases[s], z_extent_mm)))
             log(f"{name} ({perturb_style}) seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
     raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
