@@ -19,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
 
 from MnetImSegmentLib.research import generalisation as gen  # noqa: E402
+from MnetImSegmentLib.research.phantom_styles import TRAINING_STYLES  # noqa: E402
 
 
 def main(argv=None) -> int:
@@ -27,7 +28,7 @@ def main(argv=None) -> int:
     ap.add_argument("-o", "--out", type=Path, required=True)
     ap.add_argument("-n", type=int, default=3, help="phantoms per row")
     ap.add_argument("--matrix", type=int, default=256)
-    ap.add_argument("--perturb-style", default="v2", choices=("v2", "v3", "v4"))
+    ap.add_argument("--perturb-style", default="v2", choices=TRAINING_STYLES)
     ap.add_argument("--rows", nargs="*", help="only these rows (style or perturbation names)")
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--card-out", type=Path, help="write the card with a 'generalisation' entry here")

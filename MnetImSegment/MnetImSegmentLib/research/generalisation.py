@@ -37,6 +37,7 @@ from ..engine.inference import Segmenter
 from .metrics import volumetric_dice
 from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
 from .phantom_heldout import PhantomHeldout
+from .phantom_styles import TRAINING_STYLES
 from .phantom_v3 import Layer3, PhantomV3, PhantomV4
 
 SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "heldout": 900000}
@@ -226,8 +227,8 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
     Returns:
         A JSON-ready dict: ``rows`` (one summary per row), the settings, and the weights' name/version.
     """
-    if perturb_style not in ("v2", "v3", "v4"):
-        raise ValueError("perturbations apply to a training style: 'v2', 'v3' or 'v4'")
+    if perturb_style not in TRAINING_STYLES:
+        raise ValueError(f"perturbations apply to a training style: one of {', '.join(TRAINING_STYLES)}")
     log = log or (lambda s: None)
     segmenter = segmenter or Segmenter(weights, device=device)
     t0 = time.perf_counter()

@@ -151,9 +151,4 @@ class PhantomHeldout(PhantomV3):
             ct[k] = np.clip(np.rint(ct[k] + np.where(body, out, 0.0)), -1024, 3071).astype(np.int16)
 
 
-def make_phantom_heldout(seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
-                         artifacts: bool = True):
-    """One held-out-style phantom; same arguments and result as ``phantom.make_phantom``."""
-    anatomy = PhantomHeldout(seed)
-    geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
-    return anatomy.sample(geometry, shape, artifacts=artifacts)
+make_phantom_heldout = PhantomHeldout.make  # one held-out-style phantom

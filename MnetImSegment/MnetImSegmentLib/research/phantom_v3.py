@@ -181,7 +181,7 @@ class PhantomV3:
             fat_free = bool(rng4.random() < 0.35)
             if fat_free:
                 sc_fat *= rng4.uniform(0.1, 0.35)
-            p.update(soft_tissue_hu=soft, subcutaneous_fat_mm=sc_fat, fat_free=fat_free)
+            p.update(fat_free=fat_free)
         p.update(body_width_mm=2 * body_rx, body_depth_mm=2 * body_ry, subcutaneous_fat_mm=sc_fat,
                  soft_tissue_hu=soft)
         layers.append(Layer3(FastBlob.make(rng, body_c, [body_rx, body_ry, 400], bumps=4, bump_amp=0.05), fat_hu))
@@ -395,6 +395,14 @@ class PhantomV3:
         parametrium.hu = ctv_hu + sign * gap
         p.update(parametrium_contrast_hu=float(sign * gap))
 
+    @classmethod
+    def make(cls, seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
+             artifacts: bool = True) -> Phantom:
+        """One phantom of this style on its own random scanner grid; arguments and result as ``phantom.make_phantom``."""
+        anatomy = cls(seed)
+        geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
+        return anatomy.sample(geometry, shape, artifacts=artifacts)
+
     # ------------------------------------------------------------------------------ geometry
     def to_patient(self, points: np.ndarray) -> np.ndarray:
         return points @ self.patient_rotation.astype(np.float32)
@@ -574,17 +582,5 @@ class PhantomV4(PhantomV3):
     anatomy_tied = True
 
 
-def make_phantom_v4(seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
-                    artifacts: bool = True) -> Phantom:
-    """One v4 phantom (:class:`PhantomV4`); same arguments and result as ``phantom.make_phantom``."""
-    anatomy = PhantomV4(seed)
-    geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
-    return anatomy.sample(geometry, shape, artifacts=artifacts)
-
-
-def make_phantom_v3(seed: int = 0, matrix=None, slice_mm=None, z_extent_mm=None, direction=None,
-                    artifacts: bool = True) -> Phantom:
-    """One v3 phantom (see the module docstring); same arguments and result as ``phantom.make_phantom``."""
-    anatomy = PhantomV3(seed)
-    geometry, shape = anatomy.default_grid(matrix, slice_mm, z_extent_mm, direction)
-    return anatomy.sample(geometry, shape, artifacts=artifacts)
+make_phantom_v3 = PhantomV3.make  # one v3 phantom (see the module docstring)
+make_phantom_v4 = PhantomV4.make  # one v4 phantom (PhantomV4)
