@@ -31,8 +31,16 @@ def main(argv=None) -> int:
     ap.add_argument("--perturb-style", default="v2", choices=TRAINING_STYLES)
     ap.add_argument("--rows", nargs="*", help="only these rows (style or perturbation names)")
     ap.add_argument("--device", default="cpu")
+    ap.add_argument("--heldout-ablation", action="store_true",
+                    help="instead: the held-out style as generated, without its streaks, with a visible CTV, and both")
     ap.add_argument("--card-out", type=Path, help="write the card with a 'generalisation' entry here")
     args = ap.parse_args(argv)
+    if args.heldout_ablation:
+        results = gen.heldout_ablation(args.weights, n=args.n, matrix=args.matrix, device=args.device,
+                                       log=lambda s: print(s, flush=True))
+        gen.write_results(results, args.out)
+        print(gen.markdown_table(results))
+        return 0
     styles = [s for s in gen.STYLE_ROWS if not args.rows or s in args.rows]
     perts = [p for p in gen.PERTURBATIONS if not args.rows or p in args.rows]
     results = gen.evaluate_generalisation(args.weights, n=args.n, matrix=args.matrix, perturb_style=args.perturb_style,

@@ -82,7 +82,8 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
                                           perturbations=[p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"])
     rows = results["rows"]
     assert [r["row"] for r in rows] == list(gen.STYLE_ROWS) + [p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"]
-    assert [r["group"] for r in rows[:4]] == ["in-distribution"] * 3 + ["held-out"]
+    # the tiny card does not say what it was trained on: every training style counts as seen
+    assert [r["group"] for r in rows[:5]] == ["in-distribution"] * 4 + ["held-out"]
     for r in rows:
         assert r["n"] == 1 and len(r["dice"]) == 1 and 0.0 <= r["min"] <= r["median"] <= 1.0
         assert len(r["ctv_ml"]) == 1 and r["ctv_ml"][0][1] > 5.0 and r["volume_r"] is None  # r needs >= 3
@@ -94,6 +95,40 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
     card = {"name": "x", "version": "0.0.0"}
     new = gen.add_to_card(card, results)
     assert "generalisation" not in card and set(new["generalisation"]["rows"]) == {r["row"] for r in rows}
+
+
+def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):
+    seed = next(s for s in range(gen.SEED_BASE["heldout"], gen.SEED_BASE["heldout"] + 20)
+                if gen.PhantomHeldout(s).params["applicator_metal"])
+    as_made = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM)
+    assert np.array_equal(as_made.ct.array, gen.generate("heldout", seed, 96, z_extent_mm=Z_MM).ct.array)
+    plain = gen.heldout_variant(seed, 96, False, None, z_extent_mm=Z_MM)
+    visible = gen.heldout_variant(seed, 96, False, 50.0, z_extent_mm=Z_MM)
+    ctv, lab = as_made.labels.array == 1, as_made.labels.array
+    assert np.array_equal(plain.labels.array, lab) and np.array_equal(visible.labels.array, lab)
+    streaks = np.abs(as_made.ct.array.astype(int) - plain.ct.array)
+    assert streaks.max() > 50 and (streaks > 0).mean() > 0.05
+    core = ctv & (np.abs(visible.ct.array.astype(int) - plain.ct.array) > 0)
+    assert core.sum() > 0.5 * ctv.sum()  # the CTV, and only where it is, changed level
+    assert not (np.abs(visible.ct.array.astype(int) - plain.ct.array) > 0)[lab == 0].mean() > 0.02
+    results = gen.heldout_ablation(tiny_weights, n=1, matrix=48, z_extent_mm=Z_MM)
+    assert [r["row"] for r in results["rows"]] == list(gen.HELDOUT_ABLATIONS)
+    assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])
+
+
+def test_rows_are_in_distribution_only_for_the_styles_the_weights_were_trained_on():
+    v2_only = {"training": {"data": {"recipe": "mnetim phantom --count 100 --seed 1000 -o data/phantoms_v2"}}}
+    mix = {"training": {"data": {"recipe": "mnetim phantom --count 150 --style v4:0.75,v2:0.25 --seed 2000 -o a; "
+                                           "mnetim phantom --count 9 --style v5 -o b"}}}
+    counted = {"training": {"data": {"styles": {"v5": 120, "v4": 113}, "recipe": "ignored --style v3"}}}
+    assert gen.trained_styles(v2_only) == {"v2"}
+    assert gen.trained_styles(mix) == {"v2", "v4", "v5"}
+    assert gen.trained_styles(counted) == {"v4", "v5"}
+    assert gen.trained_styles({}) is None and gen.trained_styles({"training": {"data": {"recipe": "my CTs"}}}) is None
+    groups = {s: gen._style_group(s, gen.trained_styles(v2_only)) for s in gen.STYLE_ROWS}
+    assert groups == {"v2": "in-distribution", "v3": "unseen style", "v4": "unseen style", "v5": "unseen style",
+                      "heldout": "held-out"}
+    assert gen._style_group("v3", None) == "in-distribution"
 
 
 def test_volume_correlation_tells_a_size_reading_model_from_a_constant_one():

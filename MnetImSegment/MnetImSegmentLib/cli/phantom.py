@@ -29,7 +29,8 @@ def add_parser(sub) -> None:
     ph.add_argument("--format", default=".nii.gz", help=".nii.gz, .nrrd or .mha")
     ph.add_argument("--dicom", action="store_true", help="also write a DICOM CT series")
     ph.add_argument("--style", default="v2",
-                    help="generator: v2 (default), v3 (domain-randomised), heldout (test-only, its manifest is all "
+                    help="generator: v2 (default), v3 (domain-randomised), v4 (v3 with the CTV tied to the image), v5 (v4 "
+                         "rendered SynthSeg-style, harsher metal artefacts), heldout (test-only, its manifest is all "
                          "'test'), or a training mix such as 'v3,v2' or 'v3:0.8,v2:0.2'; the manifest records each scan's style")
     ph.add_argument("--workers", type=int, default=0)
     ph.add_argument("--fractions", type=int, default=0,

@@ -5,7 +5,7 @@ segment`` does) on each CT's own grid and scores the CTV mask with ``metrics.vol
 
 Rows:
 
-* ``v2``, ``v3``, ``v4`` (training styles) and ``heldout`` (never trained on);
+* ``v2``, ``v3``, ``v4``, ``v5`` (training styles) and ``heldout`` (never trained on);
 * the perturbation table of issue 11, applied to phantoms of ``perturb_style`` (default ``v2``; the
   same seeds as that style's own row, so every perturbation is paired with its unperturbed phantom):
   HU offset +-40, contrast x0.85 / x1.15 about 40 HU, noise x2 (the generator's own noise level
@@ -16,13 +16,14 @@ Rows:
   applicator (every metal applicator part made plastic, 250 HU, hollow air channel, no artefact).
 
 Seeds (disjoint from every training recipe, which uses 0-99 and 1000-1099): ``v2`` 500000+i,
-``v3`` 510000+i, ``heldout`` 900000+i (i = 0..N-1). Base grid: ``matrix`` (default 256) in-plane,
+``v3`` 510000+i, ``v4`` 520000+i, ``v5`` 530000+i, ``heldout`` 900000+i (i = 0..N-1). Base grid: ``matrix`` (default 256) in-plane,
 2.5 mm slices, 160 mm scan length; pixel size from each generator's field of view.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import statistics
 import time
 from dataclasses import dataclass, field
@@ -37,11 +38,12 @@ from ..engine.inference import Segmenter
 from .metrics import volumetric_dice
 from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
 from .phantom_heldout import PhantomHeldout
-from .phantom_styles import TRAINING_STYLES
-from .phantom_v3 import Layer3, PhantomV3, PhantomV4
+from .phantom_styles import TRAINING_STYLES, parse_style_mix
+from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4
+from .phantom_v5 import PhantomV5
 
-SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "heldout": 900000}
-STYLE_ROWS = ("v2", "v3", "v4", "heldout")
+SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "heldout": 900000}
+STYLE_ROWS = ("v2", "v3", "v4", "v5", "heldout")
 BASE_SLICE_MM = 2.5
 BASE_Z_EXTENT_MM = 160.0
 CONTRAST_CENTRE_HU = 40.0
@@ -49,7 +51,7 @@ PLASTIC_HU = 250.0
 PERTURBATIONS = ("hu+40", "hu-40", "contrast x0.85", "contrast x1.15", "noise x2", "blur 1px",
                  "slices 1.25 mm", "slices 5 mm", "pixels 0.5 mm", "pixels 1.0 mm", "mirrored",
                  "rotated 10 deg", "plastic applicator")
-_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "heldout": PhantomHeldout}
+_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "v5": PhantomV5, "heldout": PhantomHeldout}
 
 
 @dataclass
@@ -170,7 +172,7 @@ class RowResult:
     """Dice of one table row over its phantoms."""
 
     row: str
-    group: str  # "in-distribution", "held-out", "perturbation"
+    group: str  # "in-distribution", "unseen style", "held-out", "perturbation"
     style: str
     seeds: list
     dice: list = field(default_factory=list)
@@ -206,6 +208,32 @@ def _score(segmenter, ph: Phantom) -> tuple[float, float, float]:
     return volumetric_dice(pred, truth), float(pred.sum()) * voxel_ml, float(truth.sum()) * voxel_ml
 
 
+def trained_styles(card: dict) -> Optional[set]:
+    """The phantom styles a card's weights were trained on, from its data description; None if it does not say.
+
+    ``styles`` (a count per style) when the card has it, else the ``--style`` options of its phantom
+    recipe (``mnetim phantom`` without ``--style`` writes v2).
+    """
+    data = (card.get("training") or {}).get("data") or {}
+    if isinstance(data.get("styles"), dict) and data["styles"]:
+        return set(data["styles"])
+    recipe = data.get("recipe")
+    if not isinstance(recipe, str) or "mnetim phantom" not in recipe:
+        return None
+    styles = set()
+    for command in recipe.split(";"):
+        if "mnetim phantom" in command:
+            mix = re.findall(r"--style\s+(\S+)", command)
+            styles |= {name for m in mix for name, _ in parse_style_mix(m)} if mix else {"v2"}
+    return styles
+
+
+def _style_group(style: str, trained: Optional[set]) -> str:
+    if style == "heldout":
+        return "held-out"
+    return "in-distribution" if trained is None or style in trained else "unseen style"
+
+
 def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_style: str = "v2",
                             styles=STYLE_ROWS, perturbations=PERTURBATIONS, device: str = "cpu",
                             segmenter=None, log: Optional[Callable[[str], None]] = None,
@@ -232,10 +260,12 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
     log = log or (lambda s: None)
     segmenter = segmenter or Segmenter(weights, device=device)
     t0 = time.perf_counter()
+    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
+    trained = trained_styles(raw)
     rows, bases = [], {}
     for style in styles:
         seeds = [SEED_BASE[style] + i for i in range(n)]
-        row = RowResult(style, "held-out" if style == "heldout" else "in-distribution", style, seeds)
+        row = RowResult(style, _style_group(style, trained), style, seeds)
         for s in seeds:
             ph = generate(style, s, matrix, z_extent_mm=z_extent_mm)
             if style == perturb_style:
@@ -252,15 +282,56 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
             row.add(_score(segmenter, perturb(name, perturb_style, s, matrix, bases[s], z_extent_mm)))
             log(f"{name} ({perturb_style}) seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
-    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
     return {
         "weights": {"name": raw.get("name"), "version": raw.get("version"),
-                    "folder": str(weights) if weights is not None else None},
+                    "folder": str(weights) if weights is not None else None,
+                    "trained_styles": sorted(trained) if trained is not None else None},
         "n_per_row": n, "matrix": matrix, "slice_mm": BASE_SLICE_MM, "z_extent_mm": z_extent_mm,
         "perturb_style": perturb_style, "seed_base": dict(SEED_BASE), "device": segmenter.device,
         "seconds": round(time.perf_counter() - t0, 1),
         "rows": [r.summary() for r in rows],
     }
+
+
+# Why does a model fail on the held-out style? Its two suspects switched off one at a time: the
+# painted streaks, and a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator).
+HELDOUT_ABLATIONS = {"heldout": (True, None), "heldout, no streaks": (False, None),
+                     "heldout, CTV +50 HU": (True, 50.0), "heldout, no streaks, CTV +50 HU": (False, 50.0)}
+
+
+def heldout_variant(seed: int, matrix: int, artifacts: bool, ctv_above_uterus_hu: Optional[float],
+                    z_extent_mm: float = BASE_Z_EXTENT_MM) -> Phantom:
+    """A held-out-style phantom on the evaluation grid, with or without its streaks, its CTV set ``ctv_above_uterus_hu`` above the uterus."""
+    anatomy = PhantomHeldout(seed)
+    if ctv_above_uterus_hu is not None:
+        ctv = next(layer for layer in anatomy.layers if layer.label == LABELS["CTV"])
+        uterus = ctv.hu - anatomy.params["ctv_contrast_hu"]
+        ctv.hu = uterus + ctv_above_uterus_hu
+        anatomy.params["ctv_contrast_hu"] = ctv_above_uterus_hu
+    geometry, shape = anatomy.default_grid(matrix, BASE_SLICE_MM, z_extent_mm, None)
+    return anatomy.sample(geometry, shape, artifacts=artifacts)
+
+
+def heldout_ablation(weights, n: int = 3, matrix: int = 256, device: str = "cpu", segmenter=None,
+                     log: Optional[Callable[[str], None]] = None, z_extent_mm: float = BASE_Z_EXTENT_MM) -> dict:
+    """Dice on the held-out style as generated and with each suspected cause of failure removed (same seeds as its row)."""
+    log = log or (lambda s: None)
+    segmenter = segmenter or Segmenter(weights, device=device)
+    t0 = time.perf_counter()
+    seeds = [SEED_BASE["heldout"] + i for i in range(n)]
+    rows = []
+    for name, (artifacts, ctv_hu) in HELDOUT_ABLATIONS.items():
+        row = RowResult(name, "held-out ablation", "heldout", seeds)
+        for s in seeds:
+            row.add(_score(segmenter, heldout_variant(s, matrix, artifacts, ctv_hu, z_extent_mm)))
+            log(f"{name} seed {s}: Dice {row.dice[-1]:.3f}")
+        rows.append(row)
+    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
+    return {"weights": {"name": raw.get("name"), "version": raw.get("version"),
+                        "folder": str(weights) if weights is not None else None},
+            "n_per_row": n, "matrix": matrix, "slice_mm": BASE_SLICE_MM, "z_extent_mm": z_extent_mm,
+            "device": segmenter.device, "seconds": round(time.perf_counter() - t0, 1),
+            "rows": [r.summary() for r in rows]}
 
 
 def markdown_table(results: dict) -> str:

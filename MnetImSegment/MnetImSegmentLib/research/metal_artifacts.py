@@ -49,6 +49,12 @@ class ArtifactSettings:
     n_angles: int = 96
     max_grid: int = 128
     scanner_views: int = 1000  # a real rotation's views: the simulated views stand for this many
+    # Inconsistent rays through metal (scatter, detector non-linearity, patient motion): the SD of a
+    # random line-integral error (mu * mm) on each ray that metal shadows. 0: none (v3, v4).
+    ray_error_sd: float = 0.0
+    # Severity of the whole artefact (spectrum, exposure and reconstruction kernel not modelled
+    # here): the simulated artefact is multiplied by this. 1: as simulated.
+    gain: float = 1.0
 
 
 def _rotation_grids(n: int, angles: np.ndarray):
@@ -169,8 +175,11 @@ def metal_artifact_hu(slice_hu: np.ndarray, metal_fraction: np.ndarray, spacing_
         measured_noise = torch.from_numpy((-np.log(counts / photons)).astype(np.float32)) - poly
         # Noise only where metal shadows the ray: the slice already carries its own noise elsewhere.
         noise = measured_noise * (1.0 - torch.exp(-2.0 * p_metal))
+        if settings.ray_error_sd > 0:
+            error = rng.normal(0.0, settings.ray_error_sd, tuple(p_metal.shape)).astype(np.float32)
+            noise = noise + torch.from_numpy(error) * (1.0 - torch.exp(-2.0 * p_metal))
         delta = fbp((hardening + noise)[:, None], angles, n, pixel)[0]
-    delta_hu = delta[oy:oy + my, ox:ox + mx] * (1000.0 / MU_WATER_PER_MM)
+    delta_hu = delta[oy:oy + my, ox:ox + mx] * (1000.0 * settings.gain / MU_WATER_PER_MM)
     full = F.interpolate(delta_hu[None, None], size=(ny, nx), mode="bilinear", align_corners=False)[0, 0].numpy()
     true_hu = 1000.0 * (MU_METAL_PER_MM[metal] / MU_WATER_PER_MM - 1.0)
     return (full + metal_fraction * (true_hu - painted_metal_hu)).astype(np.float32)

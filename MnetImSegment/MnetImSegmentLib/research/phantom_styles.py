@@ -5,6 +5,9 @@
   metal artefacts, random acquisition;
 * ``v4``: v3 with the CTV tied to what the image shows (the visible cervix inside the CTV and
   scaled with it, a parametrium edge of at least 25 HU), wider tissue levels, fat-free pelvises;
+* ``v5``: v4's anatomy rendered SynthSeg-style (``phantom_v5.py``): independent random tissue
+  intensities, an envelope around the CTV that is darker, brighter or missing, random lumps, and
+  harsher metal artefacts (photon starvation, inconsistent rays, severity x0.6-2.5);
 * ``heldout``: a structurally different generator (``phantom_heldout.py``) used ONLY to measure
   generalisation; never part of a training mix.
 """
@@ -17,9 +20,10 @@ from ..core.errors import InputError
 from .phantom import make_phantom
 from .phantom_heldout import make_phantom_heldout
 from .phantom_v3 import make_phantom_v3, make_phantom_v4
+from .phantom_v5 import make_phantom_v5
 
-STYLES = ("v2", "v3", "v4", "heldout")
-TRAINING_STYLES = ("v2", "v3", "v4")
+STYLES = ("v2", "v3", "v4", "v5", "heldout")
+TRAINING_STYLES = ("v2", "v3", "v4", "v5")
 HELDOUT_STYLE = "heldout"
 
 
@@ -33,6 +37,8 @@ def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_exte
         return make_phantom_v3(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     if style == "v4":
         return make_phantom_v4(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+    if style == "v5":
+        return make_phantom_v5(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     if style == HELDOUT_STYLE:
         return make_phantom_heldout(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     raise InputError(f"Unknown phantom style '{style}'; choose among {', '.join(STYLES)}.")

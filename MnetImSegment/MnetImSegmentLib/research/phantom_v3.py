@@ -365,6 +365,8 @@ class PhantomV3:
         self.body_radii = (body_rx, body_ry)
         self.ctv = ctv
         self.ctv_center = ctv.center
+        # The layers a later style re-draws by role (v5); naming them costs no random draw.
+        self.roles = {"parametrium": parametrium, "cervix": cervix, "ctv": ctv_layer}
         if self.anatomy_tied:
             self._tie_ctv_to_anatomy(rng4, ctv, ctv_layer, cervix, parametrium, axis, p)
         self.params = p
@@ -431,6 +433,10 @@ class PhantomV3:
         """The external os and the uterine tandem direction in LPS (scanner) coordinates."""
         return self.patient_rotation @ self.os_point, self.patient_rotation @ self.axis
 
+    def artifact_settings(self) -> ArtifactSettings:
+        """This patient's scanner for the metal-artefact simulation."""
+        return ArtifactSettings(photons=self.params.get("photons", 2e5))
+
     # ------------------------------------------------------------------------------ sampling
     def sample(self, geometry: Geometry, shape_zyx, artifacts: bool = True,
                settings: ArtifactSettings | None = None) -> Phantom:
@@ -444,7 +450,7 @@ class PhantomV3:
         origin = np.asarray(geometry.origin)
         inv_d = np.linalg.inv(d)
         normal = d[:, 2] / np.linalg.norm(d[:, 2])
-        settings = settings or ArtifactSettings(photons=self.params.get("photons", 2e5))
+        settings = settings or self.artifact_settings()
         ct = np.empty((nz, ny, nx), np.int16)
         lab = np.zeros((nz, ny, nx), np.uint8)
         stride = (max(1, int(COARSE_MM // sp[1])), max(1, int(COARSE_MM // sp[0])))  # (y, x)
