@@ -6,7 +6,9 @@ import argparse
 import json
 import sys
 
+from ..core.errors import InputError
 from ..engine.roi import RoiSpec
+from ..research.training.data import parse_style_weights
 from ..research.training.augment import AUGMENT_LEVELS
 from ..research.training.trainer import TrainConfig
 
@@ -79,6 +81,13 @@ def json_object(text: str) -> dict:
     return value
 
 
+def _style_weights(text: str) -> dict:
+    try:
+        return parse_style_weights(text)
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def add_train_options(p) -> None:
     """The training options of ``mnetim train``, ``crossval`` and ``compare`` (defaults: ``TrainConfig``'s)."""
     d = TrainConfig()
@@ -107,6 +116,9 @@ def add_train_options(p) -> None:
     g.add_argument("--augment", default=d.augment, choices=AUGMENT_LEVELS,
                    help="training augmentation: basic = shift/mirror/HU offset/noise; full adds nnU-Net-style rotation, "
                         f"scaling, elastic, blur, brightness, contrast, low resolution, gamma (MONAI) (default: {d.augment})")
+    g.add_argument("--style-weights", type=_style_weights, default=None, metavar="STYLE:W,...",
+                   help="draw training scans of a manifest style this much more (or less) often, e.g. v2:3 keeps a "
+                        "minority style from being forgotten (default: every scan equally)")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
 
 
@@ -121,4 +133,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                        batch_size=args.batch_size, lr=args.lr, lr_milestones=tuple(args.lr_milestones),
                        lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
                        num_threads=args.threads, max_minutes=args.max_minutes, roi=roi,
-                       augment=getattr(args, "augment", TrainConfig.augment))
+                       augment=getattr(args, "augment", TrainConfig.augment),
+                       style_weights=getattr(args, "style_weights", None))

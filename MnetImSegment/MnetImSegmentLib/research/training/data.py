@@ -12,10 +12,11 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass, replace
+from typing import Optional
 
 import numpy as np
 
-from ...core.errors import DatasetError
+from ...core.errors import DatasetError, InputError
 from ...core.volume import Volume
 from ...engine.io import read_image
 from ...engine.roi import Roi, RoiSpec, crop, locate_roi
@@ -98,7 +99,8 @@ class WindowSampler:
     """
 
     def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
-                 positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0):
+                 positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0,
+                 scan_weights: Optional[list] = None):
         if not scans:
             raise DatasetError("No training scans.")
         self.scans = scans
@@ -119,6 +121,13 @@ class WindowSampler:
         if not self.index_pos:
             raise DatasetError("No training slice contains any CTV (inside the ROI crops): a dataset without CTV "
                                "cannot train; check the masks, the label value and the ROI.")
+        # Per-scan sampling weights (``--style-weights``): a slice of a scan of weight 2 is drawn twice
+        # as often. None keeps the uniform draw (and its random stream: earlier runs stay reproducible).
+        self.p_pos = self.p_neg = None
+        if scan_weights is not None and len(set(scan_weights)) > 1:
+            w = np.asarray(scan_weights, float)
+            self.p_pos = _normalised([w[s_i] for s_i, _ in self.index_pos])
+            self.p_neg = _normalised([w[s_i] for s_i, _ in self.index_neg]) if self.index_neg else None
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size
@@ -127,8 +136,9 @@ class WindowSampler:
         x = np.empty((batch_size, self.w, h, w), np.float32)
         y = np.empty((batch_size, 1, h, w), np.float32)
         for b in range(batch_size):
-            pool = self.index_pos if (rng.random() < self.positive_fraction or not self.index_neg) else self.index_neg
-            s_i, z = pool[rng.integers(len(pool))]
+            positive = rng.random() < self.positive_fraction or not self.index_neg
+            pool, p = (self.index_pos, self.p_pos) if positive else (self.index_neg, self.p_neg)
+            s_i, z = pool[rng.integers(len(pool)) if p is None else rng.choice(len(pool), p=p)]
             scan = self.scans[s_i]
             H, W = scan.image.shape[1:]
             if self.augment:
@@ -148,3 +158,51 @@ class WindowSampler:
             x[b] = win
             y[b, 0] = lab
         return x, y
+
+
+def _normalised(weights) -> np.ndarray:
+    w = np.asarray(weights, float)
+    return w / w.sum()
+
+
+def parse_style_weights(text: str) -> dict:
+    """``"v2:3,v5:0.5"`` -> {"v2": 3.0, "v5": 0.5}: how often a training scan of each manifest style is drawn (default 1).
+
+    Raises:
+        InputError: A malformed item, a weight that is not a positive finite number, or a style given twice.
+    """
+    weights: dict = {}
+    for item in (part.strip() for part in str(text).split(",") if part.strip()):
+        name, sep, value = item.partition(":")
+        name = name.strip()
+        try:
+            w = float(value)
+        except ValueError:
+            w = float("nan")
+        if not sep or not name:
+            raise InputError(f"Style weight '{item}' must be written style:weight, e.g. v2:3.")
+        if not np.isfinite(w) or w <= 0:
+            raise InputError(f"Style weight for '{name}' must be a positive number, got '{value.strip()}'.")
+        if name in weights:
+            raise InputError(f"Style '{name}' is given two weights.")
+        weights[name] = w
+    if not weights:
+        raise InputError("--style-weights is empty; write e.g. v2:3,v5:1.")
+    return weights
+
+
+def scan_weights_for(records, style_weights: Optional[dict]) -> Optional[list]:
+    """The sampling weight of each training record (None: all equal).
+
+    Raises:
+        DatasetError: A weighted style that no training scan has (a typo would otherwise weigh nothing).
+    """
+    if not style_weights:
+        return None
+    present = {r.style for r in records}
+    missing = sorted(set(style_weights) - present)
+    if missing:
+        have = ", ".join(sorted(str(s) for s in present if s)) or "none (the manifest has no style column)"
+        raise DatasetError(f"--style-weights names style(s) {', '.join(missing)} that no training scan has; the "
+                           f"training split's styles: {have}.")
+    return [float(style_weights.get(r.style, 1.0)) for r in records]

@@ -41,7 +41,7 @@ from ...engine.windows import InputSpec, make_windows
 from ..manifest import read_manifest, split_records, split_size_warnings
 from ..metrics import volumetric_dice
 from . import distributed as dist_
-from .data import PreparedScan, WindowSampler, prepare_scan
+from .data import PreparedScan, WindowSampler, prepare_scan, scan_weights_for
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
 
@@ -73,6 +73,7 @@ class TrainConfig:
     roi: dict = field(default_factory=lambda: RoiSpec().to_dict())
     input: dict = field(default_factory=lambda: InputSpec().to_dict())
     init_weights: str = ""  # fine-tuning: a weights folder whose tensors start the training ("" = random)
+    style_weights: Optional[dict] = None  # manifest style -> how often its scans are drawn (others: 1)
 
     def to_dict(self) -> dict:
         d = asdict(self)
@@ -295,6 +296,7 @@ class Trainer:
         splits = split_records(records, seed=cfg.seed)
         if not splits["train"] or not splits["val"]:
             raise DatasetError("Training needs at least one training and one validation scan.")
+        scan_weights = scan_weights_for(splits["train"], cfg.style_weights)  # refuse a typo before the slow part
         self.warnings = split_size_warnings(splits)
         say = _say if (self.progress and main) else (lambda line: None)
         for line in self.warnings:
@@ -311,7 +313,7 @@ class Trainer:
                                "stopping would be chosen on nothing; put scans with CTV in the validation split.")
         sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
                                 cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0],
-                                augment=cfg.augment, seed=cfg.seed)
+                                augment=cfg.augment, seed=cfg.seed, scan_weights=scan_weights)
         n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
         steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))
