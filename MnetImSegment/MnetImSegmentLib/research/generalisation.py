@@ -234,6 +234,13 @@ def _style_group(style: str, trained: Optional[set]) -> str:
     return "in-distribution" if trained is None or style in trained else "unseen style"
 
 
+def _weights_entry(weights, segmenter, **extra) -> dict:
+    """The ``weights`` entry of a results dict: the card's name and version, the folder, and ``extra``."""
+    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
+    return {"name": raw.get("name"), "version": raw.get("version"),
+            "folder": str(weights) if weights is not None else None, **extra}
+
+
 def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_style: str = "v2",
                             styles=STYLE_ROWS, perturbations=PERTURBATIONS, device: str = "cpu",
                             segmenter=None, log: Optional[Callable[[str], None]] = None,
@@ -283,9 +290,7 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
             log(f"{name} ({perturb_style}) seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
     return {
-        "weights": {"name": raw.get("name"), "version": raw.get("version"),
-                    "folder": str(weights) if weights is not None else None,
-                    "trained_styles": sorted(trained) if trained is not None else None},
+        "weights": _weights_entry(weights, segmenter, trained_styles=sorted(trained) if trained is not None else None),
         "n_per_row": n, "matrix": matrix, "slice_mm": BASE_SLICE_MM, "z_extent_mm": z_extent_mm,
         "perturb_style": perturb_style, "seed_base": dict(SEED_BASE), "device": segmenter.device,
         "seconds": round(time.perf_counter() - t0, 1),
@@ -326,9 +331,7 @@ def heldout_ablation(weights, n: int = 3, matrix: int = 256, device: str = "cpu"
             row.add(_score(segmenter, heldout_variant(s, matrix, artifacts, ctv_hu, z_extent_mm)))
             log(f"{name} seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
-    raw = getattr(getattr(segmenter, "card", None), "raw", {}) or {}
-    return {"weights": {"name": raw.get("name"), "version": raw.get("version"),
-                        "folder": str(weights) if weights is not None else None},
+    return {"weights": _weights_entry(weights, segmenter),
             "n_per_row": n, "matrix": matrix, "slice_mm": BASE_SLICE_MM, "z_extent_mm": z_extent_mm,
             "device": segmenter.device, "seconds": round(time.perf_counter() - t0, 1),
             "rows": [r.summary() for r in rows]}

@@ -25,6 +25,7 @@ from .phantom_v5 import make_phantom_v5
 STYLES = ("v2", "v3", "v4", "v5", "heldout")
 TRAINING_STYLES = ("v2", "v3", "v4", "v5")
 HELDOUT_STYLE = "heldout"
+_MAKERS = {"v3": make_phantom_v3, "v4": make_phantom_v4, "v5": make_phantom_v5, HELDOUT_STYLE: make_phantom_heldout}
 
 
 def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_extent_mm=None, direction=None):
@@ -33,14 +34,9 @@ def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_exte
         ph = make_phantom(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
         ph.params["style"] = "v2"
         return ph
-    if style == "v3":
-        return make_phantom_v3(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
-    if style == "v4":
-        return make_phantom_v4(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
-    if style == "v5":
-        return make_phantom_v5(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
-    if style == HELDOUT_STYLE:
-        return make_phantom_heldout(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
+    maker = _MAKERS.get(style)
+    if maker is not None:
+        return maker(seed, matrix=matrix, slice_mm=slice_mm, z_extent_mm=z_extent_mm, direction=direction)
     raise InputError(f"Unknown phantom style '{style}'; choose among {', '.join(STYLES)}.")
 
 

@@ -190,6 +190,7 @@ class PhantomV3:
         layers.append(Layer3(inner, soft + u(0, 20)))  # muscle wall
         visceral = FastBlob.make(rng, body_c + [0, u(-8, 0), 0], [inner_rx - u(5, 15), inner_ry - u(5, 12), 400], bumps=5, bump_amp=0.08)
         layers.append(Layer3(visceral, u(-100, -20)))  # pelvic fat, more or less mixed with strands
+        pelvic_fat = layers[-1]
         if fat_free:
             layers[-1].hu = soft + rng4.uniform(-35, 5)
         def muscle(center, radii):
@@ -366,7 +367,7 @@ class PhantomV3:
         self.ctv = ctv
         self.ctv_center = ctv.center
         # The layers a later style re-draws by role (v5); naming them costs no random draw.
-        self.roles = {"parametrium": parametrium, "cervix": cervix, "ctv": ctv_layer}
+        self.roles = {"pelvic_fat": pelvic_fat, "parametrium": parametrium, "cervix": cervix, "ctv": ctv_layer}
         if self.anatomy_tied:
             self._tie_ctv_to_anatomy(rng4, ctv, ctv_layer, cervix, parametrium, axis, p)
         self.params = p

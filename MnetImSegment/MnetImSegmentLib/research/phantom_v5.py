@@ -1,9 +1,9 @@
 """Phantom style "v5": v4's anatomy rendered SynthSeg-style (research code: training data).
 
-Session 6 measured why every model so far scores ~0 on the held-out style: with the held-out
-phantoms' streaks switched off and their CTV made visible, the v4-trained network found the CTV
-(Dice 0.64-0.88 on four scans); with either left as generated it drew nothing. Two things v4
-taught it that a clinic's CT need not obey:
+Session 6 measured why every model so far scores ~0 on the held-out style
+(``generalisation.heldout_ablation``, 8 scans): the v4-trained network scored 0.03 on them as
+generated, 0.30 with their streaks switched off, 0.06 with their CTV made visible, and 0.60 with
+both. Two things v4 taught it that a clinic's CT need not obey:
 
 * "the CTV is the brighter tissue inside a darker envelope": v4's parametrium is darker than
   the CTV in 80 % of pelvises and always there;
@@ -64,7 +64,7 @@ class PhantomV5(PhantomV4):
         envelope = rng.choice(["darker", "brighter", "none"], p=[0.35, 0.35, 0.3])
         noise_hu = float(rng.uniform(4, 35))
         if envelope == "none":  # the CTV borders whatever tissue surrounds the parametrium
-            roles["parametrium"].hu = self.layers[2].hu  # the pelvic (visceral) level
+            roles["parametrium"].hu = roles["pelvic_fat"].hu  # the pelvic tissue level (fat, or soft if fat-free)
         else:
             gap = rng.uniform(max(20.0, noise_hu), 120.0)
             roles["parametrium"].hu = float(ctv_hu + (gap if envelope == "brighter" else -gap))

@@ -123,11 +123,11 @@ class WindowSampler:
                                "cannot train; check the masks, the label value and the ROI.")
         # Per-scan sampling weights (``--style-weights``): a slice of a scan of weight 2 is drawn twice
         # as often. None keeps the uniform draw (and its random stream: earlier runs stay reproducible).
-        self.p_pos = self.p_neg = None
+        self.cdf_pos = self.cdf_neg = None
         if scan_weights is not None and len(set(scan_weights)) > 1:
             w = np.asarray(scan_weights, float)
-            self.p_pos = _normalised([w[s_i] for s_i, _ in self.index_pos])
-            self.p_neg = _normalised([w[s_i] for s_i, _ in self.index_neg]) if self.index_neg else None
+            self.cdf_pos = _cumulative([w[s_i] for s_i, _ in self.index_pos])
+            self.cdf_neg = _cumulative([w[s_i] for s_i, _ in self.index_neg]) if self.index_neg else None
 
     def batch(self, rng: np.random.Generator, batch_size: int) -> tuple[np.ndarray, np.ndarray]:
         h, w = self.size
@@ -137,8 +137,8 @@ class WindowSampler:
         y = np.empty((batch_size, 1, h, w), np.float32)
         for b in range(batch_size):
             positive = rng.random() < self.positive_fraction or not self.index_neg
-            pool, p = (self.index_pos, self.p_pos) if positive else (self.index_neg, self.p_neg)
-            s_i, z = pool[rng.integers(len(pool)) if p is None else rng.choice(len(pool), p=p)]
+            pool, cdf = (self.index_pos, self.cdf_pos) if positive else (self.index_neg, self.cdf_neg)
+            s_i, z = pool[rng.integers(len(pool)) if cdf is None else int(np.searchsorted(cdf, rng.random(), "right"))]
             scan = self.scans[s_i]
             H, W = scan.image.shape[1:]
             if self.augment:
@@ -160,9 +160,12 @@ class WindowSampler:
         return x, y
 
 
-def _normalised(weights) -> np.ndarray:
-    w = np.asarray(weights, float)
-    return w / w.sum()
+def _cumulative(weights) -> np.ndarray:
+    """Normalised cumulative weights: ``searchsorted(cdf, u)`` of a uniform ``u`` draws index i with p_i."""
+    cdf = np.cumsum(np.asarray(weights, float))
+    cdf /= cdf[-1]
+    cdf[-1] = 1.0 + 1e-12  # u < 1 always lands inside the pool
+    return cdf
 
 
 def parse_style_weights(text: str) -> dict:
