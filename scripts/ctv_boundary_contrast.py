@@ -21,7 +21,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
 
 from MnetImSegmentLib.research.phantom_styles import make_phantom_style  # noqa: E402
 
-SEED_BASE = {"v2": 600000, "v3": 610000, "v4": 620000, "v5": 630000, "heldout": 910000}  # away from training and evaluation seeds
+SEED_BASE = {"v2": 600000, "v3": 610000, "v4": 620000, "v5": 630000, "v6": 640000, "heldout": 910000}  # away from training and evaluation seeds
 
 
 def boundary_rings(mask: np.ndarray, spacing, mm: float = 3.0) -> tuple[np.ndarray, np.ndarray]:

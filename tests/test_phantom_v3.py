@@ -15,6 +15,7 @@ from MnetImSegmentLib.research.phantom_styles import assign_styles, make_phantom
 from MnetImSegmentLib.research.phantom_templates import StarShape, load_templates, star_volume_mm3
 from MnetImSegmentLib.research.phantom_v3 import LABELS, PhantomV3, PhantomV4, make_phantom_v3
 from MnetImSegmentLib.research.phantom_v5 import PhantomV5
+from MnetImSegmentLib.research.phantom_v6 import PhantomV6
 
 SMALL = dict(matrix=64, slice_mm=4.0, z_extent_mm=48.0)
 
@@ -38,7 +39,8 @@ def test_v3_is_deterministic_per_seed_and_differs_between_seeds():
 
 @pytest.mark.parametrize("direction", [np.diag([-1.0, 1.0, -1.0]), rotation_matrix(4, -3, 15) @ np.diag([1.0, -1.0, 1.0])],
                          ids=["flipped", "oblique_flipped"])
-@pytest.mark.parametrize("anatomy_class", [PhantomV3, PhantomV4, PhantomV5], ids=["v3", "v4", "v5"])
+@pytest.mark.parametrize("anatomy_class", [PhantomV3, PhantomV4, PhantomV5, PhantomV6],
+                         ids=["v3", "v4", "v5", "v6"])
 def test_v3_labels_are_physical_on_any_grid(direction, anatomy_class):
     """The same patient on an axial and on a flipped/oblique anisotropic grid: same CTV in space."""
     anatomy = anatomy_class(11)

@@ -5,7 +5,7 @@ segment`` does) on each CT's own grid and scores the CTV mask with ``metrics.vol
 
 Rows:
 
-* ``v2``, ``v3``, ``v4``, ``v5`` (training styles) and ``heldout`` (never trained on);
+* ``v2``, ``v3``, ``v4``, ``v5``, ``v6`` (training styles) and ``heldout`` (never trained on);
 * the perturbation table of issue 11, applied to phantoms of ``perturb_style`` (default ``v2``; the
   same seeds as that style's own row, so every perturbation is paired with its unperturbed phantom):
   HU offset +-40, contrast x0.85 / x1.15 about 40 HU, noise x2 (the generator's own noise level
@@ -16,7 +16,7 @@ Rows:
   applicator (every metal applicator part made plastic, 250 HU, hollow air channel, no artefact).
 
 Seeds (disjoint from every training recipe, which uses 0-99 and 1000-1099): ``v2`` 500000+i,
-``v3`` 510000+i, ``v4`` 520000+i, ``v5`` 530000+i, ``heldout`` 900000+i (i = 0..N-1). Base grid: ``matrix`` (default 256) in-plane,
+``v3`` 510000+i, ``v4`` 520000+i, ``v5`` 530000+i, ``v6`` 540000+i, ``heldout`` 900000+i (i = 0..N-1). Base grid: ``matrix`` (default 256) in-plane,
 2.5 mm slices, 160 mm scan length; pixel size from each generator's field of view.
 """
 
@@ -41,9 +41,10 @@ from .phantom_heldout import PhantomHeldout
 from .phantom_styles import TRAINING_STYLES, parse_style_mix
 from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4
 from .phantom_v5 import PhantomV5
+from .phantom_v6 import PhantomV6
 
-SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "heldout": 900000}
-STYLE_ROWS = ("v2", "v3", "v4", "v5", "heldout")
+SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "v6": 540000, "heldout": 900000}
+STYLE_ROWS = ("v2", "v3", "v4", "v5", "v6", "heldout")
 BASE_SLICE_MM = 2.5
 BASE_Z_EXTENT_MM = 160.0
 CONTRAST_CENTRE_HU = 40.0
@@ -51,7 +52,7 @@ PLASTIC_HU = 250.0
 PERTURBATIONS = ("hu+40", "hu-40", "contrast x0.85", "contrast x1.15", "noise x2", "blur 1px",
                  "slices 1.25 mm", "slices 5 mm", "pixels 0.5 mm", "pixels 1.0 mm", "mirrored",
                  "rotated 10 deg", "plastic applicator")
-_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "v5": PhantomV5, "heldout": PhantomHeldout}
+_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "v5": PhantomV5, "v6": PhantomV6, "heldout": PhantomHeldout}
 
 
 @dataclass

@@ -55,6 +55,13 @@ class ArtifactSettings:
     # Severity of the whole artefact (spectrum, exposure and reconstruction kernel not modelled
     # here): the simulated artefact is multiplied by this. 1: as simulated.
     gain: float = 1.0
+    # Whole views inconsistent with the rest (patient motion or a detector glitch during a few views,
+    # photon starvation in the views that look along the longest metal path): ``view_errors`` of the
+    # ``n_angles`` views carry a line-integral error of SD ``view_error_sd`` (mu * mm) on the rays metal
+    # shadows. Filtered back-projection turns each into a straight streak through the metal along that
+    # view, crossing the whole field of view, as on real CT with a steel tandem. 0: none (v3-v5).
+    view_errors: int = 0
+    view_error_sd: float = 0.0
 
 
 def _rotation_grids(n: int, angles: np.ndarray):
@@ -177,6 +184,14 @@ def metal_artifact_hu(slice_hu: np.ndarray, metal_fraction: np.ndarray, spacing_
         noise = measured_noise * (1.0 - torch.exp(-2.0 * p_metal))
         if settings.ray_error_sd > 0:
             error = rng.normal(0.0, settings.ray_error_sd, tuple(p_metal.shape)).astype(np.float32)
+            noise = noise + torch.from_numpy(error) * (1.0 - torch.exp(-2.0 * p_metal))
+        if settings.view_errors > 0 and settings.view_error_sd > 0:
+            views = rng.choice(len(angles), size=min(settings.view_errors, len(angles)), replace=False)
+            # One error shared by the view's metal rays (a band along the view) plus one per ray (thin lines).
+            level = rng.normal(0.0, settings.view_error_sd, (len(views), 1))
+            ripple = rng.normal(0.0, settings.view_error_sd, (len(views), p_metal.shape[1]))
+            error = np.zeros(tuple(p_metal.shape), np.float32)
+            error[views] = level + ripple
             noise = noise + torch.from_numpy(error) * (1.0 - torch.exp(-2.0 * p_metal))
         delta = fbp((hardening + noise)[:, None], angles, n, pixel)[0]
     delta_hu = delta[oy:oy + my, ox:ox + mx] * (1000.0 * settings.gain / MU_WATER_PER_MM)

@@ -50,9 +50,12 @@ class PhantomV5(PhantomV4):
 
     style = "v5"
 
+    stream = 5  # this style's own random stream: ``default_rng([seed, stream])``
+    noise_range_hu = (4.0, 35.0)
+
     def __init__(self, seed: int):
         super().__init__(seed)
-        rng = np.random.default_rng([seed, 5])
+        rng = np.random.default_rng([seed, self.stream])
         p = self.params
         roles = self.roles
         synth = bool(rng.random() < 0.7)
@@ -62,11 +65,11 @@ class PhantomV5(PhantomV4):
                     layer.hu = float(rng.uniform(*SOFT_RANGE_HU))
         ctv_hu = roles["ctv"].hu
         envelope = rng.choice(["darker", "brighter", "none"], p=[0.35, 0.35, 0.3])
-        noise_hu = float(rng.uniform(4, 35))
+        noise_hu = float(rng.uniform(*self.noise_range_hu))
         if envelope == "none":  # the CTV borders whatever tissue surrounds the parametrium
             roles["parametrium"].hu = roles["pelvic_fat"].hu  # the pelvic tissue level (fat, or soft if fat-free)
         else:
-            gap = rng.uniform(max(20.0, noise_hu), 120.0)
+            gap = rng.uniform(self.min_envelope_gap_hu(noise_hu), 120.0)
             roles["parametrium"].hu = float(ctv_hu + (gap if envelope == "brighter" else -gap))
         self._add_lumps(rng)
         p.update(synth_intensities=synth, ctv_envelope=str(envelope), noise_hu=noise_hu,
@@ -74,6 +77,11 @@ class PhantomV5(PhantomV4):
                  photons=float(np.exp(rng.uniform(np.log(3e3), np.log(5e5)))),
                  ray_error_sd=float(rng.uniform(0.0, 0.08)), artifact_gain=float(rng.uniform(0.6, 2.5)),
                  parametrium_contrast_hu=float(roles["parametrium"].hu - ctv_hu))
+
+    @staticmethod
+    def min_envelope_gap_hu(noise_hu: float) -> float:
+        """Smallest HU difference between the CTV and a darker or brighter envelope."""
+        return max(20.0, noise_hu)
 
     def _add_lumps(self, rng) -> None:
         """Random lumps in the pelvis, painted before the uterus so that organs and the CTV win."""
