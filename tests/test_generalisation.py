@@ -81,9 +81,14 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
     results = gen.evaluate_generalisation(tiny_weights, n=1, matrix=MATRIX, z_extent_mm=Z_MM,
                                           perturbations=[p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"])
     rows = results["rows"]
-    assert [r["row"] for r in rows] == list(gen.STYLE_ROWS) + [p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"]
+    assert [r["row"] for r in rows] == (list(gen.STYLE_ROWS) + [gen.HELDOUT_NO_STREAKS]
+                                        + [p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"])
     # the tiny card does not say what it was trained on: every training style counts as seen
-    assert [r["group"] for r in rows[:6]] == ["in-distribution"] * 5 + ["held-out"]
+    assert [r["group"] for r in rows[:7]] == ["in-distribution"] * 5 + ["held-out"] * 2
+    # the streak-free held-out row re-samples the held-out row's phantoms without their streaks
+    plain = gen.heldout_variant(rows[5]["seeds"][0], MATRIX, False, None, z_extent_mm=Z_MM)
+    assert rows[6]["seeds"] == rows[5]["seeds"] and rows[6]["ctv_ml"][0][1] == rows[5]["ctv_ml"][0][1]
+    assert not np.array_equal(plain.ct.array, gen.generate("heldout", rows[5]["seeds"][0], MATRIX, z_extent_mm=Z_MM).ct.array)
     for r in rows:
         assert r["n"] == 1 and len(r["dice"]) == 1 and 0.0 <= r["min"] <= r["median"] <= 1.0
         assert len(r["ctv_ml"]) == 1 and r["ctv_ml"][0][1] > 5.0 and r["volume_r"] is None  # r needs >= 3

@@ -35,7 +35,8 @@ def test_demo_weights_unseen_styles_match_their_card(demo_weights, capsys):
 
     recorded = read_card(demo_weights).raw["generalisation"]
     results = gen.evaluate_generalisation(demo_weights, n=recorded["n_per_row"], matrix=recorded["matrix"],
-                                          styles=[s for s in gen.STYLE_ROWS if s in recorded["rows"]], perturbations=())
+                                          styles=[s for s in gen.STYLE_ROWS if s in recorded["rows"]], perturbations=(),
+                                          heldout_no_streaks=gen.HELDOUT_NO_STREAKS in recorded["rows"])
     with capsys.disabled():
         print("\n" + gen.markdown_table(results))
     for row in results["rows"]:
