@@ -12,6 +12,7 @@ from MnetImSegmentLib.research.metal_artifacts import ArtifactSettings, metal_ar
 from MnetImSegmentLib.research.phantom_styles import TRAINING_STYLES, make_phantom_style, parse_style_mix
 from MnetImSegmentLib.research.phantom_v3 import LABELS, PhantomV4, make_phantom_v4
 from MnetImSegmentLib.research.phantom_v5 import SOFT_RANGE_HU, PhantomV5, make_phantom_v5
+from MnetImSegmentLib.research.phantom_v6 import PhantomV6
 
 SMALL = dict(matrix=64, slice_mm=4.0, z_extent_mm=48.0)
 
@@ -38,8 +39,9 @@ def test_v5_leaves_v4_bit_identical():
 
 
 @pytest.mark.parametrize("seed", [3, 8])
-def test_v5_has_v4_anatomy_but_not_its_image(seed):
-    v4, v5 = PhantomV4(seed), PhantomV5(seed)
+@pytest.mark.parametrize("style_class", [PhantomV5, PhantomV6], ids=["v5", "v6"])
+def test_v5_has_v4_anatomy_but_not_its_image(seed, style_class):
+    v4, v5 = PhantomV4(seed), style_class(seed)
     geometry, shape = _grid(v4)
     a, b = v4.sample(geometry, shape, artifacts=False), v5.sample(geometry, shape, artifacts=False)
     assert (a.labels.array == LABELS["CTV"]).sum() > 200
