@@ -461,3 +461,39 @@ def test_card_test_section_reports_each_phantom_style():
     assert section["by_style"]["v3"]["n"] == 1 and section["by_style"]["v3"]["volumetric_dice_min"] == 0.5
     assert "by_style" not in card_test_section([{"scan_id": "x", "vd": 0.7}])  # real data: no style column
     assert card_test_section([])["volumetric_dice_mean"] is None
+
+
+def test_prior_run_widens_its_parent_and_exports_a_card_that_segments(dataset, tmp_path):
+    """--prior tandem from a parent without it: old input weights kept, the new channel at zero, and the
+    exported weights (card input.prior, 6 input channels) segment a CT through the full pipeline."""
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.engine.weights import read_card, save_weights
+    from MnetImSegmentLib.engine.windows import InputSpec
+    from MnetImSegmentLib.research.phantom import make_phantom
+    from MnetImSegmentLib.research.training.export import build_card
+
+    parent_run = Trainer(dataset, tmp_path / "parent", tiny_config(epochs=1), progress=False)
+    parent_summary = parent_run.run()
+    parent_dir = tmp_path / "parent_weights"
+    save_weights(parent_run.model, parent_dir, build_card(tiny_config(epochs=1), parent_summary, "Parent", "1.0.0",
+                                                           "research", None, "", dataset))
+    config = tiny_config(epochs=1, lr=0.0, init_weights=str(parent_dir), augment="full",
+                         input=InputSpec(prior="tandem").to_dict())
+    child = Trainer(dataset, tmp_path / "child", config, progress=False)
+    summary = child.run()
+    parent_tensors, state = _weights(parent_dir / "model.safetensors"), child.model.state_dict()
+    widened = [k for k, v in parent_tensors.items() if state[k].shape != v.shape]
+    assert widened and summary["model_config"]["in_channels"] == 6
+    for k in widened:
+        assert torch.equal(state[k][:, :5].cpu(), parent_tensors[k]) and not state[k][:, 5:].any()
+    out = tmp_path / "child_weights"
+    save_weights(child.model, out, build_card(config, summary, "Child", "0.1.0", "research", None, "", dataset))
+    card = read_card(out)
+    assert card.input_spec.prior == "tandem" and card.raw["input"]["prior"] == "tandem"
+    ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
+    result = Segmenter(out, device="cpu").segment(ct, enforce_scope=False)
+    assert result.mask.shape == ct.shape and result.mask.geometry.allclose(ct.geometry)
+    # A parent WITH a prior cannot start a run without one (that would drop a trained channel).
+    with pytest.raises(DatasetError, match="another"):
+        Trainer(dataset, tmp_path / "bad", tiny_config(epochs=1, init_weights=str(out)), progress=False).run()
+    assert not (tmp_path / "bad").exists()

@@ -12,6 +12,8 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
+from .prior import prior_channels
+
 
 @dataclass(frozen=True)
 class InputSpec:
@@ -20,6 +22,13 @@ class InputSpec:
     slices_per_window: int = 5
     hu_window: tuple[float, float] = (-200.0, 300.0)
     normalisation: str = "clip HU to hu_window, then scale linearly to [0, 1]"
+    # An extra channel after the CT slices (``prior.PRIORS``): "none" is the paper's Mnet_Im input.
+    prior: str = "none"
+
+    @property
+    def channels(self) -> int:
+        """The network's input channels: the window's slices plus the prior's."""
+        return self.slices_per_window + prior_channels(self.prior)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
@@ -29,7 +38,10 @@ class InputSpec:
         return cls(**known)
 
     def to_dict(self) -> dict:
-        return asdict(self)
+        d = asdict(self)
+        if d["prior"] == "none":  # the paper's input: cards and run configs stay as before priors existed
+            del d["prior"]
+        return d
 
 
 def normalise(hu: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
@@ -51,10 +63,19 @@ def window_indices(n_slices: int, centers, slices_per_window: int = 5) -> np.nda
     return np.clip(centers[:, None] + offsets[None, :], 0, n_slices - 1)
 
 
-def make_windows(stack: np.ndarray, centers=None, slices_per_window: int = 5) -> np.ndarray:
-    """Windows (N, w, H, W) from a (slices, H, W) stack, one per centre (default: every slice)."""
+def make_windows(stack: np.ndarray, centers=None, slices_per_window: int = 5, prior=None) -> np.ndarray:
+    """Windows (N, w, H, W) from a (slices, H, W) stack, one per centre (default: every slice).
+
+    With ``prior`` (a map of the stack's shape, ``engine.prior``), its middle slice is appended as
+    channel ``w``: (N, w + 1, H, W).
+    """
     if stack.ndim != 3:
         raise ValueError(f"expected a (slices, H, W) stack, got shape {stack.shape}")
     n = stack.shape[0]
-    centers = np.arange(n) if centers is None else centers
-    return stack[window_indices(n, centers, slices_per_window)]
+    centers = np.arange(n) if centers is None else np.asarray(centers, int)
+    windows = stack[window_indices(n, centers, slices_per_window)]
+    if prior is None:
+        return windows
+    if prior.shape != stack.shape:
+        raise ValueError(f"the prior's shape {prior.shape} differs from the stack's {stack.shape}")
+    return np.concatenate([windows, prior[centers][:, None].astype(windows.dtype)], axis=1)

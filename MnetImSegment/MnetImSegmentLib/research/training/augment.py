@@ -84,12 +84,22 @@ class FullAugmentation:
     def reseed(self, seed: int) -> None:
         self.transform.set_random_state(seed=int(seed) % (2**32 - 1))
 
-    def __call__(self, window: np.ndarray, label: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """(slices, H, W) window in [0, 1] and (H, W) 0/1 label -> transformed pair (label still 0/1)."""
+    def __call__(self, window: np.ndarray, label: np.ndarray, prior: np.ndarray | None = None):
+        """(slices, H, W) window in [0, 1] and (H, W) 0/1 label -> transformed pair (label still 0/1).
+
+        With ``prior`` (an (H, W) applicator prior) -> (window, label, prior): the prior rides as a
+        second label channel, so it is warped exactly like the label and never intensity-augmented.
+        """
         import torch
 
+        lab = np.ascontiguousarray(label, np.float32)[None]
+        if prior is not None:
+            lab = np.concatenate([lab, np.ascontiguousarray(prior, np.float32)[None]])
         out = self.transform({"image": torch.from_numpy(np.ascontiguousarray(window, np.float32)),
-                              "label": torch.from_numpy(np.ascontiguousarray(label, np.float32))[None]})
-        image = np.asarray(out["image"], np.float32)
-        lab = (np.asarray(out["label"], np.float32)[0] >= 0.5).astype(np.float32)
-        return np.clip(image, -0.5, 1.5), lab
+                              "label": torch.from_numpy(lab)})
+        image = np.clip(np.asarray(out["image"], np.float32), -0.5, 1.5)
+        labels = np.asarray(out["label"], np.float32)
+        binary = (labels[0] >= 0.5).astype(np.float32)
+        if prior is None:
+            return image, binary
+        return image, binary, np.clip(labels[1], 0.0, 1.0)

@@ -238,7 +238,7 @@ def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Option
         if not (run_dir / f).is_file():
             raise DatasetError(f"'{run_dir}' is not a training run folder with a validated epoch: {f} is missing.")
     config = TrainConfig.from_dict(json.loads((run_dir / "config.json").read_text()))
-    in_channels = InputSpec.from_dict(config.input).slices_per_window
+    in_channels = InputSpec.from_dict(config.input).channels
     try:
         model = build_model(config.model, in_channels=in_channels, **config.model_overrides)
         model.load_state_dict(load_file(str(run_dir / "best.safetensors")), strict=True)

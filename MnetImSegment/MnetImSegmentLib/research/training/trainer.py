@@ -27,7 +27,7 @@ import platform
 import random
 import sys
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
 
@@ -133,12 +133,13 @@ def predict_prepared(model, scan: PreparedScan, size_px, input_spec: InputSpec, 
     H, W = scan.image.shape[1:]
     oy, ox = (H - h) // 2, (W - w) // 2
     stack = scan.image[:, oy:oy + h, ox:ox + w].astype(np.float32)
+    prior = None if scan.prior is None else scan.prior[:, oy:oy + h, ox:ox + w].astype(np.float32)
     out = np.empty(stack.shape, np.float32)
     model.eval()
     with torch.inference_mode():
         for b0 in range(0, len(stack), batch_size):
             c = np.arange(b0, min(b0 + batch_size, len(stack)))
-            x = torch.from_numpy(make_windows(stack, c, input_spec.slices_per_window)).to(device)
+            x = torch.from_numpy(make_windows(stack, c, input_spec.slices_per_window, prior)).to(device)
             out[c] = torch.sigmoid(model(x).float())[:, 0].cpu().numpy()
     return out
 
@@ -221,7 +222,7 @@ class Trainer:
         cfg = self.config
         size = RoiSpec.from_dict(cfg.roi).size_px
         with torch.device("meta"):  # shapes only: no memory, no initialisation cost
-            multiple = build_model(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window,
+            multiple = build_model(cfg.model, in_channels=InputSpec.from_dict(cfg.input).channels,
                                    **cfg.model_overrides).size_multiple
         if any(int(n) < multiple or int(n) % multiple for n in size):
             suggestion = max(multiple, int(size[0]) // multiple * multiple)
@@ -240,13 +241,19 @@ class Trainer:
         from ...models import model_config  # torch
 
         card = read_card(cfg.init_weights)
-        mine = model_config(cfg.model, in_channels=InputSpec.from_dict(cfg.input).slices_per_window, **cfg.model_overrides)
-        if card.architecture != cfg.model or card.config != json.loads(json.dumps(mine)):
+        spec = InputSpec.from_dict(cfg.input)
+        plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
+        mine = plain(model_config(cfg.model, in_channels=spec.channels, **cfg.model_overrides))
+        # A parent without the applicator prior may start a run with one: its new input channel starts at zero.
+        widening = card.input_spec.prior == "none" and spec.prior != "none"
+        if widening:
+            mine["in_channels"] = card.input_spec.channels
+            spec = replace(spec, prior="none")
+        if card.architecture != cfg.model or card.config != mine:
             raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
                                f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")
-        plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
         theirs_roi, mine_roi = plain(card.roi_spec.to_dict()), plain(RoiSpec.from_dict(cfg.roi).to_dict())
-        if plain(card.input_spec.to_dict()) != plain(InputSpec.from_dict(cfg.input).to_dict()) or theirs_roi != mine_roi:
+        if plain(card.input_spec.to_dict()) != plain(spec.to_dict()) or theirs_roi != mine_roi:
             size, spacing = theirs_roi["size_px"][0], theirs_roi["spacing_mm"][0]
             raise WeightsError(f"'{cfg.init_weights}' was trained on another input (ROI {size} px at {spacing} mm, "
                                f"HU window {card.input_spec.hu_window}); fine-tune with --roi-size {size} "
@@ -318,7 +325,7 @@ class Trainer:
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
         steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))
 
-        model = build_model(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides).to(device)
+        model = build_model(cfg.model, in_channels=input_spec.channels, **cfg.model_overrides).to(device)
         optimiser = torch.optim.Adam(model.parameters(), lr=cfg.lr)
         loss_fn = DeepSupervisionLoss(cfg.alpha, cfg.beta, cfg.scale_weights)
         use_amp = cfg.amp and device.startswith("cuda")
@@ -329,7 +336,7 @@ class Trainer:
                  "seconds": 0.0}
         ckpt = self.run_dir / "checkpoint.pt"
         if cfg.init_weights and not (resume and ckpt.exists()):
-            model.load_state_dict(load_weights(cfg.init_weights)[0].state_dict())
+            load_widened(model, load_weights(cfg.init_weights)[0].state_dict())
         if resume and ckpt.exists():
             saved = torch.load(ckpt, map_location=device, weights_only=False)
             model.load_state_dict(saved["model"])
@@ -449,7 +456,7 @@ class Trainer:
             "steps_per_epoch": steps, "batch_size": cfg.batch_size,
             "scans": {s: [r.scan_id for r in splits[s]] for s in splits},
             "train_slices_in_roi": n_train_slices, "device": device,
-            "model_config": model_config(cfg.model, in_channels=input_spec.slices_per_window, **cfg.model_overrides),
+            "model_config": model_config(cfg.model, in_channels=input_spec.channels, **cfg.model_overrides),
             "environment": {"torch": torch.__version__, "python": platform.python_version(),
                             "cpu_threads": torch.get_num_threads()},
         }
@@ -471,6 +478,27 @@ RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", 
 # Files a run writes before its first checkpoint; a folder holding only these (and the hidden
 # temporary files of interrupted atomic writes) can be restarted.
 _EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard"}
+
+
+def load_widened(model, parent_state: dict) -> None:
+    """Load a parent's tensors into ``model``; input convolutions the model has more input channels for
+    (the applicator prior) get the parent's weights for the old channels and zeros for the new ones,
+    so the widened model computes exactly what the parent did until training moves those zeros.
+    """
+    import torch
+
+    own = model.state_dict()
+    state = {}
+    for key, value in parent_state.items():
+        target = own.get(key)
+        if target is not None and value.ndim >= 2 and target.shape != value.shape \
+                and target.shape[0] == value.shape[0] and target.shape[2:] == value.shape[2:] \
+                and target.shape[1] > value.shape[1]:
+            wide = torch.zeros_like(target)
+            wide[:, : value.shape[1]] = value
+            value = wide
+        state[key] = value
+    model.load_state_dict(state)
 
 
 def _save_tensors(model, path: Path, info: Optional[dict] = None) -> None:
