@@ -12,8 +12,8 @@ from MnetImSegmentLib.core.errors import WeightsError
 from MnetImSegmentLib.core.volume import Geometry
 from MnetImSegmentLib.engine.applicator import ApplicatorFit
 from MnetImSegmentLib.engine.inference import Segmenter
-from MnetImSegmentLib.engine.prior import (PRIORS, TANDEM_PRIOR_ABOVE_MM, TANDEM_PRIOR_BELOW_MM,
-                                           TANDEM_PRIOR_SIGMA_MM, input_prior, tandem_prior)
+from MnetImSegmentLib.engine.applicator_prior import (APPLICATOR_PRIORS, TANDEM_PRIOR_ABOVE_MM, TANDEM_PRIOR_BELOW_MM,
+                                           TANDEM_PRIOR_SIGMA_MM, applicator_prior_map, tandem_prior)
 from MnetImSegmentLib.engine.weights import read_card
 from MnetImSegmentLib.engine.windows import InputSpec, make_windows
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
@@ -57,9 +57,9 @@ def test_untrusted_or_missing_fit_gives_no_prior():
     untrusted = ApplicatorFit(False, "metal", tuple(OS), tuple(OS + AXIS), tuple(AXIS), 1.0, 0.3)
     for fit in (None, untrusted):
         assert not tandem_prior(geom, (4, 8, 8), fit).any()
-    assert input_prior("none", geom, (4, 8, 8), FIT) is None
+    assert applicator_prior_map("none", geom, (4, 8, 8), FIT) is None
     with pytest.raises(ValueError, match="unknown input prior"):
-        input_prior("atlas", geom, (4, 8, 8), FIT)
+        applicator_prior_map("atlas", geom, (4, 8, 8), FIT)
 
 
 def test_windows_carry_the_prior_middle_slice():
@@ -71,9 +71,9 @@ def test_windows_carry_the_prior_middle_slice():
     np.testing.assert_array_equal(w[:, 5], prior[[0, 3, 6]])
     with pytest.raises(ValueError, match="prior's shape"):
         make_windows(stack, [0], 5, prior[:, :3])
-    assert InputSpec().channels == 5 and InputSpec(prior="tandem").channels == 6
+    assert InputSpec().channels == 5 and InputSpec(applicator_prior="tandem").channels == 6
     assert "prior" not in InputSpec().to_dict()  # cards and run configs without a prior are unchanged
-    assert InputSpec.from_dict(InputSpec(prior="tandem").to_dict()).prior == "tandem"
+    assert InputSpec.from_dict(InputSpec(applicator_prior="tandem").to_dict()).applicator_prior == "tandem"
 
 
 def test_widened_model_starts_as_its_parent():
@@ -96,9 +96,9 @@ def test_widened_model_starts_as_its_parent():
 
 def test_segmenter_feeds_the_prior(tmp_path):
     """The network gets 6 channels (main and mirrored pass), the 6th the prior around the located tandem."""
-    weights = make_weights(tmp_path / "w", prior="tandem")
+    weights = make_weights(tmp_path / "w", applicator_prior="tandem")
     card = read_card(weights)
-    assert card.input_spec.prior == "tandem" and card.config["in_channels"] == 6
+    assert card.input_spec.applicator_prior == "tandem" and card.config["in_channels"] == 6
     ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=80).ct
     seg = Segmenter(weights, device="cpu", fold_bn=False, precision="fp32")
     calls = []
@@ -110,15 +110,15 @@ def test_segmenter_feeds_the_prior(tmp_path):
 
 
 def test_card_refuses_a_prior_the_network_has_no_channel_for(tmp_path):
-    weights = make_weights(tmp_path / "w", prior="tandem")
+    weights = make_weights(tmp_path / "w", applicator_prior="tandem")
     card_file = weights / "model.json"
     raw = json.loads(card_file.read_text())
     raw["config"]["in_channels"] = 5
     card_file.write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match="plus 1 for the 'tandem' prior"):
         read_card(weights)
-    raw["config"]["in_channels"], raw["input"]["prior"] = 6, "atlas"
+    raw["config"]["in_channels"], raw["input"]["applicator_prior"] = 6, "atlas"
     card_file.write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match="prior"):
         read_card(weights)
-    assert PRIORS == ("none", "tandem")
+    assert APPLICATOR_PRIORS == ("none", "tandem")

@@ -7,9 +7,9 @@ from pathlib import Path
 TINY_CONFIG = dict(features=(8, 16, 32, 64, 128), input_branch_channels=(8, 8, 8, 8))
 
 
-def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, prior: str = "none",
+def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, applicator_prior: str = "none",
                  **config) -> Path:
-    """A random-init weights folder with a valid card (for plumbing tests, not accuracy); ``prior``: its input's."""
+    """A random-init weights folder with a valid card (for plumbing tests, not accuracy); ``applicator_prior``: its input's."""
     import torch
 
     from MnetImSegmentLib.engine.roi import RoiSpec
@@ -18,13 +18,13 @@ def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, se
     from MnetImSegmentLib.models import build_model, model_config
 
     cfg = {**TINY_CONFIG, **config} if name == "Mnet_Im" else config
-    if prior != "none":
-        cfg["in_channels"] = InputSpec(prior=prior).channels
+    if applicator_prior != "none":
+        cfg["in_channels"] = InputSpec(applicator_prior=applicator_prior).channels
     torch.manual_seed(seed)
     model = build_model(name, **cfg)
     card = {
         "name": f"test-{name}", "version": "0.0.0", "architecture": name, "config": model_config(name, **cfg),
-        "input": dict(InputSpec(prior=prior).to_dict(), roi=RoiSpec().to_dict()), "threshold": threshold,
+        "input": dict(InputSpec(applicator_prior=applicator_prior).to_dict(), roi=RoiSpec().to_dict()), "threshold": threshold,
         "postprocessing": {"largest_component": True}, "intended_use": "tests only",
     }
     return save_weights(model, folder, card)

@@ -7,7 +7,7 @@ import json
 import sys
 
 from ..core.errors import InputError
-from ..engine.prior import PRIORS
+from ..engine.applicator_prior import APPLICATOR_PRIORS
 from ..engine.roi import RoiSpec
 from ..engine.windows import InputSpec
 from ..research.training.data import parse_style_weights
@@ -121,9 +121,9 @@ def add_train_options(p) -> None:
     g.add_argument("--style-weights", type=_style_weights, default=None, metavar="STYLE:W,...",
                    help="draw training scans of a manifest style this much more (or less) often, e.g. v2:3 keeps a "
                         "minority style from being forgotten (default: every scan equally)")
-    g.add_argument("--prior", default="none", choices=PRIORS,
+    g.add_argument("--applicator-prior", default="none", choices=APPLICATOR_PRIORS,
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
-                        "to the lower tandem found by the applicator localiser (engine/prior.py); fine-tuning a "
+                        "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); fine-tuning a "
                         "model without it starts that channel at zero")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
 
@@ -140,5 +140,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                        lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
                        num_threads=args.threads, max_minutes=args.max_minutes, roi=roi,
                        augment=getattr(args, "augment", TrainConfig.augment),
-                       input=InputSpec(prior=getattr(args, "prior", "none")).to_dict(),
+                       input=InputSpec(applicator_prior=getattr(args, "applicator_prior", "none")).to_dict(),
                        style_weights=getattr(args, "style_weights", None))

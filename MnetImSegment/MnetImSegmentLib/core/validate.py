@@ -226,7 +226,7 @@ _LEVEL = {"type": "int", "min": 0, "max": 16}
 _MM = {"type": "number", "min": 0.0, "max": 2000.0}
 _HU = {"type": "number", "min": -10000.0, "max": 100000.0}
 _CONFIG_VALUE = {"type": "any", "min": 0.0, "max": 1e6, "line": True, "max_len": 256}
-PRIOR_PATTERN = r"\A(none|tandem)\Z"  # engine.prior.PRIORS (core does not import the engine)
+APPLICATOR_PRIOR_PATTERN = r"\A(none|tandem)\Z"  # engine.applicator_prior.APPLICATOR_PRIORS (core does not import the engine)
 
 CARD_SCHEMA: dict = {
     "type": "object",
@@ -258,7 +258,7 @@ CARD_SCHEMA: dict = {
                 "slices_per_window": {"type": "int", "min": 1, "max": 31, "odd": True},
                 "hu_window": {"type": "list", "items": _HU, "len": 2, "check": "increasing"},
                 "normalisation": {"type": "str", "max_len": 256},
-                "prior": {"type": "str", "pattern": PRIOR_PATTERN},
+                "applicator_prior": {"type": "str", "pattern": APPLICATOR_PRIOR_PATTERN},
                 "roi": {
                     "type": "object",
                     "fields": {
@@ -296,7 +296,7 @@ def _rule_increasing(value, where):
 
 def _rule_channels_match_window(card, where):
     config, spec = card.get("config", {}), card.get("input", {})
-    prior = spec.get("prior", "none")
+    prior = spec.get("applicator_prior", "none")
     expected = spec.get("slices_per_window", 0) + (0 if prior == "none" else 1)
     if "in_channels" in config and config["in_channels"] != expected:
         with_prior = "" if prior == "none" else f" plus 1 for the '{prior}' prior"

@@ -1,7 +1,7 @@
 """Inference: CT volume in, CTV mask (and optionally its probability map) out, on the CT's own grid.
 
 Pipeline: locate ROI -> crop + resample in-plane -> normalise -> 5-slice windows over the ROI's
-slices only (plus the applicator prior's middle slice for weights trained with one, ``engine.prior``)
+slices only (plus the applicator prior's middle slice for weights trained with one, ``engine.applicator_prior``)
 -> network in batches (``torch.inference_mode``; autocast on CUDA) -> sigmoid ->
 paste-back onto the original grid -> threshold -> largest connected component (optional).
 
@@ -24,7 +24,7 @@ from ..core.validate import MAX_BATCH_SIZE, positive_int, probability
 from ..core.volume import Volume
 from .applicator import locate_applicator
 from .device import resolve_device, resolve_precision
-from .prior import input_prior
+from .applicator_prior import applicator_prior_map
 from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
@@ -149,10 +149,11 @@ class Segmenter:
 
     def predict_roi(self, stack: np.ndarray, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, span: float = 1.0,
-                    centers: Optional[np.ndarray] = None, prior: Optional[np.ndarray] = None) -> np.ndarray:
+                    centers: Optional[np.ndarray] = None,
+                    applicator_prior: Optional[np.ndarray] = None) -> np.ndarray:
         """Probabilities (slices, H, W) for a normalised ROI stack at ``centers`` (default: every slice).
 
-        ``prior``: the applicator prior on the stack's grid, for weights whose input has one.
+        ``applicator_prior``: the applicator prior on the stack's grid, for weights whose input has one.
         """
         import torch
 
@@ -171,7 +172,7 @@ class Segmenter:
                     raise Cancelled("Segmentation cancelled; nothing was written.")
                 batch = np.arange(b0, min(b0 + self.batch_size, n))
                 centers = todo[batch]
-                x = torch.from_numpy(make_windows(stack, centers, w, prior)).to(self.device)
+                x = torch.from_numpy(make_windows(stack, centers, w, applicator_prior)).to(self.device)
                 if self.channels_last:
                     x = x.contiguous(memory_format=torch.channels_last)
                 with torch.autocast("cuda" if cuda else "cpu", dtype=amp_dtype, enabled=self.amp):
@@ -209,9 +210,10 @@ class Segmenter:
         t1 = time.perf_counter()
         cropped = crop(volume, roi, roi_spec)
         stack = normalise(cropped.array, self.card.input_spec)
-        prior = input_prior(self.card.input_spec.prior, cropped.geometry, stack.shape, scope.fit)
+        prior = applicator_prior_map(self.card.input_spec.applicator_prior, cropped.geometry, stack.shape, scope.fit)
         t2 = time.perf_counter()
-        prob_roi = self.predict_roi(stack, progress, cancel, start=0.05, span=0.85, prior=prior)
+        prob_roi = self.predict_roi(stack, progress, cancel, start=0.05, span=0.85,
+                                    applicator_prior=prior)
         t3 = time.perf_counter()
         if cancel is not None and cancel():
             raise Cancelled("Segmentation cancelled; nothing was written.")
@@ -227,7 +229,8 @@ class Segmenter:
         t4 = time.perf_counter()
         report(0.95, "quality checks")
         warnings, quality = assess_result(self, stack, prob_roi, cropped.geometry, roi, volume.with_array(mask),
-                                          prob_box, threshold, scope, qspec, prior=prior)
+                                          prob_box, threshold, scope, qspec,
+                                          applicator_prior=prior)
         if roi_center is None and not enforce_scope and scope.refusals:
             warnings = [f"out of scope (not enforced): {reason}" for reason in scope.refusals] + list(warnings)
         t5 = time.perf_counter()
@@ -258,7 +261,7 @@ def reference_segment(model, card, volume: Volume) -> np.ndarray:
     roi = Roi(roi.center, roi.slice_axis, (0, n - 1), roi.method)
     cropped = crop(volume, roi, card.roi_spec)
     stack = normalise(cropped.array, card.input_spec)
-    prior = input_prior(card.input_spec.prior, cropped.geometry, stack.shape, fit)
+    prior = applicator_prior_map(card.input_spec.applicator_prior, cropped.geometry, stack.shape, fit)
     prob = np.empty(stack.shape, np.float32)
     with torch.inference_mode():
         for z in range(len(stack)):

@@ -278,7 +278,7 @@ def _slice_list(slices: list, limit: int = 8) -> str:
 
 def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geometry, roi, mask: Volume,
                   prob_box: np.ndarray | None, threshold: float, scope: ScopeReport,
-                  spec: QualitySpec, prior: np.ndarray | None = None) -> tuple[list, dict]:
+                  spec: QualitySpec, applicator_prior: np.ndarray | None = None) -> tuple[list, dict]:
     """Run the result checks of one segmentation; returns (warnings, quality values).
 
     Args:
@@ -290,7 +290,7 @@ def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geomet
         threshold: The mask threshold.
         scope: The scope report (its refusals, overridden by a user centre, become warnings).
         spec: Thresholds.
-        prior: The applicator prior the network saw with ``stack`` (mirrored with it), or None.
+        applicator_prior: The applicator prior the network saw with ``stack`` (mirrored with it), or None.
     """
     warnings = [f"out of scope, segmented at the given centre: {r}" for r in scope.refusals]
     voxel_ml = float(np.prod(mask.geometry.spacing)) / 1000.0
@@ -305,8 +305,8 @@ def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geomet
         # Left-right mirrored input (the ROI's x axis is the patient's L-R): the network should
         # mirror its answer; where it does not, that slice's contour is not to be trusted.
         flipped = np.ascontiguousarray(stack[:, :, ::-1])
-        flipped_prior = None if prior is None else np.ascontiguousarray(prior[:, :, ::-1])
-        mirrored = segmenter.predict_roi(flipped, centers=rows, prior=flipped_prior)[:, :, ::-1]
+        flipped_prior = None if applicator_prior is None else np.ascontiguousarray(applicator_prior[:, :, ::-1])
+        mirrored = segmenter.predict_roi(flipped, centers=rows, applicator_prior=flipped_prior)[:, :, ::-1]
     conf = slice_confidence(prob_roi, mirrored, threshold, float(sp[0] * sp[1]), spec)
     low = [_ct_slice(roi, k, len(prob_roi), roi_geometry, mask.geometry) for k in np.flatnonzero(conf["low"])]
     low = sorted(low)

@@ -12,7 +12,7 @@ from dataclasses import asdict, dataclass
 
 import numpy as np
 
-from .prior import prior_channels
+from .applicator_prior import applicator_prior_channels
 
 
 @dataclass(frozen=True)
@@ -22,13 +22,14 @@ class InputSpec:
     slices_per_window: int = 5
     hu_window: tuple[float, float] = (-200.0, 300.0)
     normalisation: str = "clip HU to hu_window, then scale linearly to [0, 1]"
-    # An extra channel after the CT slices (``prior.PRIORS``): "none" is the paper's Mnet_Im input.
-    prior: str = "none"
+    # An extra channel after the CT slices (``applicator_prior.APPLICATOR_PRIORS``); "none" is the
+    # paper's Mnet_Im input.
+    applicator_prior: str = "none"
 
     @property
     def channels(self) -> int:
         """The network's input channels: the window's slices plus the prior's."""
-        return self.slices_per_window + prior_channels(self.prior)
+        return self.slices_per_window + applicator_prior_channels(self.applicator_prior)
 
     @classmethod
     def from_dict(cls, d: dict) -> "InputSpec":
@@ -39,8 +40,8 @@ class InputSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["prior"] == "none":  # the paper's input: cards and run configs stay as before priors existed
-            del d["prior"]
+        if d["applicator_prior"] == "none":  # the paper's input: cards and run configs stay as before priors existed
+            del d["applicator_prior"]
         return d
 
 
@@ -63,10 +64,10 @@ def window_indices(n_slices: int, centers, slices_per_window: int = 5) -> np.nda
     return np.clip(centers[:, None] + offsets[None, :], 0, n_slices - 1)
 
 
-def make_windows(stack: np.ndarray, centers=None, slices_per_window: int = 5, prior=None) -> np.ndarray:
+def make_windows(stack: np.ndarray, centers=None, slices_per_window: int = 5, applicator_prior=None) -> np.ndarray:
     """Windows (N, w, H, W) from a (slices, H, W) stack, one per centre (default: every slice).
 
-    With ``prior`` (a map of the stack's shape, ``engine.prior``), its middle slice is appended as
+    With ``applicator_prior`` (a map of the stack's shape, ``engine.applicator_prior``), its middle slice is appended as
     channel ``w``: (N, w + 1, H, W).
     """
     if stack.ndim != 3:
@@ -74,8 +75,8 @@ def make_windows(stack: np.ndarray, centers=None, slices_per_window: int = 5, pr
     n = stack.shape[0]
     centers = np.arange(n) if centers is None else np.asarray(centers, int)
     windows = stack[window_indices(n, centers, slices_per_window)]
-    if prior is None:
+    if applicator_prior is None:
         return windows
-    if prior.shape != stack.shape:
-        raise ValueError(f"the prior's shape {prior.shape} differs from the stack's {stack.shape}")
-    return np.concatenate([windows, prior[centers][:, None].astype(windows.dtype)], axis=1)
+    if applicator_prior.shape != stack.shape:
+        raise ValueError(f"the prior's shape {applicator_prior.shape} differs from the stack's {stack.shape}")
+    return np.concatenate([windows, applicator_prior[centers][:, None].astype(windows.dtype)], axis=1)

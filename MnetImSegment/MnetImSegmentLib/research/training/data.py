@@ -7,11 +7,11 @@ left-right mirroring (the pelvis is near-symmetric), a global HU offset and smal
 calibration), Gaussian noise (dose). No rotations or elastic warps of the HU values: phantoms and
 patients already vary in pose.
 
-For weights with an applicator prior (``InputSpec.prior``, ``engine.prior``), each scan also keeps
+For weights with an applicator prior (``InputSpec.applicator_prior``, ``engine.applicator_prior``), each scan also keeps
 the prior on its crop, computed from the localiser run on that scan's image (not from the truth:
 training must see the localiser's errors that inference will see). It is shifted, mirrored and
 warped with the window, never intensity-augmented, and dropped (all zeros, as for an untrusted
-localiser) in ``PRIOR_DROPOUT`` of the windows so that the network also works without it.
+localiser) in ``APPLICATOR_PRIOR_DROPOUT`` of the windows so that the network also works without it.
 """
 
 from __future__ import annotations
@@ -26,7 +26,7 @@ from ...core.errors import DatasetError, InputError
 from ...core.volume import Volume
 from ...engine.applicator import locate_applicator
 from ...engine.io import read_image
-from ...engine.prior import input_prior
+from ...engine.applicator_prior import applicator_prior_map
 from ...engine.roi import Roi, RoiSpec, crop, locate_roi
 from ...engine.windows import InputSpec, normalise, window_indices
 from ..manifest import ScanRecord
@@ -66,7 +66,7 @@ class DatasetWarning(UserWarning):
 # Below this share of the CTV volume inside the training crop, the ROI location probably failed.
 MIN_CTV_INSIDE_CROP = 0.9
 # Share of training windows whose applicator prior is zeroed (what an untrusted localiser gives).
-PRIOR_DROPOUT = 0.2
+APPLICATOR_PRIOR_DROPOUT = 0.2
 
 
 def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, jitter_px: int = 16,
@@ -77,7 +77,7 @@ def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, j
     so is a scan whose CTV lies partly outside the crop, since that points at a failed ROI location.
     """
     image, mask = read_volume_pair(record)
-    fit = locate_applicator(image) if input_spec.prior != "none" else None
+    fit = locate_applicator(image) if input_spec.applicator_prior != "none" else None
     roi = locate_roi(image, roi_spec, fit=fit)
     padded = replace(roi_spec, size_px=(roi_spec.size_px[0] + 2 * jitter_px, roi_spec.size_px[1] + 2 * jitter_px))
     img = crop(image, roi, padded)
@@ -95,7 +95,7 @@ def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, j
             warnings.warn(f"Scan '{record.scan_id}': only {100 * ml_kept / ml_all:.0f}% of the CTV lies inside the "
                           f"training crop around the located ROI (method '{roi.method}'); check the ROI location "
                           "or enlarge the ROI.", DatasetWarning, stacklevel=2)
-    prior = input_prior(input_spec.prior, img.geometry, img.array.shape, fit)
+    prior = applicator_prior_map(input_spec.applicator_prior, img.geometry, img.array.shape, fit)
     return PreparedScan(record.scan_id, normalise(img.array, input_spec).astype(np.float16), binary, roi,
                         img.geometry.spacing, None if prior is None else prior.astype(np.float16))
 
@@ -131,8 +131,8 @@ class WindowSampler:
             has = s.mask.reshape(s.mask.shape[0], -1).any(1)
             self.index_pos += [(s_i, z) for z in np.flatnonzero(has)]
             self.index_neg += [(s_i, z) for z in np.flatnonzero(~has)]
-        self.prior = scans[0].prior is not None
-        if any((s.prior is not None) != self.prior for s in scans):
+        self.with_prior = scans[0].prior is not None
+        if any((s.prior is not None) != self.with_prior for s in scans):
             raise DatasetError("Some prepared scans carry an applicator prior and others do not; prepare them all "
                                "with the same input specification.")
         if not self.index_pos:
@@ -150,7 +150,7 @@ class WindowSampler:
         h, w = self.size
         if self.full is not None:  # MONAI's own random state follows the sampler's generator
             self.full.reseed(int(rng.integers(2**31 - 1)))
-        x = np.empty((batch_size, self.w + int(self.prior), h, w), np.float32)
+        x = np.empty((batch_size, self.w + int(self.with_prior), h, w), np.float32)
         y = np.empty((batch_size, 1, h, w), np.float32)
         for b in range(batch_size):
             positive = rng.random() < self.positive_fraction or not self.index_neg
@@ -165,7 +165,7 @@ class WindowSampler:
             idx = window_indices(scan.image.shape[0], [z], self.w)[0]
             win = scan.image[idx, oy:oy + h, ox:ox + w].astype(np.float32)
             lab = scan.mask[z, oy:oy + h, ox:ox + w].astype(np.float32)
-            pri = scan.prior[z, oy:oy + h, ox:ox + w].astype(np.float32) if self.prior else None
+            pri = scan.prior[z, oy:oy + h, ox:ox + w].astype(np.float32) if self.with_prior else None
             if self.augment:
                 if rng.random() < 0.5:
                     win, lab = win[:, :, ::-1], lab[:, ::-1]
@@ -176,7 +176,7 @@ class WindowSampler:
                     win, lab, pri = self.full(win, lab, pri)
                 win = win * rng.uniform(0.95, 1.05) + rng.normal(0, 15) * self.hu_unit
                 win = win + rng.normal(0, rng.uniform(0, 10) * self.hu_unit, win.shape).astype(np.float32)
-                if pri is not None and rng.random() < PRIOR_DROPOUT:
+                if pri is not None and rng.random() < APPLICATOR_PRIOR_DROPOUT:
                     pri = np.zeros_like(pri)
             x[b, : self.w] = win
             if pri is not None:

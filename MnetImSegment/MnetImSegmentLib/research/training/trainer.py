@@ -245,10 +245,10 @@ class Trainer:
         plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
         mine = plain(model_config(cfg.model, in_channels=spec.channels, **cfg.model_overrides))
         # A parent without the applicator prior may start a run with one: its new input channel starts at zero.
-        widening = card.input_spec.prior == "none" and spec.prior != "none"
+        widening = card.input_spec.applicator_prior == "none" and spec.applicator_prior != "none"
         if widening:
             mine["in_channels"] = card.input_spec.channels
-            spec = replace(spec, prior="none")
+            spec = replace(spec, applicator_prior="none")
         if card.architecture != cfg.model or card.config != mine:
             raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
                                f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")

@@ -2,7 +2,7 @@
 
 Where the CTV's edge is not visible on CT (iso-dense tissue, heavy metal streaks), an oncologist
 still draws it: around the cervix, which the intrauterine tandem runs through. The localiser
-(:func:`.applicator.locate_applicator`) finds that tandem by what it is. With ``InputSpec.prior ==
+(:func:`.applicator.locate_applicator`) finds that tandem by what it is. With ``InputSpec.applicator_prior ==
 "tandem"`` the network gets, next to its 5 CT slices, the middle slice of a map of "closeness to
 the lower tandem", computed on the ROI grid from the localiser's os and axis:
 
@@ -23,13 +23,13 @@ import numpy as np
 
 from ..core.volume import Geometry
 
-PRIORS = ("none", "tandem")
+APPLICATOR_PRIORS = ("none", "tandem")
 TANDEM_PRIOR_SIGMA_MM = 20.0  # the HR-CTV's radius around the tandem is ~15-30 mm
 TANDEM_PRIOR_BELOW_MM = 15.0  # the CTV reaches below the os (the vaginal fornices)
 TANDEM_PRIOR_ABOVE_MM = 50.0  # ...and ~50 mm up the uterine canal
 
 
-def prior_channels(prior: str) -> int:
+def applicator_prior_channels(prior: str) -> int:
     """How many input channels ``prior`` adds to the CT slices."""
     return 0 if prior == "none" else 1
 
@@ -63,10 +63,10 @@ def tandem_prior(geometry: Geometry, shape_zyx, fit) -> np.ndarray:
     return np.exp(-np.maximum(d2, 0.0) / (2.0 * TANDEM_PRIOR_SIGMA_MM**2)).astype(np.float32)
 
 
-def input_prior(prior: str, geometry: Geometry, shape_zyx, fit) -> np.ndarray | None:
-    """The prior a model with ``InputSpec.prior == prior`` needs on a grid (None for ``"none"``)."""
+def applicator_prior_map(prior: str, geometry: Geometry, shape_zyx, fit) -> np.ndarray | None:
+    """The prior a model with ``InputSpec.applicator_prior == prior`` needs on a grid (None for ``"none"``)."""
     if prior == "none":
         return None
     if prior == "tandem":
         return tandem_prior(geometry, shape_zyx, fit)
-    raise ValueError(f"unknown input prior '{prior}'; expected one of {', '.join(PRIORS)}")
+    raise ValueError(f"unknown input prior '{prior}'; expected one of {', '.join(APPLICATOR_PRIORS)}")
