@@ -8,6 +8,7 @@ import sys
 
 from ..core.errors import InputError
 from ..engine.applicator_prior import APPLICATOR_PRIORS
+from ..engine.metal_reduction import METAL_REDUCTIONS
 from ..engine.roi import RoiSpec
 from ..engine.windows import InputSpec
 from ..research.training.data import parse_style_weights
@@ -125,6 +126,10 @@ def add_train_options(p) -> None:
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
                         "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); fine-tuning a "
                         "model without it starts that channel at zero")
+    g.add_argument("--metal-reduction", default="none", choices=METAL_REDUCTIONS,
+                   help="metal-artefact reduction of the ROI before the network (default: none, the paper's input): "
+                        "'normalised' = NMAR, 'linear' = LI-MAR (engine/metal_reduction.py); stored in the card, so "
+                        "inference does the same")
     g.add_argument("--no-tensorboard", action="store_true", help="no TensorBoard logs even if tensorboard is installed")
 
 
@@ -140,5 +145,6 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                        lr_gamma=args.lr_gamma, patience=args.patience, seed=args.seed, device=args.device,
                        num_threads=args.threads, max_minutes=args.max_minutes, roi=roi,
                        augment=getattr(args, "augment", TrainConfig.augment),
-                       input=InputSpec(applicator_prior=getattr(args, "applicator_prior", "none")).to_dict(),
+                       input=InputSpec(applicator_prior=getattr(args, "applicator_prior", "none"),
+                                       metal_reduction=getattr(args, "metal_reduction", "none")).to_dict(),
                        style_weights=getattr(args, "style_weights", None))

@@ -227,6 +227,7 @@ _MM = {"type": "number", "min": 0.0, "max": 2000.0}
 _HU = {"type": "number", "min": -10000.0, "max": 100000.0}
 _CONFIG_VALUE = {"type": "any", "min": 0.0, "max": 1e6, "line": True, "max_len": 256}
 APPLICATOR_PRIOR_PATTERN = r"\A(none|tandem)\Z"  # engine.applicator_prior.APPLICATOR_PRIORS (core does not import the engine)
+METAL_REDUCTION_PATTERN = r"\A(none|linear|normalised)\Z"  # engine.metal_reduction.METAL_REDUCTIONS
 
 CARD_SCHEMA: dict = {
     "type": "object",
@@ -259,6 +260,7 @@ CARD_SCHEMA: dict = {
                 "hu_window": {"type": "list", "items": _HU, "len": 2, "check": "increasing"},
                 "normalisation": {"type": "str", "max_len": 256},
                 "applicator_prior": {"type": "str", "pattern": APPLICATOR_PRIOR_PATTERN},
+                "metal_reduction": {"type": "str", "pattern": METAL_REDUCTION_PATTERN},
                 "roi": {
                     "type": "object",
                     "fields": {

@@ -28,7 +28,7 @@ from .applicator_prior import applicator_prior_map
 from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
-from .windows import make_windows, normalise
+from .windows import make_windows, network_input
 
 ProgressCallback = Callable[[float, str], None]
 
@@ -209,7 +209,7 @@ class Segmenter:
         roi = locate_roi(volume, roi_spec, center=roi_center, fit=scope.fit)
         t1 = time.perf_counter()
         cropped = crop(volume, roi, roi_spec)
-        stack = normalise(cropped.array, self.card.input_spec)
+        stack = network_input(cropped.array, cropped.geometry.spacing[:2], self.card.input_spec)
         prior = applicator_prior_map(self.card.input_spec.applicator_prior, cropped.geometry, stack.shape, scope.fit)
         t2 = time.perf_counter()
         prob_roi = self.predict_roi(stack, progress, cancel, start=0.05, span=0.85,
@@ -260,7 +260,7 @@ def reference_segment(model, card, volume: Volume) -> np.ndarray:
     n = volume.shape[2 - roi.slice_axis]
     roi = Roi(roi.center, roi.slice_axis, (0, n - 1), roi.method)
     cropped = crop(volume, roi, card.roi_spec)
-    stack = normalise(cropped.array, card.input_spec)
+    stack = network_input(cropped.array, cropped.geometry.spacing[:2], card.input_spec)
     prior = applicator_prior_map(card.input_spec.applicator_prior, cropped.geometry, stack.shape, fit)
     prob = np.empty(stack.shape, np.float32)
     with torch.inference_mode():

@@ -13,6 +13,7 @@ from dataclasses import asdict, dataclass
 import numpy as np
 
 from .applicator_prior import applicator_prior_channels
+from .metal_reduction import reduce_metal_artifacts
 
 
 @dataclass(frozen=True)
@@ -25,6 +26,9 @@ class InputSpec:
     # An extra channel after the CT slices (``applicator_prior.APPLICATOR_PRIORS``); "none" is the
     # paper's Mnet_Im input.
     applicator_prior: str = "none"
+    # Metal-artefact reduction of the ROI before normalising (``metal_reduction.METAL_REDUCTIONS``);
+    # "none" is the paper's input.
+    metal_reduction: str = "none"
 
     @property
     def channels(self) -> int:
@@ -40,8 +44,9 @@ class InputSpec:
 
     def to_dict(self) -> dict:
         d = asdict(self)
-        if d["applicator_prior"] == "none":  # the paper's input: cards and run configs stay as before priors existed
-            del d["applicator_prior"]
+        for key in ("applicator_prior", "metal_reduction"):
+            if d[key] == "none":  # the paper's input: cards and run configs stay as before these options existed
+                del d[key]
         return d
 
 
@@ -52,6 +57,16 @@ def normalise(hu: np.ndarray, spec: InputSpec = InputSpec()) -> np.ndarray:
     out -= lo
     out *= 1.0 / (hi - lo)
     return out
+
+
+def network_input(hu: np.ndarray, spacing_xy, spec: InputSpec = InputSpec()) -> np.ndarray:
+    """The normalised ROI stack the network reads: metal-artefact reduction (if the weights ask) then :func:`normalise`.
+
+    ``hu``: (slices, rows, columns) ROI crop; ``spacing_xy``: its column and row spacing (mm).
+    """
+    if spec.metal_reduction != "none":
+        hu = reduce_metal_artifacts(hu, spacing_xy, spec.metal_reduction)
+    return normalise(hu, spec)
 
 
 def window_indices(n_slices: int, centers, slices_per_window: int = 5) -> np.ndarray:

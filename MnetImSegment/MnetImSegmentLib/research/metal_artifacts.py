@@ -10,16 +10,17 @@ reconstructed by filtered back-projection (Ram-Lak filter). Only that difference
 to the full-resolution slice, so slices without metal are never touched and the slice's own
 texture and noise stay as they were.
 
-Everything here is torch + numpy (bilinear rotations with ``grid_sample``); the back-projection
-is the adjoint of the projection, so the two always agree on angles and orientation.
+The projector is the inference path's (``engine.projection``): the artefacts simulated here and
+the ones ``engine.metal_reduction`` removes share one geometry.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from functools import lru_cache
 
 import numpy as np
+
+from ..engine.projection import fbp, radon, rotation_grids
 
 MU_WATER_PER_MM = 0.0193  # ~70 keV effective energy
 # Three-bin model of a 120 kVp spectrum after patient filtration: effective energies 50/70/100 keV.
@@ -62,65 +63,6 @@ class ArtifactSettings:
     # view, crossing the whole field of view, as on real CT with a steel tandem. 0: none (v3-v5).
     view_errors: int = 0
     view_error_sd: float = 0.0
-
-
-def _rotation_grids(n: int, angles: np.ndarray):
-    return _cached_grids(int(n), tuple(float(a) for a in angles))
-
-
-@lru_cache(maxsize=8)
-def _cached_grids(n: int, angles: tuple):
-    # Building the sampling grids costs as much as a projection: keep them for the next slice.
-    import torch
-    import torch.nn.functional as F
-
-    angles = np.asarray(angles)
-    c, s = np.cos(angles), np.sin(angles)
-    theta = np.zeros((len(angles), 2, 3), np.float32)
-    theta[:, 0, 0], theta[:, 0, 1], theta[:, 1, 0], theta[:, 1, 1] = c, -s, s, c
-    return F.affine_grid(torch.from_numpy(theta), (len(angles), 1, n, n), align_corners=False)
-
-
-def radon(images, grids, pixel_mm: float):
-    """Parallel-beam projections: (C, N, N) tensor -> (A, C, N) line integrals (mm * 1/mm)."""
-    import torch.nn.functional as F
-
-    a = grids.shape[0]
-    rotated = F.grid_sample(images[None].expand(a, -1, -1, -1), grids, mode="bilinear", padding_mode="zeros",
-                            align_corners=False)
-    return rotated.sum(dim=2) * pixel_mm
-
-
-def ramp_filter(sino, pixel_mm: float):
-    """Ram-Lak filtering along the detector axis (spatial kernel, zero padded)."""
-    import torch
-    import torch.nn.functional as F
-
-    n = sino.shape[-1]
-    k = np.arange(-n + 1, n)
-    h = np.zeros(len(k))
-    h[k == 0] = 1 / (4 * pixel_mm**2)
-    odd = k % 2 == 1
-    h[odd] = -1 / (np.pi**2 * k[odd].astype(float) ** 2 * pixel_mm**2)
-    kernel = torch.from_numpy(h.astype(np.float32))[None, None]
-    flat = sino.reshape(-1, 1, n)
-    out = F.conv1d(flat, kernel, padding=n - 1) * pixel_mm
-    return out.reshape(sino.shape)
-
-
-def back_project(filtered, grids_inverse, n: int):
-    """Adjoint of :func:`radon` (smear each view across the grid, rotate back, sum) times pi / A."""
-    import torch.nn.functional as F
-
-    a = filtered.shape[0]
-    smeared = filtered[:, :, None, :].expand(a, filtered.shape[1], n, n)
-    back = F.grid_sample(smeared.contiguous(), grids_inverse, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return back.sum(0) * (np.pi / a)
-
-
-def fbp(sino, angles: np.ndarray, n: int, pixel_mm: float):
-    """Filtered back-projection of (A, C, N) projections to (C, N, N)."""
-    return back_project(ramp_filter(sino, pixel_mm), _rotation_grids(n, -angles), n)
 
 
 def polychromatic(p_soft, p_metal, metal: str):
@@ -172,7 +114,7 @@ def metal_artifact_hu(slice_hu: np.ndarray, metal_fraction: np.ndarray, spacing_
     grid[:, oy:oy + my, ox:ox + mx] = small
     angles = np.linspace(0, np.pi, settings.n_angles, endpoint=False)
     with torch.no_grad():
-        sino = radon(grid, _rotation_grids(n, angles), pixel)  # (A, 2, N)
+        sino = radon(grid, rotation_grids(n, angles), pixel)  # (A, 2, N)
         p_soft, p_metal = sino[:, 0], sino[:, 1]
         poly = polychromatic(p_soft, p_metal, metal)
         hardening = poly - polychromatic(p_soft, torch.zeros_like(p_metal), metal) - p_metal

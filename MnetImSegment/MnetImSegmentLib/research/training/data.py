@@ -28,7 +28,7 @@ from ...engine.applicator import locate_applicator
 from ...engine.io import read_image
 from ...engine.applicator_prior import applicator_prior_map
 from ...engine.roi import Roi, RoiSpec, crop, locate_roi
-from ...engine.windows import InputSpec, normalise, window_indices
+from ...engine.windows import InputSpec, network_input, window_indices
 from ..manifest import ScanRecord
 from .augment import FullAugmentation, check_level
 
@@ -96,7 +96,7 @@ def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, j
                           f"training crop around the located ROI (method '{roi.method}'); check the ROI location "
                           "or enlarge the ROI.", DatasetWarning, stacklevel=2)
     prior = applicator_prior_map(input_spec.applicator_prior, img.geometry, img.array.shape, fit)
-    return PreparedScan(record.scan_id, normalise(img.array, input_spec).astype(np.float16), binary, roi,
+    return PreparedScan(record.scan_id, network_input(img.array, img.geometry.spacing[:2], input_spec).astype(np.float16), binary, roi,
                         img.geometry.spacing, None if prior is None else prior.astype(np.float16))
 
 

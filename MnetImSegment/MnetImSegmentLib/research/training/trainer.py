@@ -249,6 +249,8 @@ class Trainer:
         if widening:
             mine["in_channels"] = card.input_spec.channels
             spec = replace(spec, applicator_prior="none")
+        # Metal-artefact reduction changes the images, not the network: fine-tuning adapts the parent to it.
+        spec = replace(spec, metal_reduction=card.input_spec.metal_reduction)
         if card.architecture != cfg.model or card.config != mine:
             raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
                                f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")
