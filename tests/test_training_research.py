@@ -464,8 +464,9 @@ def test_card_test_section_reports_each_phantom_style():
 
 
 def test_prior_run_widens_its_parent_and_exports_a_card_that_segments(dataset, tmp_path):
-    """--applicator-prior tandem from a parent without it: old input weights kept, the new channel at zero, and the
-    exported weights (card input.applicator_prior, 6 input channels) segment a CT through the full pipeline."""
+    """--applicator-prior tandem (and --metal-reduction) from a parent without it: old input weights kept, the new
+    channel at zero, and the exported weights (card input.applicator_prior and metal_reduction, 6 input channels)
+    segment a CT through the full pipeline."""
     from MnetImSegmentLib.engine.inference import Segmenter
     from MnetImSegmentLib.engine.weights import read_card, save_weights
     from MnetImSegmentLib.engine.windows import InputSpec
@@ -477,8 +478,9 @@ def test_prior_run_widens_its_parent_and_exports_a_card_that_segments(dataset, t
     parent_dir = tmp_path / "parent_weights"
     save_weights(parent_run.model, parent_dir, build_card(tiny_config(epochs=1), parent_summary, "Parent", "1.0.0",
                                                            "research", None, "", dataset))
+    # ...with metal-artefact reduction too: it changes the images, not the network, so the parent is accepted.
     config = tiny_config(epochs=1, lr=0.0, init_weights=str(parent_dir), augment="full",
-                         input=InputSpec(applicator_prior="tandem").to_dict())
+                         input=InputSpec(applicator_prior="tandem", metal_reduction="normalised").to_dict())
     child = Trainer(dataset, tmp_path / "child", config, progress=False)
     summary = child.run()
     parent_tensors, state = _weights(parent_dir / "model.safetensors"), child.model.state_dict()
@@ -490,6 +492,7 @@ def test_prior_run_widens_its_parent_and_exports_a_card_that_segments(dataset, t
     save_weights(child.model, out, build_card(config, summary, "Child", "0.1.0", "research", None, "", dataset))
     card = read_card(out)
     assert card.input_spec.applicator_prior == "tandem" and card.raw["input"]["applicator_prior"] == "tandem"
+    assert card.raw["input"]["metal_reduction"] == "normalised"
     ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
     result = Segmenter(out, device="cpu").segment(ct, enforce_scope=False)
     assert result.mask.shape == ct.shape and result.mask.geometry.allclose(ct.geometry)

@@ -8,8 +8,11 @@ TINY_CONFIG = dict(features=(8, 16, 32, 64, 128), input_branch_channels=(8, 8, 8
 
 
 def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, applicator_prior: str = "none",
-                 **config) -> Path:
-    """A random-init weights folder with a valid card (for plumbing tests, not accuracy); ``applicator_prior``: its input's."""
+                 metal_reduction: str = "none", **config) -> Path:
+    """A random-init weights folder with a valid card (for plumbing tests, not accuracy).
+
+    ``applicator_prior``, ``metal_reduction``: its input's (``engine.windows.InputSpec``).
+    """
     import torch
 
     from MnetImSegmentLib.engine.roi import RoiSpec
@@ -24,7 +27,8 @@ def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, se
     model = build_model(name, **cfg)
     card = {
         "name": f"test-{name}", "version": "0.0.0", "architecture": name, "config": model_config(name, **cfg),
-        "input": dict(InputSpec(applicator_prior=applicator_prior).to_dict(), roi=RoiSpec().to_dict()), "threshold": threshold,
+        "input": dict(InputSpec(applicator_prior=applicator_prior, metal_reduction=metal_reduction).to_dict(),
+                      roi=RoiSpec().to_dict()), "threshold": threshold,
         "postprocessing": {"largest_component": True}, "intended_use": "tests only",
     }
     return save_weights(model, folder, card)

@@ -1,6 +1,7 @@
 """Inference: CT volume in, CTV mask (and optionally its probability map) out, on the CT's own grid.
 
-Pipeline: locate ROI -> crop + resample in-plane -> normalise -> 5-slice windows over the ROI's
+Pipeline: locate ROI -> crop + resample in-plane -> metal-artefact reduction (for weights trained
+with it, ``engine.metal_reduction``) -> normalise -> 5-slice windows over the ROI's
 slices only (plus the applicator prior's middle slice for weights trained with one, ``engine.applicator_prior``)
 -> network in batches (``torch.inference_mode``; autocast on CUDA) -> sigmoid ->
 paste-back onto the original grid -> threshold -> largest connected component (optional).
@@ -209,6 +210,7 @@ class Segmenter:
         roi = locate_roi(volume, roi_spec, center=roi_center, fit=scope.fit)
         t1 = time.perf_counter()
         cropped = crop(volume, roi, roi_spec)
+        t_crop = time.perf_counter()
         stack = network_input(cropped.array, cropped.geometry.spacing[:2], self.card.input_spec)
         prior = applicator_prior_map(self.card.input_spec.applicator_prior, cropped.geometry, stack.shape, scope.fit)
         t2 = time.perf_counter()
@@ -235,7 +237,7 @@ class Segmenter:
             warnings = [f"out of scope (not enforced): {reason}" for reason in scope.refusals] + list(warnings)
         t5 = time.perf_counter()
         report(1.0, "done")
-        seconds = {"roi": t1 - t0, "crop": t2 - t1, "network": t3 - t2, "paste_threshold": t4 - t3,
+        seconds = {"roi": t1 - t0, "crop": t_crop - t1, "input": t2 - t_crop, "network": t3 - t2, "paste_threshold": t4 - t3,
                    "quality": t5 - t4, "total": t5 - t0}
         return SegmentationResult(
             mask=volume.with_array(mask),
