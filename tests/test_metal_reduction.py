@@ -134,3 +134,20 @@ def test_segmenter_reduces_metal_on_an_oblique_flipped_anisotropic_ct(tmp_path):
     changed = np.abs(plain - reduced).max(axis=(1, 2)) > 1e-6
     assert changed.any() and not changed.all()  # only the slices with metal
     assert np.abs(plain - reduced).mean() > 0
+
+
+@pytest.mark.parametrize("n, n_angles", [(37, 50), (64, 64)])
+def test_sparse_projector_is_the_grid_sample_projector(n, n_angles):
+    """The reduction's sparse projector equals radon / back_project / fbp (the phantoms' simulation) to rounding."""
+    import torch
+
+    from MnetImSegmentLib.engine.projection import back_project, fbp, projector, radon, rotation_grids
+
+    p = projector(n, n_angles)
+    images = torch.rand(3, n, n, generator=torch.Generator().manual_seed(0))
+    sino = radon(images, rotation_grids(n, p.angles), 1.3)
+    torch.testing.assert_close(p.project(images, 1.3), sino, rtol=1e-4, atol=1e-4)
+    views = torch.randn(n_angles, 3, n, generator=torch.Generator().manual_seed(1))
+    torch.testing.assert_close(p.back_project(views), back_project(views, rotation_grids(n, -p.angles), n),
+                               rtol=1e-4, atol=1e-4)
+    torch.testing.assert_close(p.fbp(sino, 1.3), fbp(sino, p.angles, n, 1.3), rtol=1e-4, atol=1e-4)

@@ -29,11 +29,11 @@ from __future__ import annotations
 
 import numpy as np
 
-from .projection import fbp, radon, rotation_grids
+from .projection import projector
 
 METAL_REDUCTIONS = ("none", "linear", "normalised")
 METAL_THRESHOLD_HU = 2500.0  # above cortical bone (<~2000 HU) and iodinated bladder contrast
-SLICES_PER_PASS = 8  # bounds the projector's memory (views x slices x grid^2 floats)
+SLICES_PER_PASS = 64  # bounds the memory of one pass (views x slices x grid floats, a few MB)
 # Tissue classes of the NMAR prior, in HU: below AIR_HU air, above BONE_HU bone, soft tissue between.
 AIR_HU, BONE_HU = -500.0, 300.0
 
@@ -67,22 +67,19 @@ def _correct_square(v, metal, pixel_mm: float, method: str, n_angles: int):
     import torch
     import torch.nn.functional as F
 
-    n = v.shape[-1]
-    angles = np.linspace(0.0, np.pi, n_angles, endpoint=False)
-    grids = rotation_grids(n, angles)
-    sino = radon(v, grids, pixel_mm)
+    p = projector(v.shape[-1], n_angles)
     grown = F.max_pool2d(metal[:, None], 3, stride=1, padding=1)[:, 0]  # the partial-volume rim belongs to the metal
-    trace = (radon(grown, grids, pixel_mm) > 0.05 * pixel_mm).numpy()
+    trace = (p.project(grown, pixel_mm) > 0.05 * pixel_mm).numpy()
     trace |= np.roll(trace, 1, -1) | np.roll(trace, -1, -1)  # and the detector bins either side
-    s = sino.numpy()
+    s = p.project(v, pixel_mm).numpy()
     filled = _fill_trace(s, trace)
     if method == "normalised":
-        li = v + fbp(torch.from_numpy(filled - s), angles, n, pixel_mm)
+        li = v + p.fbp(torch.from_numpy(filled - s), pixel_mm)
         li = torch.where(grown > 0, torch.full_like(li, 1000.0), li)  # the metal's place: soft tissue
-        prior = radon(_tissue_prior(li - 1000.0), grids, pixel_mm).numpy()
+        prior = p.project(_tissue_prior(li - 1000.0), pixel_mm).numpy()
         scale = np.maximum(prior, 1.0 * pixel_mm)  # rays through ~no tissue: no normalisation
         filled = _fill_trace(s / scale, trace) * scale
-    return fbp(torch.from_numpy(filled - s), angles, n, pixel_mm)
+    return p.fbp(torch.from_numpy(filled - s), pixel_mm)
 
 
 def reduce_metal_artifacts(hu: np.ndarray, spacing_xy, method: str = "linear",

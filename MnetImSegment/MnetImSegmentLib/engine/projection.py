@@ -76,3 +76,82 @@ def back_project(filtered, grids_inverse, n: int):
 def fbp(sino, angles: np.ndarray, n: int, pixel_mm: float):
     """Filtered back-projection of (A, C, N) projections to (C, N, N)."""
     return back_project(ramp_filter(sino, pixel_mm), rotation_grids(n, -angles), n)
+
+
+def _csr(rows_n: int, cols_n: int, cols: np.ndarray, weights: np.ndarray):
+    """A CSR matrix from (rows_n, k) column indices and weights laid out row by row (invalid entries: weight 0)."""
+    import torch
+
+    keep = weights != 0
+    crow = np.concatenate([[0], np.cumsum(keep.sum(1))]).astype(np.int64)
+    return torch.sparse_csr_tensor(torch.from_numpy(crow), torch.from_numpy(cols[keep].astype(np.int64)),
+                                   torch.from_numpy(weights[keep].astype(np.float32)), (rows_n, cols_n))
+
+
+def _bilinear(coord: np.ndarray, n: int):
+    """Lower tap index, its two weights, and whether each tap is inside [0, n) (``grid_sample``, align_corners=False)."""
+    pixel = ((coord.astype(np.float32) + np.float32(1.0)) * np.float32(n) - np.float32(1.0)) * np.float32(0.5)
+    lo = np.floor(pixel).astype(np.int64)
+    frac = pixel - lo
+    return lo, (1.0 - frac, frac), ((lo >= 0) & (lo < n), (lo + 1 >= 0) & (lo + 1 < n))
+
+
+class ParallelBeamProjector:
+    """:func:`radon` and :func:`back_project` for one grid size and set of views, as two sparse matrices.
+
+    The same rotation grids and bilinear weights as the ``grid_sample`` functions (equal to float
+    rounding, tests/test_metal_reduction.py), but one sparse product for all slices at once: ~15x
+    faster per slice on CPU, which is what makes metal-artefact reduction affordable at inference.
+    Building costs about half a second for a 114-pixel grid; :func:`projector` keeps the last few.
+
+    Args:
+        n: Side of the square grid (pixels).
+        angles: View angles (radians).
+    """
+
+    def __init__(self, n: int, angles: np.ndarray):
+        self.n, self.angles = int(n), np.asarray(angles, dtype=np.float64)
+        a = len(self.angles)
+        # Projection: output sample (view, i, j) adds to detector bin (view, j); rows (view, j) laid out in order.
+        g = rotation_grids(n, self.angles).numpy().transpose(0, 2, 1, 3)  # (A, j, i, xy)
+        x0, (wx0, wx1), (inx0, inx1) = _bilinear(g[..., 0], n)
+        y0, (wy0, wy1), (iny0, iny1) = _bilinear(g[..., 1], n)
+        cols = np.stack([y0 * n + x0, y0 * n + x0 + 1, (y0 + 1) * n + x0, (y0 + 1) * n + x0 + 1], -1)
+        w = np.stack([wx0 * wy0 * (inx0 & iny0), wx1 * wy0 * (inx1 & iny0),
+                      wx0 * wy1 * (inx0 & iny1), wx1 * wy1 * (inx1 & iny1)], -1)
+        self.forward = _csr(a * n, n * n, cols.reshape(a * n, -1), w.reshape(a * n, -1))
+        # Back-projection: each pixel samples each view's smeared projection (constant along y) bilinearly.
+        g = rotation_grids(n, -self.angles).numpy().transpose(1, 2, 0, 3)  # (i, j, A, xy)
+        x0, (wx0, wx1), (inx0, inx1) = _bilinear(g[..., 0], n)
+        y0, (wy0, wy1), (iny0, iny1) = _bilinear(g[..., 1], n)
+        rows_in = wy0 * iny0 + wy1 * iny1  # zero padding above and below the smeared image
+        view = np.arange(a)[None, None, :] * n
+        cols = np.stack([view + x0, view + x0 + 1], -1)
+        w = np.stack([wx0 * inx0 * rows_in, wx1 * inx1 * rows_in], -1) * (np.pi / a)
+        self.backward = _csr(n * n, a * n, cols.reshape(n * n, -1), w.reshape(n * n, -1))
+
+    def project(self, images, pixel_mm: float):
+        """(C, N, N) -> (A, C, N) line integrals, as :func:`radon`."""
+        c = images.shape[0]
+        flat = images.reshape(c, -1).T.contiguous()
+        return (self.forward @ flat).T.reshape(c, len(self.angles), self.n).permute(1, 0, 2) * pixel_mm
+
+    def back_project(self, sino):
+        """(A, C, N) -> (C, N, N), as :func:`back_project` (already scaled by pi / A)."""
+        c = sino.shape[1]
+        flat = sino.permute(1, 0, 2).reshape(c, -1).T.contiguous()
+        return (self.backward @ flat).T.reshape(c, self.n, self.n)
+
+    def fbp(self, sino, pixel_mm: float):
+        """Filtered back-projection of (A, C, N) projections, as :func:`fbp`."""
+        return self.back_project(ramp_filter(sino, pixel_mm))
+
+
+@lru_cache(maxsize=4)
+def projector(n: int, n_angles: int) -> ParallelBeamProjector:
+    """The projector of an N-pixel grid with ``n_angles`` views evenly over 180 degrees (cached)."""
+    import warnings
+
+    with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"; the products used here are stable
+        warnings.simplefilter("ignore", UserWarning)
+        return ParallelBeamProjector(n, np.linspace(0.0, np.pi, int(n_angles), endpoint=False))
