@@ -15,6 +15,9 @@ Prints one JSON object (and writes it with --out). Figures:
 * ``batch``: CTs per minute of ``mnetim segment`` over a folder, 1 and 2 threads;
 * ``slicer``: the Slicer logic's total seconds and its own overhead (MRML conversions, closed
   surface) as a share of the total, when slicer-core is installed;
+* ``metal_reduction``: seconds of NMAR / LI-MAR (``engine.metal_reduction``, used by weights trained
+  with ``--metal-reduction``) on this CT's ROI, first call (builds the projector) and warm, against
+  the network's seconds; and the sparse projector against the ``grid_sample`` one it reproduces;
 * ``gpu`` (on a CUDA machine): network slices/s with mixed precision and a whole CT after model load.
 This is a measurement tool, not a test: numbers vary with the machine's load; compare ratios.
 """
@@ -157,6 +160,42 @@ def gpu_figures(volume, weights, n_roi: int, size) -> dict:
             "roi_slices": n_roi}
 
 
+def metal_reduction_figures(seg, volume, network_seconds: float) -> dict:
+    """NMAR / LI-MAR on the CT's ROI against the network, and the sparse projector against grid_sample."""
+    import torch
+
+    from MnetImSegmentLib.engine import projection
+    from MnetImSegmentLib.engine.metal_reduction import METAL_THRESHOLD_HU, reduce_metal_artifacts
+    from MnetImSegmentLib.engine.quality import check_scope
+    from MnetImSegmentLib.engine.roi import crop, locate_roi
+
+    fit = check_scope(volume, seg.card.quality_spec, None).fit
+    cropped = crop(volume, locate_roi(volume, seg.card.roi_spec, fit=fit), seg.card.roi_spec)
+    hu, spacing = cropped.array, cropped.geometry.spacing[:2]
+    out = {"metal_slices": int((hu >= METAL_THRESHOLD_HU).any(axis=(1, 2)).sum()), "roi_slices": int(hu.shape[0])}
+    projection.projector.cache_clear()
+    for method in ("normalised", "linear"):
+        times = []
+        for _ in range(3):
+            t = time.perf_counter()
+            reduce_metal_artifacts(hu, spacing, method)
+            times.append(time.perf_counter() - t)
+        out[method] = {"first_seconds": round(times[0], 3), "warm_seconds": round(min(times[1:]), 3),
+                       "warm_vs_network": round(min(times[1:]) / network_seconds, 3)}
+    n = 114
+    p = projection.projector(n, n)
+    images = torch.rand(40, n, n)
+    t = time.perf_counter()
+    projection.radon(images, projection.rotation_grids(n, p.angles), 1.0)
+    t_grid = time.perf_counter() - t
+    t = time.perf_counter()
+    p.project(images, 1.0)
+    t_sparse = time.perf_counter() - t
+    out["projector_40_slices"] = {"grid_sample_seconds": round(t_grid, 4), "sparse_seconds": round(t_sparse, 4),
+                                  "speedup": round(t_grid / t_sparse, 1)}
+    return out
+
+
 def main(argv=None) -> dict:
     import torch
 
@@ -262,6 +301,7 @@ def main(argv=None) -> dict:
             batch[f"{threads}_threads_cts_per_minute"] = round(3 / (time.perf_counter() - t) * 60, 2)
         result["batch"] = batch
 
+    result["metal_reduction"] = metal_reduction_figures(seg, ph.ct, t_net)
     result["slicer"] = slicer_overhead(ph.ct, args.weights)
     if torch.cuda.is_available():
         result["gpu"] = gpu_figures(ph.ct, args.weights, n_roi, size)
