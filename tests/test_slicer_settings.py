@@ -19,7 +19,9 @@ from MnetImSegmentLib.logic import MnetImSegmentLogic
 from MnetImSegmentLib.mrml.settings import (DEMO_TAG, DEMO_TAG_VALUE, WEIGHTS_KEY, DictStore, ModuleSettings,
                                             isDemoCard, weightsDescription, weightsForScene)
 from MnetImSegmentLib.research.phantom import make_phantom
+
 from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
+from helpers.weights import make_weights
 
 
 class StringStore(DictStore):
@@ -97,6 +99,7 @@ def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, ti
     assert isDemoCard(demo_card) and "NOT FOR CLINICAL USE" in weightsDescription(demo_card)
     assert not isDemoCard(read_card(tiny_weights)) and "CLINICAL" not in weightsDescription(read_card(tiny_weights))
     assert "test-Mnet_Im 0.0.0" in weightsDescription(read_card(tiny_weights))
+    assert "input +" not in weightsDescription(read_card(tiny_weights))  # the paper's input says nothing more
 
     # Any card whose intended use says so is marked, and the segment carries the tag (its name stays CTV).
     marked = tmp_path / "marked"
@@ -108,6 +111,11 @@ def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, ti
     seg = MnetImSegmentLogic().process(add_volume(scene, phantom.ct), weights=marked, device="cpu")
     assert seg.GetSegmentation().GetSegmentIdBySegmentName("CTV")
     assert segment_tags(seg)[DEMO_TAG] == DEMO_TAG_VALUE
+
+
+def test_weights_description_names_what_the_input_adds(tmp_path):
+    card = read_card(make_weights(tmp_path / "w", applicator_prior="tandem", metal_reduction="normalised"))
+    assert weightsDescription(card).endswith("input + tandem prior channel + NMAR metal-artefact reduction")
 
 
 def test_the_ctv_terminology_is_in_the_modules_own_loaded_list():

@@ -111,9 +111,18 @@ def isDemoCard(card: ModelCard) -> bool:
     return card.raw.get("name") == DEFAULT_WEIGHTS_NAME or "NOT FOR CLINICAL USE" in use
 
 
+METAL_REDUCTION_NAMES = {"linear": "LI-MAR", "normalised": "NMAR"}
+
+
 def weightsDescription(card: ModelCard) -> str:
-    """One line naming the model (name + version) for the GUI; the demo weights clearly marked."""
+    """One line naming the model (name + version) for the GUI, with what its input adds to the paper's (a
+    physicist must see that a model reduces metal artefacts); the demo weights clearly marked."""
     text = f"{card.label} ({card.architecture}), threshold {card.threshold:.2f}"
+    spec = card.input_spec
+    extras = ([f"{spec.applicator_prior} prior channel"] if spec.applicator_prior != "none" else []) + \
+        ([f"{METAL_REDUCTION_NAMES[spec.metal_reduction]} metal-artefact reduction"] if spec.metal_reduction != "none" else [])
+    if extras:
+        text += ", input + " + " + ".join(extras)
     if isDemoCard(card):
         text += " - DEMO WEIGHTS, NOT FOR CLINICAL USE"
     return text
