@@ -151,3 +151,17 @@ def test_sparse_projector_is_the_grid_sample_projector(n, n_angles):
     torch.testing.assert_close(p.back_project(views), back_project(views, rotation_grids(n, -p.angles), n),
                                rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(p.fbp(sino, 1.3), fbp(sino, p.angles, n, 1.3), rtol=1e-4, atol=1e-4)
+
+
+def test_command_line_option_reaches_the_run_config(capsys):
+    """``mnetim train --metal-reduction normalised`` sets the run's input; an unknown method is refused by the parser."""
+    from MnetImSegmentLib.cli import build_parser
+    from MnetImSegmentLib.cli.options import train_config_from_args
+
+    parser = build_parser()
+    args = parser.parse_args(["train", "m.csv", "-o", "run", "--metal-reduction", "normalised"])
+    assert train_config_from_args(args).input["metal_reduction"] == "normalised"
+    assert "metal_reduction" not in train_config_from_args(parser.parse_args(["train", "m.csv", "-o", "run"])).input
+    with pytest.raises(SystemExit) as exc:
+        parser.parse_args(["train", "m.csv", "-o", "run", "--metal-reduction", "o-mar"])
+    assert exc.value.code != 0 and "invalid choice: 'o-mar'" in capsys.readouterr().err
