@@ -29,6 +29,7 @@ from .applicator_prior import applicator_prior_map
 from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
+from .metal_reduction import prepare as prepare_metal_reduction
 from .windows import make_windows, network_input
 
 ProgressCallback = Callable[[float, str], None]
@@ -147,6 +148,10 @@ class Segmenter:
         if channels_last:
             model = model.to(memory_format=torch.channels_last)
         self.model = model
+        # Weights that reduce metal artefacts need a projector for the ROI grid, known from the card:
+        # build it now, in the background, while the caller reads the CT and the ROI is located.
+        roi = card.roi_spec
+        prepare_metal_reduction(card.input_spec.metal_reduction, roi.size_px[::-1], roi.spacing_mm)
 
     def predict_roi(self, stack: np.ndarray, progress: Optional[ProgressCallback] = None,
                     cancel: Optional[Callable[[], bool]] = None, start: float = 0.0, span: float = 1.0,

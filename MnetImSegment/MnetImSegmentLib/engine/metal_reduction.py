@@ -29,7 +29,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from .projection import projector
+from .projection import build_in_background, projector
 
 METAL_REDUCTIONS = ("none", "linear", "normalised")
 METAL_THRESHOLD_HU = 2500.0  # above cortical bone (<~2000 HU) and iodinated bladder contrast
@@ -63,23 +63,55 @@ def _tissue_prior(hu):
 
 
 def _correct_square(v, metal, pixel_mm: float, method: str, n_angles: int):
-    """Correction (HU) for (C, N, N) images ``v`` (HU + 1000, >= 0) with metal masks ``metal``."""
+    """Correction (HU) for (C, N, N) images ``v`` (HU + 1000, >= 0) with metal masks ``metal``.
+
+    Only the trace's bins and their neighbours are projected (``project_rows``): the correction is
+    zero outside the trace, and filling it reads only the bins either side. The two
+    reconstructions are full.
+    """
     import torch
     import torch.nn.functional as F
 
     p = projector(v.shape[-1], n_angles)
     grown = F.max_pool2d(metal[:, None], 3, stride=1, padding=1)[:, 0]  # the partial-volume rim belongs to the metal
-    trace = (p.project(grown, pixel_mm) > 0.05 * pixel_mm).numpy()
+    near = p.bins_near(np.argwhere(grown.numpy().any(axis=0)))
+    trace = (p.project_rows(grown, near, pixel_mm) > 0.05 * pixel_mm).numpy()
     trace |= np.roll(trace, 1, -1) | np.roll(trace, -1, -1)  # and the detector bins either side
-    s = p.project(v, pixel_mm).numpy()
+    read = trace | np.roll(trace, 1, -1) | np.roll(trace, -1, -1)  # what filling the trace reads
+    rows = np.flatnonzero(read.any(axis=1))  # (A, N) -> flat view * N + bin, for all slices of the pass
+    s = p.project_rows(v, rows, pixel_mm).numpy()
     filled = _fill_trace(s, trace)
     if method == "normalised":
-        li = v + p.fbp(torch.from_numpy(filled - s), pixel_mm)
+        li = v + p.fbp(torch.from_numpy(np.where(trace, filled - s, 0.0)), pixel_mm)
         li = torch.where(grown > 0, torch.full_like(li, 1000.0), li)  # the metal's place: soft tissue
-        prior = p.project(_tissue_prior(li - 1000.0), pixel_mm).numpy()
+        prior = p.project_rows(_tissue_prior(li - 1000.0), rows, pixel_mm).numpy()
         scale = np.maximum(prior, 1.0 * pixel_mm)  # rays through ~no tissue: no normalisation
         filled = _fill_trace(s / scale, trace) * scale
-    return p.fbp(torch.from_numpy(filled - s), pixel_mm)
+    return p.fbp(torch.from_numpy(np.where(trace, filled - s, 0.0).astype(np.float32)), pixel_mm)
+
+
+def square_grid(shape_yx, spacing_xy) -> tuple[float, int, int, int]:
+    """The projector's grid for slices of ``shape_yx`` at ``spacing_xy``: (pixel mm, rows, columns, side N).
+
+    Square pixels of the finer spacing; the slice is padded into an N x N grid whose inscribed disc
+    (what every view sees) holds the whole slice.
+    """
+    ny, nx = int(shape_yx[0]), int(shape_yx[1])
+    sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
+    pixel = min(sx, sy)
+    my, mx = max(4, int(round(ny * sy / pixel))), max(4, int(round(nx * sx / pixel)))
+    return pixel, my, mx, int(np.ceil(max(my, mx) * np.sqrt(2.0))) + 2
+
+
+def prepare(method: str, shape_yx, spacing_xy) -> None:
+    """Start building the projector that :func:`reduce_metal_artifacts` will need, in the background.
+
+    For callers that know the ROI grid before they have the CT (a loaded model): the half-second
+    build then overlaps reading the CT and locating the ROI instead of adding to them.
+    """
+    if method in ("linear", "normalised"):
+        n = square_grid(shape_yx, spacing_xy)[3]
+        build_in_background(n, n)
 
 
 def reduce_metal_artifacts(hu: np.ndarray, spacing_xy, method: str = "linear",
@@ -105,10 +137,7 @@ def reduce_metal_artifacts(hu: np.ndarray, spacing_xy, method: str = "linear",
     if len(todo) == 0:
         return out
     _, ny, nx = out.shape
-    sx, sy = float(spacing_xy[0]), float(spacing_xy[1])
-    pixel = min(sx, sy)  # square pixels for the projector
-    my, mx = max(4, int(round(ny * sy / pixel))), max(4, int(round(nx * sx / pixel)))
-    n = int(np.ceil(max(my, mx) * np.sqrt(2.0))) + 2  # the whole slice inside the disc every view sees
+    pixel, my, mx, n = square_grid((ny, nx), spacing_xy)
     oy, ox = (n - my) // 2, (n - mx) // 2
     n_angles = n  # as many views as pixels across: fewer leave a moire of fine lines; more cost time for nothing visible
     with torch.no_grad():

@@ -13,6 +13,7 @@ seen by every view; pad the image when its corners matter.
 
 from __future__ import annotations
 
+import threading
 from functools import lru_cache
 
 import numpy as np
@@ -61,6 +62,33 @@ def ramp_filter(sino, pixel_mm: float):
     flat = sino.reshape(-1, 1, n)
     out = F.conv1d(flat, kernel, padding=n - 1) * pixel_mm
     return out.reshape(sino.shape)
+
+
+def _ramp_kernel_fft(n: int, length: int, pixel_mm: float):
+    """The real FFT of :func:`ramp_filter`'s kernel laid out circularly on ``length`` >= 2n - 1 bins."""
+    import torch
+
+    k = np.arange(-n + 1, n)
+    h = np.zeros(len(k))
+    h[k == 0] = 1 / (4 * pixel_mm**2)
+    odd = k % 2 == 1
+    h[odd] = -1 / (np.pi**2 * k[odd].astype(float) ** 2 * pixel_mm**2)
+    circular = np.zeros(length)
+    circular[k % length] = h
+    return torch.fft.rfft(torch.from_numpy(circular * pixel_mm))
+
+
+def ramp_filter_fft(sino, pixel_mm: float):
+    """:func:`ramp_filter` by FFT: the same linear convolution (zero padded to >= 2N - 1, so nothing wraps).
+
+    ~20x faster than the 2N - 1 tap ``conv1d`` at N ~ 100; equal to it to float rounding (tested).
+    """
+    import torch
+
+    n = sino.shape[-1]
+    length = 1 << int(np.ceil(np.log2(2 * n - 1)))
+    spectrum = torch.fft.rfft(sino.double(), n=length) * _ramp_kernel_fft(n, length, float(pixel_mm))
+    return torch.fft.irfft(spectrum, n=length)[..., :n].to(sino.dtype)
 
 
 def back_project(filtered, grids_inverse, n: int):
@@ -120,6 +148,10 @@ class ParallelBeamProjector:
         w = np.stack([wx0 * wy0 * (inx0 & iny0), wx1 * wy0 * (inx1 & iny0),
                       wx0 * wy1 * (inx0 & iny1), wx1 * wy1 * (inx1 & iny1)], -1)
         self.forward = _csr(a * n, n * n, cols.reshape(a * n, -1), w.reshape(a * n, -1))
+        # Kept for row subsets (project_rows): a detector bin's row is the same whatever else is computed.
+        self._crow = self.forward.crow_indices().numpy()
+        self._cols = self.forward.col_indices().numpy()
+        self._values = self.forward.values().numpy()
         # Back-projection: each pixel samples each view's smeared projection (constant along y) bilinearly.
         g = rotation_grids(n, -self.angles).numpy().transpose(1, 2, 0, 3)  # (i, j, A, xy)
         x0, (wx0, wx1), (inx0, inx1) = _bilinear(g[..., 0], n)
@@ -136,6 +168,48 @@ class ParallelBeamProjector:
         flat = images.reshape(c, -1).T.contiguous()
         return (self.forward @ flat).T.reshape(c, len(self.angles), self.n).permute(1, 0, 2) * pixel_mm
 
+    def project_rows(self, images, rows: np.ndarray, pixel_mm: float):
+        """:meth:`project` at the detector bins ``rows`` (flat indices view * N + bin) only; zero elsewhere.
+
+        Metal-artefact reduction reads the projections only in and next to the metal's trace, a
+        tenth to a quarter of the bins: this skips the rest exactly (the same rows, the same sums).
+        """
+        import torch
+
+        rows = np.asarray(rows, dtype=np.int64)
+        c = images.shape[0]
+        out = torch.zeros((len(self.angles) * self.n, c), dtype=images.dtype)
+        if len(rows):
+            starts, lengths = self._crow[rows], np.diff(self._crow)[rows]
+            offsets = np.concatenate([[0], np.cumsum(lengths)])
+            take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
+            sub = torch.sparse_csr_tensor(torch.from_numpy(offsets), torch.from_numpy(self._cols[take]),
+                                          torch.from_numpy(self._values[take]), (len(rows), self.n * self.n))
+            out[torch.from_numpy(rows)] = sub @ images.reshape(c, -1).T.contiguous()
+        return out.T.reshape(c, len(self.angles), self.n).permute(1, 0, 2) * pixel_mm
+
+    def bins_near(self, pixels_yx: np.ndarray, reach: float = 2.0) -> np.ndarray:
+        """Flat detector-bin indices (view * N + bin) whose rays pass within ``reach`` bins of any of the pixels.
+
+        A pixel's bilinear footprint spans less than sqrt(2) bins either side of its centre's bin in
+        every view, so with the default reach this holds every bin where :meth:`project` of an image
+        that is zero outside ``pixels_yx`` can be non-zero (tested).
+        """
+        n = self.n
+        yx = np.asarray(pixels_yx, dtype=np.float64).reshape(-1, 2)
+        # Pixel centre in grid_sample's normalised coordinates, rotated back onto each view's detector axis.
+        x, y = (2 * yx[:, 1] + 1) / n - 1, (2 * yx[:, 0] + 1) / n - 1
+        along = np.cos(self.angles)[:, None] * x[None] + np.sin(self.angles)[:, None] * y[None]
+        centre = ((along + 1) * n - 1) / 2  # (A, P) detector-bin coordinate
+        lo = np.clip(np.ceil(centre - reach), 0, n - 1).astype(np.int64)
+        hi = np.clip(np.floor(centre + reach), 0, n - 1).astype(np.int64)
+        near = np.zeros((len(self.angles), n + 1), np.int64)
+        view = np.broadcast_to(np.arange(len(self.angles))[:, None], lo.shape)
+        np.add.at(near, (view, lo), 1)
+        np.add.at(near, (view, hi + 1), -1)
+        hit = np.cumsum(near, axis=1)[:, :n] > 0
+        return np.flatnonzero(hit)
+
     def back_project(self, sino):
         """(A, C, N) -> (C, N, N), as :func:`back_project` (already scaled by pi / A)."""
         c = sino.shape[1]
@@ -144,14 +218,36 @@ class ParallelBeamProjector:
 
     def fbp(self, sino, pixel_mm: float):
         """Filtered back-projection of (A, C, N) projections, as :func:`fbp`."""
-        return self.back_project(ramp_filter(sino, pixel_mm))
+        return self.back_project(ramp_filter_fft(sino, pixel_mm))
+
+
+_BUILD_LOCK = threading.Lock()
+
+
+def projector(n: int, n_angles: int) -> ParallelBeamProjector:
+    """The projector of an N-pixel grid with ``n_angles`` views evenly over 180 degrees (cached).
+
+    Thread-safe: a caller arriving while another thread builds the same projector (see
+    :func:`build_in_background`) waits for it instead of building a second one.
+    """
+    with _BUILD_LOCK:
+        return _build(int(n), int(n_angles))
 
 
 @lru_cache(maxsize=4)
-def projector(n: int, n_angles: int) -> ParallelBeamProjector:
-    """The projector of an N-pixel grid with ``n_angles`` views evenly over 180 degrees (cached)."""
+def _build(n: int, n_angles: int) -> ParallelBeamProjector:
     import warnings
 
     with warnings.catch_warnings():  # torch calls its sparse CSR support "beta"; the products used here are stable
         warnings.simplefilter("ignore", UserWarning)
-        return ParallelBeamProjector(n, np.linspace(0.0, np.pi, int(n_angles), endpoint=False))
+        return ParallelBeamProjector(n, np.linspace(0.0, np.pi, n_angles, endpoint=False))
+
+
+projector.cache_clear = _build.cache_clear  # type: ignore[attr-defined]
+
+
+def build_in_background(n: int, n_angles: int) -> threading.Thread:
+    """Start building :func:`projector` (n, n_angles) on a daemon thread, so that it overlaps reading the CT."""
+    thread = threading.Thread(target=projector, args=(n, n_angles), name="mnetim-projector", daemon=True)
+    thread.start()
+    return thread
