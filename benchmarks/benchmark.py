@@ -17,7 +17,9 @@ Prints one JSON object (and writes it with --out). Figures:
   surface) as a share of the total, when slicer-core is installed;
 * ``metal_reduction``: seconds of NMAR / LI-MAR (``engine.metal_reduction``, used by weights trained
   with ``--metal-reduction``) on this CT's ROI, first call (builds the projector) and warm, against
-  the network's seconds; and the sparse projector against the ``grid_sample`` one it reproduces;
+  the network's seconds; the sparse projector against the ``grid_sample`` one it reproduces; and, for
+  weights that use it, the whole CLI and ``Segmenter.segment`` with it and with it switched off in a
+  copy of the card, interleaved (the speed bar of issue 11: within 20 % of the same path without it);
 * ``gpu`` (on a CUDA machine): network slices/s with mixed precision and a whole CT after model load.
 This is a measurement tool, not a test: numbers vary with the machine's load; compare ratios.
 """
@@ -158,6 +160,40 @@ def gpu_figures(volume, weights, n_roi: int, size) -> dict:
     return {"device_name": torch.cuda.get_device_name(0), "amp_dtype": str(dtype),
             "network_slices_per_second": round(len(x) / t_net, 1), "whole_ct_seconds": round(t_ct, 3),
             "roi_slices": n_roi}
+
+
+def metal_reduction_cost(seg, ct_path: Path, volume, weights, tmp: Path, repeats: int = 3) -> dict:
+    """End-to-end seconds with the weights' metal-artefact reduction and with it switched off, interleaved."""
+    import shutil
+
+    from MnetImSegmentLib.engine.inference import Segmenter
+
+    if seg.card.input_spec.metal_reduction == "none":
+        return {"weights_use_it": False}
+    off = tmp / "weights_without_mar"
+    shutil.copytree(weights or _default_weights(), off, dirs_exist_ok=True)
+    card = json.loads((off / "model.json").read_text())
+    del card["input"]["metal_reduction"]
+    (off / "model.json").write_text(json.dumps(card, indent=1))
+    paths = {"with": weights or _default_weights(), "without": off}
+    walls = {k: [] for k in paths}
+    for _ in range(repeats):
+        for k, w in paths.items():
+            walls[k].append(run_cli(ct_path, tmp / f"mar_{k}.seg.nrrd", w)["wall_seconds"])
+    warm = {}
+    for k, w in paths.items():
+        s = Segmenter(w, device="cpu")
+        times = []
+        for _ in range(repeats + 1):
+            t = time.perf_counter()
+            s.segment(volume)
+            times.append(time.perf_counter() - t)
+        warm[k] = min(times[1:])
+    cli = {k: min(v) for k, v in walls.items()}
+    return {"weights_use_it": True, "cli_wall_seconds": {k: round(v, 3) for k, v in cli.items()},
+            "cli_ratio": round(cli["with"] / cli["without"], 3),
+            "segment_warm_seconds": {k: round(v, 3) for k, v in warm.items()},
+            "segment_warm_ratio": round(warm["with"] / warm["without"], 3)}
 
 
 def metal_reduction_figures(seg, volume, network_seconds: float) -> dict:
@@ -302,6 +338,7 @@ def main(argv=None) -> dict:
         result["batch"] = batch
 
     result["metal_reduction"] = metal_reduction_figures(seg, ph.ct, t_net)
+    result["metal_reduction"]["end_to_end"] = metal_reduction_cost(seg, ct_path, ph.ct, args.weights, tmp)
     result["slicer"] = slicer_overhead(ph.ct, args.weights)
     if torch.cuda.is_available():
         result["gpu"] = gpu_figures(ph.ct, args.weights, n_roi, size)

@@ -1,9 +1,9 @@
 """The shipped demo weights end to end: oblique + anisotropic input, the card, the demo command.
 
-Thresholds here are set from what the demo weights measured on held-out phantoms (test Dice 0.91
-mean, 0.76 worst; see their model card) with margin: they check that the contour lands where the
-truth is, on the right grid, whatever the direction matrix. The oblique case scores 0.90, the demo
-0.91.
+Thresholds here are set from what the demo weights (0.3.0) measured, with margin: they check that
+the contour lands where the truth is, on the right grid, whatever the direction matrix, and that the
+card states what the project promises of its weights (docs/generalisation.md, the shipping rule).
+The demo scores 0.92.
 """
 
 import json
@@ -43,8 +43,14 @@ def test_card_is_honest_about_its_data(demo_weights):
     assert "synthetic" in json.dumps(card["training"]["data"])
     assert card["training"]["command"].startswith("mnetim train")
     assert card["test"]["volumetric_dice_mean"] == pytest.approx(np.mean([s["vd"] for s in card["test"]["scans"]]), abs=1e-3)
-    # What the project promises of its demo weights: held-out phantoms, full pipeline, Dice >= 0.90.
-    assert card["test"]["volumetric_dice_mean"] >= 0.90 and len(card["test"]["scans"]) >= 10
+    assert len(card["test"]["scans"]) >= 10 and card["test"]["by_style"]["v2"]["volumetric_dice_mean"] >= 0.80
+    # What the project promises of its demo weights (the shipping rule of docs/generalisation.md, n = 8 per row):
+    # in-distribution v2 >= 0.85 and v4 >= 0.65, the held-out generator style >= 0.30, every perturbation >= 0.55.
+    rows = card["generalisation"]["rows"]
+    assert card["generalisation"]["n_per_row"] >= 8
+    assert rows["v2"]["mean"] >= 0.85 and rows["v4"]["mean"] >= 0.65 and rows["heldout"]["mean"] >= 0.30
+    perturbations = [r["mean"] for r in rows.values() if r["group"] == "perturbation"]
+    assert len(perturbations) == 13 and min(perturbations) >= 0.55
 
 
 def test_oblique_anisotropic_ct_gets_ctv_where_truth_is(oblique_case, capsys):
