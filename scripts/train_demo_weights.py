@@ -1,0 +1,156 @@
+"""Replay the training lineage of the shipped demo weights (Mnet_Im_phantom_demo 0.3.0) from nothing.
+
+0.3.0 was not trained in one run: each candidate of issue 11 was fine-tuned from the one before
+(docs/generalisation.md), and the card records only the last command and its parent's checksum.
+This script is that whole chain, phantoms to weights, with the commands the model cards recorded:
+
+    0.2.0 (v2) -> v3 -> v4 -> v5 -> v6 -> v6p (+ tandem prior) -> v6m (+ NMAR) -> v6n = 0.3.0
+
+Stages whose output exists are skipped, so an interrupted replay continues where it stopped.
+Most stages are bounded by ``--max-minutes``, so on another machine they end at another epoch: this
+reproduces the recipe, not the tensors (the shipped card's checksum will differ). About 11 hours on
+the project's 2-core CPU; a GPU makes the time budgets cover many more epochs.
+
+    python scripts/train_demo_weights.py --root data/recipe             # run every missing stage
+    python scripts/train_demo_weights.py --root data/recipe --dry-run   # check the commands, print them
+    python scripts/train_demo_weights.py --root data/recipe --until v6  # stop after a stage
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import shlex
+import subprocess
+import sys
+from pathlib import Path
+
+INTENDED_USE = ("Demonstration and testing only. Trained on synthetic phantoms: NOT FOR CLINICAL USE. Clinical use "
+                "requires training on the institution's own data with mnetim train and local validation.")
+
+# Phantom sets: folder -> `mnetim phantom` options (the cards' data recipes).
+PHANTOMS = {
+    "phantoms_v2": "--count 100 --seed 1000",
+    "phantoms_v3mix": "--count 150 --style v3:0.7,v2:0.3 --seed 1000 --workers 2",
+    "phantoms_v4mix": "--count 150 --style v4:0.75,v2:0.25 --seed 2000 --workers 2",
+    "phantoms_v5": "--count 120 --style v5 --seed 3000 --workers 2",
+    "phantoms_v6": "--count 120 --style v6 --seed 4000 --workers 2",
+}
+# Training sets made of several phantom sets: one manifest whose paths point into each folder.
+MIXES = {"mix_v5": ("phantoms_v5", "phantoms_v4mix"), "mix_v6": ("phantoms_v6", "phantoms_v5", "phantoms_v4mix")}
+
+COMMON = "--seed 0 --threads 2 --roi-size 80 --roi-spacing 1.6 --patience 50"
+FULL = COMMON + " --augment full"
+MIX_V6 = "--style-weights v6:1,v2:2,v4:0.5,v5:0.3"
+
+# (stage, training set, parent stage or None, version, options). Options as the cards recorded them.
+STAGES = [
+    ("v2", "phantoms_v2", None, "0.2.0",
+     "--epochs 50 --windows-per-epoch 3000 --lr-milestones 32 42 47 --max-minutes 80 " + COMMON),
+    ("v3", "phantoms_v3mix", "v2", "0.3.0",
+     "--epochs 27 --windows-per-epoch 2000 --lr-milestones 24 30 34 --max-minutes 80 " + FULL),
+    ("v4", "phantoms_v4mix", "v3", "0.3.0",
+     "--epochs 45 --windows-per-epoch 2000 --lr 0.0005 --lr-milestones 32 40 --max-minutes 100 " + FULL),
+    ("v5", "mix_v5", "v4", "0.3.0",
+     "--epochs 34 --windows-per-epoch 2000 --lr 0.0005 --lr-milestones 24 30 --max-minutes 100 " + FULL),
+    ("v6", "mix_v6", "v5", "0.3.0",
+     MIX_V6 + " --epochs 34 --windows-per-epoch 2000 --lr 0.0005 --lr-milestones 26 31 --max-minutes 92 " + FULL),
+    ("v6p", "mix_v6", "v6", "0.3.0",
+     "--applicator-prior tandem " + MIX_V6 +
+     " --epochs 34 --windows-per-epoch 2000 --lr 0.0005 --lr-milestones 26 31 --max-minutes 30 " + FULL),
+    ("v6m", "mix_v6", "v6p", "0.3.0",
+     "--applicator-prior tandem --metal-reduction normalised " + MIX_V6 +
+     " --epochs 20 --windows-per-epoch 2000 --lr 0.0005 --lr-milestones 14 18 --max-minutes 80 " + FULL),
+    ("v6n", "mix_v6", "v6m", "0.3.0",
+     "--applicator-prior tandem --metal-reduction normalised --style-weights v6:1,v2:2,v4:1,v5:0.3"
+     " --epochs 14 --windows-per-epoch 2000 --lr 0.0002 --lr-milestones 10 12 --max-minutes 38 " + FULL),
+]
+
+
+def stage_sets(until: str) -> set:
+    names = [s[0] for s in STAGES]
+    if until not in names:
+        raise SystemExit(f"unknown stage '{until}' (stages: {', '.join(names)})")
+    needed = set()
+    for name, data, *_ in STAGES[:names.index(until) + 1]:
+        needed.update(MIXES.get(data, (data,)))
+    return needed
+
+
+def phantom_argv(root: Path, folder: str) -> list:
+    return ["phantom", "-o", str(root / folder)] + shlex.split(PHANTOMS[folder])
+
+
+def train_argv(root: Path, stage) -> list:
+    name, data, parent, version, options = stage
+    argv = ["train", str(root / data / "manifest.csv"), "-o", str(root / f"run_{name}")]
+    if parent is not None:
+        argv += ["--init-weights", str(root / f"run_{parent}" / "weights")]
+    argv += shlex.split(options)
+    description = {"kind": "synthetic brachytherapy CT phantoms (MnetImSegmentLib.research)",
+                   "recipe": f"scripts/train_demo_weights.py, stage {name}: {data}"
+                             + (f" = {' + '.join(MIXES[data])}" if data in MIXES else f" = mnetim phantom {PHANTOMS[data]}"),
+                   "never trained on": "the held-out style (MnetImSegmentLib.research.phantom_heldout)"}
+    return argv + ["--name", "Mnet_Im_phantom_demo", "--version", version, "--intended-use", INTENDED_USE,
+                   "--data-description", json.dumps(description)]
+
+
+def write_mix(root: Path, mix: str) -> None:
+    rows = []
+    for folder in MIXES[mix]:
+        with open(root / folder / "manifest.csv", newline="") as f:
+            for r in csv.DictReader(f):
+                r["image"], r["mask"] = f"../{folder}/{r['image']}", f"../{folder}/{r['mask']}"
+                rows.append(r)
+    (root / mix).mkdir(parents=True, exist_ok=True)
+    with open(root / mix / "manifest.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
+        writer.writeheader()
+        writer.writerows(rows)
+
+
+def check(argvs: list) -> None:
+    """Parse every command with the real CLI parser: a recipe that no longer parses fails here, not hours in."""
+    from MnetImSegmentLib.cli import build_parser
+
+    parser = build_parser()
+    for argv in argvs:
+        parser.parse_args(argv)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--root", default="data/recipe", help="folder for the phantoms and runs (default: data/recipe)")
+    p.add_argument("--until", default=STAGES[-1][0], help="last stage to run (default: all)")
+    p.add_argument("--dry-run", action="store_true", help="check and print the commands; run nothing")
+    args = p.parse_args(argv)
+    root = Path(args.root)
+    needed = stage_sets(args.until)
+    stages = STAGES[:[s[0] for s in STAGES].index(args.until) + 1]
+    phantoms = [phantom_argv(root, folder) for folder in PHANTOMS if folder in needed]
+    trainings = [train_argv(root, stage) for stage in stages]
+    check(phantoms + trainings)
+    if args.dry_run:
+        for argv in phantoms + trainings:
+            print("mnetim " + shlex.join(argv))
+        return 0
+    mnetim = [sys.executable, "-m", "MnetImSegmentLib.cli"]
+    for folder, argv in zip([f for f in PHANTOMS if f in needed], phantoms):
+        if not (root / folder / "manifest.csv").exists():
+            subprocess.run(mnetim + argv, check=True)
+    for mix in MIXES:
+        if set(MIXES[mix]) <= needed and not (root / mix / "manifest.csv").exists():
+            write_mix(root, mix)
+    for stage, argv in zip(stages, trainings):
+        run = root / f"run_{stage[0]}"
+        if not (run / "weights" / "model.json").exists():
+            resume = ["--resume"] if (run / "checkpoint.pt").exists() else []  # an interrupted stage continues
+            print(f"stage {stage[0]}: mnetim {shlex.join(argv[:4])} ...", flush=True)
+            subprocess.run(mnetim + argv + resume, check=True)
+    print(f"done: {root / f'run_{stages[-1][0]}' / 'weights'}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
