@@ -208,6 +208,33 @@ def test_projector_built_in_the_background_is_built_once():
     assert projection.projector(41, 41) is first and projection._build.cache_info().misses == 1
 
 
+def _child_builds(queue):
+    from MnetImSegmentLib.engine import projection
+
+    queue.put(projection.projector(23, 23).n)
+
+
+@pytest.mark.skipif(not hasattr(__import__("os"), "fork"), reason="fork start method only")
+def test_process_forked_during_a_background_build_does_not_deadlock():
+    """A child forked while the parent's background build holds the lock still gets a projector."""
+    import multiprocessing
+
+    from MnetImSegmentLib.engine import projection
+
+    projection.projector.cache_clear()
+    thread = projection.build_in_background(160, 160)  # long enough to be running at the fork
+    ctx = multiprocessing.get_context("fork")
+    queue = ctx.Queue()
+    child = ctx.Process(target=_child_builds, args=(queue,))
+    child.start()
+    child.join(60)
+    thread.join()
+    if child.is_alive():  # deadlocked: do not leave it behind
+        child.kill()
+        child.join()
+    assert child.exitcode == 0 and queue.get(timeout=5) == 23
+
+
 def test_command_line_option_reaches_the_run_config(capsys):
     """``mnetim train --metal-reduction normalised`` sets the run's input; an unknown method is refused by the parser."""
     from MnetImSegmentLib.cli import build_parser

@@ -13,6 +13,7 @@ seen by every view; pad the image when its corners matter.
 
 from __future__ import annotations
 
+import os
 import threading
 from functools import lru_cache
 
@@ -222,6 +223,17 @@ class ParallelBeamProjector:
 
 
 _BUILD_LOCK = threading.Lock()
+
+
+def _new_lock_after_fork() -> None:
+    # A child forked while a background build held the lock would inherit it locked, with no thread
+    # to release it: give the child its own (it builds its own projector if it needs one).
+    global _BUILD_LOCK
+    _BUILD_LOCK = threading.Lock()
+
+
+if hasattr(os, "register_at_fork"):
+    os.register_at_fork(after_in_child=_new_lock_after_fork)
 
 
 def projector(n: int, n_angles: int) -> ParallelBeamProjector:
