@@ -48,18 +48,23 @@ def radon(images, grids, pixel_mm: float):
     return rotated.sum(dim=2) * pixel_mm
 
 
+def _ram_lak(n: int, pixel_mm: float):
+    """Offsets -(n-1)..(n-1) and the spatial Ram-Lak kernel at them (band-limited ramp, 1/mm^2)."""
+    k = np.arange(-n + 1, n)
+    h = np.zeros(len(k))
+    h[k == 0] = 1 / (4 * pixel_mm**2)
+    odd = k % 2 == 1
+    h[odd] = -1 / (np.pi**2 * k[odd].astype(float) ** 2 * pixel_mm**2)
+    return k, h
+
+
 def ramp_filter(sino, pixel_mm: float):
     """Ram-Lak filtering along the detector axis (spatial kernel, zero padded)."""
     import torch
     import torch.nn.functional as F
 
     n = sino.shape[-1]
-    k = np.arange(-n + 1, n)
-    h = np.zeros(len(k))
-    h[k == 0] = 1 / (4 * pixel_mm**2)
-    odd = k % 2 == 1
-    h[odd] = -1 / (np.pi**2 * k[odd].astype(float) ** 2 * pixel_mm**2)
-    kernel = torch.from_numpy(h.astype(np.float32))[None, None]
+    kernel = torch.from_numpy(_ram_lak(n, pixel_mm)[1].astype(np.float32))[None, None]
     flat = sino.reshape(-1, 1, n)
     out = F.conv1d(flat, kernel, padding=n - 1) * pixel_mm
     return out.reshape(sino.shape)
@@ -69,11 +74,7 @@ def _ramp_kernel_fft(n: int, length: int, pixel_mm: float):
     """The real FFT of :func:`ramp_filter`'s kernel laid out circularly on ``length`` >= 2n - 1 bins."""
     import torch
 
-    k = np.arange(-n + 1, n)
-    h = np.zeros(len(k))
-    h[k == 0] = 1 / (4 * pixel_mm**2)
-    odd = k % 2 == 1
-    h[odd] = -1 / (np.pi**2 * k[odd].astype(float) ** 2 * pixel_mm**2)
+    k, h = _ram_lak(n, pixel_mm)
     circular = np.zeros(length)
     circular[k % length] = h
     return torch.fft.rfft(torch.from_numpy(circular * pixel_mm))
