@@ -93,13 +93,28 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
         assert r["n"] == 1 and len(r["dice"]) == 1 and 0.0 <= r["min"] <= r["median"] <= 1.0
         assert len(r["ctv_ml"]) == 1 and r["ctv_ml"][0][1] > 5.0 and r["volume_r"] is None  # r needs >= 3
         assert r["mean"] == pytest.approx(r["dice"][0], abs=1e-4)
+    # the no-network tube baseline sits next to every style row, and only there (a perturbation's base is a style row)
+    for r in rows:
+        if r["row"] in gen.STYLE_ROWS:
+            assert len(r["tube_dice"]) == 1 and r["tube_mean"] == pytest.approx(r["tube_dice"][0]) and 0 <= r["tube_mean"] <= 1
+        else:
+            assert "tube_mean" not in r
     js, md = gen.write_results(results, tmp_path)
     assert json.loads(js.read_text())["rows"] == rows
     table = md.read_text().splitlines()
+    assert table[0].endswith("| tube, no network |") and table[2].count("|") == table[0].count("|")
     assert len(table) == 2 + len(rows) and table[0].startswith("| row |")
     card = {"name": "x", "version": "0.0.0"}
     new = gen.add_to_card(card, results)
     assert "generalisation" not in card and set(new["generalisation"]["rows"]) == {r["row"] for r in rows}
+
+
+def test_tube_baseline_finds_the_tandem_but_is_not_the_ctv():
+    """The localiser alone places a tube that overlaps the CTV (the tandem runs through it), far from a contour."""
+    ph = gen.generate("v2", SEED, 128, z_extent_mm=80.0)
+    assert 0.2 < gen.tube_dice(ph) < 0.85
+    empty = gen._with(ph, np.full(ph.ct.shape, -1000, np.int16))  # no applicator: no fit, no tube
+    assert gen.tube_dice(empty) == 0.0
 
 
 def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):

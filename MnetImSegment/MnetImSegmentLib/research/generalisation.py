@@ -34,6 +34,8 @@ import numpy as np
 
 from ..core.files import write_text
 from ..core.volume import Geometry
+from ..engine.applicator import locate_applicator
+from ..engine.applicator_prior import tandem_prior
 from ..engine.inference import Segmenter
 from .metrics import volumetric_dice
 from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
@@ -178,6 +180,7 @@ class RowResult:
     seeds: list
     dice: list = field(default_factory=list)
     volumes: list = field(default_factory=list)  # (predicted ml, true ml) per phantom
+    tube: list = field(default_factory=list)  # Dice of the no-network baseline (tube_dice) per phantom, style rows
 
     def add(self, score: tuple[float, float, float]) -> None:
         self.dice.append(score[0])
@@ -198,7 +201,22 @@ class RowResult:
                 "volume_r": self.volume_r(),
                 "mean": round(float(np.mean(d)), 4) if d else None,
                 "median": round(float(statistics.median(d)), 4) if d else None,
-                "min": round(float(np.min(d)), 4) if d else None}
+                "min": round(float(np.min(d)), 4) if d else None,
+                **({"tube_dice": [round(float(x), 4) for x in self.tube],
+                    "tube_mean": round(float(np.mean(self.tube)), 4)} if self.tube else {})}
+
+
+# The no-network baseline: the tandem prior thresholded, a tube of ~17 mm radius round the lower
+# tandem placed by the localiser alone. 0.7 is the best level on the training styles v2 and v4
+# (docs/generalisation.md, session 9). A model that does not beat it on a style has learnt where the
+# tandem is, not what that style's CTV looks like.
+TUBE_LEVEL = 0.7
+
+
+def tube_dice(ph: Phantom) -> float:
+    """Dice of the no-network tube baseline (``TUBE_LEVEL``) on one phantom, on its own CT grid."""
+    prior = tandem_prior(ph.ct.geometry, ph.ct.shape, locate_applicator(ph.ct))
+    return volumetric_dice(prior >= TUBE_LEVEL, ph.labels.array == 1)
 
 
 def _score(segmenter, ph: Phantom) -> tuple[float, float, float]:
@@ -282,7 +300,8 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
             if style == perturb_style:
                 bases[s] = ph
             row.add(_score(segmenter, ph))
-            log(f"{style} seed {s}: Dice {row.dice[-1]:.3f}")
+            row.tube.append(tube_dice(ph))
+            log(f"{style} seed {s}: Dice {row.dice[-1]:.3f} (tube {row.tube[-1]:.3f})")
         rows.append(row)
         if style == "heldout" and heldout_no_streaks:
             plain = RowResult(HELDOUT_NO_STREAKS, "held-out", style, seeds)
@@ -350,11 +369,12 @@ def heldout_ablation(weights, n: int = 3, matrix: int = 256, device: str = "cpu"
 
 def markdown_table(results: dict) -> str:
     """The rows as a markdown table (mean / median / min Dice, n)."""
-    lines = ["| row | group | style | n | mean Dice | median | min |", "|---|---|---|---|---|---|---|"]
+    lines = ["| row | group | style | n | mean Dice | median | min | tube, no network |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in results["rows"]:
         fmt = (lambda v: "-" if v is None else f"{v:.3f}")
         lines.append(f"| {r['row']} | {r['group']} | {r['style']} | {r['n']} | {fmt(r['mean'])} | "
-                     f"{fmt(r['median'])} | {fmt(r['min'])} |")
+                     f"{fmt(r['median'])} | {fmt(r['min'])} | {fmt(r.get('tube_mean'))} |")
     return "\n".join(lines) + "\n"
 
 
