@@ -91,6 +91,17 @@ def _style_weights(text: str) -> dict:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
+def _share(text: str) -> float:
+    """A share of training windows: a number from 0 to 1."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not (0.0 <= value <= 1.0):
+        raise argparse.ArgumentTypeError(f"must be a share from 0 to 1, got '{text}'")
+    return value
+
+
 def add_train_options(p) -> None:
     """The training options of ``mnetim train``, ``crossval`` and ``compare`` (defaults: ``TrainConfig``'s)."""
     d = TrainConfig()
@@ -122,6 +133,9 @@ def add_train_options(p) -> None:
     g.add_argument("--style-weights", type=_style_weights, default=None, metavar="STYLE:W,...",
                    help="draw training scans of a manifest style this much more (or less) often, e.g. v2:3 keeps a "
                         "minority style from being forgotten (default: every scan equally)")
+    g.add_argument("--ctv-camouflage", type=_share, default=0.0, metavar="P",
+                   help="share of training windows (0-1) whose CTV is made iso-dense with the tissue around it, so "
+                        "the network learns CTVs that CT barely shows (default: 0, off)")
     g.add_argument("--applicator-prior", default="none", choices=APPLICATOR_PRIORS,
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
                         "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); fine-tuning a "
@@ -147,4 +161,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                        augment=getattr(args, "augment", TrainConfig.augment),
                        input=InputSpec(applicator_prior=getattr(args, "applicator_prior", "none"),
                                        metal_reduction=getattr(args, "metal_reduction", "none")).to_dict(),
-                       style_weights=getattr(args, "style_weights", None))
+                       style_weights=getattr(args, "style_weights", None),
+                       ctv_camouflage=getattr(args, "ctv_camouflage", 0.0))

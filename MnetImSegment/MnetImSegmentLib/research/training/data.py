@@ -12,6 +12,12 @@ the prior on its crop, computed from the localiser run on that scan's image (not
 training must see the localiser's errors that inference will see). It is shifted, mirrored and
 warped with the window, never intensity-augmented, and dropped (all zeros, as for an untrusted
 localiser) in ``APPLICATOR_PRIOR_DROPOUT`` of the windows so that the network also works without it.
+
+CTV camouflage (``ctv_camouflage``, off by default): in that share of the windows the CTV is made
+partly or wholly iso-dense with the tissue around it (:func:`camouflage_ctv`). A real HR-CTV is
+often invisible on CT. The phantoms' CTVs are mostly visible, and the held-out style's are not
+(docs/generalisation.md: +50 HU lifts it from 0.51 to 0.71). So the network must also learn to
+draw the CTV from the context, the tandem and the prior, not from its edge alone.
 """
 
 from __future__ import annotations
@@ -113,7 +119,7 @@ class WindowSampler:
 
     def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
                  positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0,
-                 scan_weights: Optional[list] = None):
+                 scan_weights: Optional[list] = None, ctv_camouflage: float = 0.0):
         if not scans:
             raise DatasetError("No training scans.")
         self.scans = scans
@@ -126,6 +132,7 @@ class WindowSampler:
         self.level = check_level(level)
         self.augment = level != "none"
         self.full = FullAugmentation(seed) if level == "full" else None
+        self.camouflage = float(ctv_camouflage) if self.augment else 0.0
         self.index_pos, self.index_neg = [], []
         for s_i, s in enumerate(scans):
             has = s.mask.reshape(s.mask.shape[0], -1).any(1)
@@ -166,6 +173,9 @@ class WindowSampler:
             win = scan.image[idx, oy:oy + h, ox:ox + w].astype(np.float32)
             lab = scan.mask[z, oy:oy + h, ox:ox + w].astype(np.float32)
             pri = scan.prior[z, oy:oy + h, ox:ox + w].astype(np.float32) if self.with_prior else None
+            # Drawn only when switched on, so runs without it keep their random stream.
+            if self.camouflage and rng.random() < self.camouflage:
+                win = camouflage_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], rng.uniform(0.5, 1.0))
             if self.augment:
                 if rng.random() < 0.5:
                     win, lab = win[:, :, ::-1], lab[:, ::-1]
@@ -183,6 +193,44 @@ class WindowSampler:
                 x[b, self.w] = pri
             y[b, 0] = lab
         return x, y
+
+
+# Pixels at the ends of the HU window (air, fat below it; bone, contrast, metal above) are not
+# tissue the CTV could blend into: they are neither measured nor moved.
+CAMOUFLAGE_TISSUE = (0.02, 0.98)
+CAMOUFLAGE_RING_PX = 5  # the surroundings: up to 5 px (8 mm at 1.6 mm) outside the CTV
+
+
+def camouflage_ctv(window: np.ndarray, masks: np.ndarray, strength: float) -> np.ndarray:
+    """A copy of ``window`` whose CTV is moved ``strength`` of the way to its surroundings' level, slice by slice.
+
+    Args:
+        window: (slices, H, W) normalised window.
+        masks: (slices, H, W) CTV masks of the same slices.
+        strength: 0 = unchanged, 1 = the CTV's median equals the median of a ring around it.
+
+    The shift fades over the CTV's edge (a 5 px box filter of the mask), so it leaves no step of its
+    own: what remains of the edge is the texture, the context and the prior.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = np.array(window, np.float32, copy=True)
+    m = torch.from_numpy(np.ascontiguousarray(masks, np.float32))[:, None]
+    if not bool(m.any()):
+        return out
+    r = CAMOUFLAGE_RING_PX
+    ring = (F.max_pool2d(m, 2 * r + 1, stride=1, padding=r) - m)[:, 0].numpy() > 0
+    fade = F.avg_pool2d(m, 5, stride=1, padding=2, count_include_pad=False)[:, 0].numpy()
+    lo, hi = CAMOUFLAGE_TISSUE
+    for k in range(out.shape[0]):
+        tissue = (window[k] > lo) & (window[k] < hi)
+        inside, around = (masks[k] > 0) & tissue, ring[k] & tissue
+        if inside.sum() < 10 or around.sum() < 10:
+            continue
+        shift = float(strength) * (np.median(window[k][around]) - np.median(window[k][inside]))
+        out[k] = np.where(tissue, window[k] + shift * fade[k], window[k])
+    return out
 
 
 def _cumulative(weights) -> np.ndarray:

@@ -74,10 +74,13 @@ class TrainConfig:
     input: dict = field(default_factory=lambda: InputSpec().to_dict())
     init_weights: str = ""  # fine-tuning: a weights folder whose tensors start the training ("" = random)
     style_weights: Optional[dict] = None  # manifest style -> how often its scans are drawn (others: 1)
+    ctv_camouflage: float = 0.0  # share of windows whose CTV is made iso-dense (data.camouflage_ctv)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
+        if not d["ctv_camouflage"]:  # off: configs and cards stay as before the option existed
+            del d["ctv_camouflage"]
         return d
 
     @classmethod
@@ -322,7 +325,8 @@ class Trainer:
                                "stopping would be chosen on nothing; put scans with CTV in the validation split.")
         sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
                                 cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0],
-                                augment=cfg.augment, seed=cfg.seed, scan_weights=scan_weights)
+                                augment=cfg.augment, seed=cfg.seed, scan_weights=scan_weights,
+                                ctv_camouflage=cfg.ctv_camouflage)
         n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
         steps = max(1, windows_per_epoch // (cfg.batch_size * ctx.world_size))
