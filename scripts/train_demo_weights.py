@@ -19,7 +19,6 @@ the project's 2-core CPU; a GPU makes the time budgets cover many more epochs.
 from __future__ import annotations
 
 import argparse
-import csv
 import json
 import shlex
 import subprocess
@@ -97,17 +96,12 @@ def train_argv(root: Path, stage) -> list:
 
 
 def write_mix(root: Path, mix: str) -> None:
-    rows = []
-    for folder in MIXES[mix]:
-        with open(root / folder / "manifest.csv", newline="") as f:
-            for r in csv.DictReader(f):
-                r["image"], r["mask"] = f"../{folder}/{r['image']}", f"../{folder}/{r['mask']}"
-                rows.append(r)
+    """One manifest of several phantom sets (each read and checked), its paths pointing into their folders."""
+    from MnetImSegmentLib.research.manifest import read_manifest, write_manifest
+
+    records = [r for folder in MIXES[mix] for r in read_manifest(root / folder / "manifest.csv")]
     (root / mix).mkdir(parents=True, exist_ok=True)
-    with open(root / mix / "manifest.csv", "w", newline="") as f:
-        writer = csv.DictWriter(f, fieldnames=list(rows[0]))
-        writer.writeheader()
-        writer.writerows(rows)
+    write_manifest(root / mix / "manifest.csv", records)
 
 
 def check(argvs: list) -> None:

@@ -56,3 +56,27 @@ def test_unknown_stage_is_refused_with_one_sentence(recipe):
     with pytest.raises(SystemExit) as exc:
         recipe.main(["--until", "v9", "--dry-run"])
     assert "unknown stage 'v9'" in str(exc.value) and "v6n" in str(exc.value)
+
+
+def test_mix_manifest_points_into_each_phantom_set(recipe, tmp_path):
+    """A mix is one manifest of several sets: every scan, its split and style, paths resolving to the same files."""
+    from MnetImSegmentLib.research.manifest import ScanRecord, read_manifest, write_manifest
+
+    originals = []
+    for folder, style in (("phantoms_v6", "v6"), ("phantoms_v5", "v5"), ("phantoms_v4mix", "v4")):
+        d = tmp_path / folder
+        d.mkdir()
+        records = []
+        for i, split in enumerate(("train", "val", "test")):
+            image, mask = d / f"{style}_{i}.nii.gz", d / f"{style}_{i}_label.nii.gz"
+            image.write_bytes(b"x")
+            mask.write_bytes(b"y")
+            records.append(ScanRecord(image, mask, f"{style}p{i}", f"{style}s{i}", split, style))
+        write_manifest(d / "manifest.csv", records)
+        originals += records
+    recipe.write_mix(tmp_path, "mix_v6")
+    text = (tmp_path / "mix_v6" / "manifest.csv").read_text()
+    assert "../phantoms_v5/v5_0.nii.gz" in text
+    mixed = read_manifest(tmp_path / "mix_v6" / "manifest.csv")
+    assert [(r.image.resolve(), r.mask.resolve(), r.scan_id, r.split, r.style) for r in mixed] == \
+        [(r.image.resolve(), r.mask.resolve(), r.scan_id, r.split, r.style) for r in originals]

@@ -26,10 +26,10 @@ from ..core.volume import Volume
 from .applicator import locate_applicator
 from .device import resolve_device, resolve_precision
 from .applicator_prior import applicator_prior_map
+from .metal_reduction import prepare as prepare_metal_reduction
 from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
-from .metal_reduction import prepare as prepare_metal_reduction
 from .windows import make_windows, network_input
 
 ProgressCallback = Callable[[float, str], None]

@@ -154,6 +154,7 @@ class ParallelBeamProjector:
         self._crow = self.forward.crow_indices().numpy()
         self._cols = self.forward.col_indices().numpy()
         self._values = self.forward.values().numpy()
+        self._row_nnz = np.diff(self._crow)
         # Back-projection: each pixel samples each view's smeared projection (constant along y) bilinearly.
         g = rotation_grids(n, -self.angles).numpy().transpose(1, 2, 0, 3)  # (i, j, A, xy)
         x0, (wx0, wx1), (inx0, inx1) = _bilinear(g[..., 0], n)
@@ -182,7 +183,7 @@ class ParallelBeamProjector:
         c = images.shape[0]
         out = torch.zeros((len(self.angles) * self.n, c), dtype=images.dtype)
         if len(rows):
-            starts, lengths = self._crow[rows], np.diff(self._crow)[rows]
+            starts, lengths = self._crow[rows], self._row_nnz[rows]
             offsets = np.concatenate([[0], np.cumsum(lengths)])
             take = np.repeat(starts - offsets[:-1], lengths) + np.arange(offsets[-1])
             sub = torch.sparse_csr_tensor(torch.from_numpy(offsets), torch.from_numpy(self._cols[take]),

@@ -78,8 +78,8 @@ def write_manifest(path, records: list[ScanRecord]) -> None:
     # temporary file whose path is absolute.
     base = Path(os.path.abspath(path)).parent
 
-    def rel(p) -> str:
-        return Path(os.path.abspath(p)).relative_to(base).as_posix()
+    def rel(p) -> str:  # '../other/...' for scans of another dataset (a manifest mixing several)
+        return Path(os.path.relpath(os.path.abspath(p), base)).as_posix()
 
     styles = any(r.style for r in records)  # the style column only for phantom datasets
     buffer = io.StringIO(newline="")
