@@ -59,6 +59,8 @@ def test_untrusted_or_missing_fit_gives_no_prior():
         assert not tandem_prior(geom, (4, 8, 8), fit).any()
     assert applicator_prior_map("none", geom, (4, 8, 8), FIT) is None
     with pytest.raises(ValueError, match="unknown input prior"):
+        applicator_prior_map("ring", geom, (4, 8, 8), FIT)
+    with pytest.raises(ValueError, match="needs the weights' CTV atlas"):
         applicator_prior_map("atlas", geom, (4, 8, 8), FIT)
 
 
@@ -117,8 +119,8 @@ def test_card_refuses_a_prior_the_network_has_no_channel_for(tmp_path):
     card_file.write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match="plus 1 for the 'tandem' prior"):
         read_card(weights)
-    raw["config"]["in_channels"], raw["input"]["applicator_prior"] = 6, "atlas"
+    raw["config"]["in_channels"], raw["input"]["applicator_prior"] = 6, "ring"
     card_file.write_text(json.dumps(raw))
     with pytest.raises(WeightsError, match="prior"):
         read_card(weights)
-    assert APPLICATOR_PRIORS == ("none", "tandem")
+    assert APPLICATOR_PRIORS == ("none", "tandem", "atlas")

@@ -500,3 +500,47 @@ def test_prior_run_widens_its_parent_and_exports_a_card_that_segments(dataset, t
     with pytest.raises(DatasetError, match="another"):
         Trainer(dataset, tmp_path / "bad", tiny_config(epochs=1, init_weights=str(out)), progress=False).run()
     assert not (tmp_path / "bad").exists()
+
+
+def test_atlas_prior_run_builds_its_atlas_from_the_training_split_and_ships_it(dataset, tmp_path):
+    """--applicator-prior atlas from a 'tandem' parent: the channel is kept (new content), the CTV atlas is built
+    from the training scans only, saved in the run folder, carried into the weights (card input.ctv_atlas, one
+    SHA-256 for tensors and atlas), used by the Segmenter, and exported again from an unfinished run's folder."""
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.engine.weights import load_weights, read_card
+    from MnetImSegmentLib.engine.windows import InputSpec
+    from MnetImSegmentLib.research.phantom import make_phantom
+    from MnetImSegmentLib.research.training.data import ATLAS_FILE, read_atlas
+    from MnetImSegmentLib.research.training.export import export_run, train_and_export
+
+    from helpers.weights import make_weights
+
+    parent = make_weights(tmp_path / "parent", applicator_prior="tandem")
+    config = tiny_config(epochs=1, init_weights=str(parent), input=InputSpec(applicator_prior="atlas").to_dict())
+    run = tmp_path / "run"
+    summary = train_and_export(dataset, run, config, "Atlas", progress=False, tensorboard=False)
+    assert summary["model_config"]["in_channels"] == 6
+    atlas = read_atlas(run / ATLAS_FILE)
+    assert atlas.scans == 4  # the 4 training scans, not the validation or test scan
+    p = atlas.probability
+    assert p.max() > 0.9 and p.min() == 0.0 and p[p.shape[0] // 2, p.shape[1] // 2].max() > 0.9
+    np.testing.assert_array_equal(p, p[::-1])  # mirrored left-right
+    model, card = load_weights(run / "weights")
+    assert card.input_spec.applicator_prior == "atlas" and card.raw["input"]["ctv_atlas"]["scans"] == 4
+    np.testing.assert_array_equal(card.atlas.probability, p)
+    ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
+    seg = Segmenter(run / "weights", device="cpu", fold_bn=False, precision="fp32")
+    seen = []
+    forward = seg.model.forward
+    seg.model.forward = lambda x: seen.append(float(x[:, 5].max())) or forward(x)
+    result = seg.segment(ct, enforce_scope=False)
+    assert result.mask.shape == ct.shape and max(seen) > 0.5  # the atlas reached the network
+    # An unfinished run's folder exports with its atlas too.
+    (run / "summary.json").unlink()
+    out = export_run(run, tmp_path / "exported")
+    assert read_card(out).raw["input"]["ctv_atlas"] == card.raw["input"]["ctv_atlas"]
+    assert load_weights(out)[1].atlas is not None
+    (run / ATLAS_FILE).unlink()
+    with pytest.raises(DatasetError, match="CTV atlas"):
+        export_run(run, tmp_path / "exported2")
+    assert not (tmp_path / "exported2").exists()

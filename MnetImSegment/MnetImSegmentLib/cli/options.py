@@ -138,8 +138,10 @@ def add_train_options(p) -> None:
                         "the network learns CTVs that CT barely shows (default: 0, off)")
     g.add_argument("--applicator-prior", default="none", choices=APPLICATOR_PRIORS,
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
-                        "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); fine-tuning a "
-                        "model without it starts that channel at zero")
+                        "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); 'atlas' = a CTV "
+                        "atlas in the tandem's frame, built from the training split's labels and stored with the "
+                        "weights; fine-tuning a model without a prior starts that channel at zero, one with the other "
+                        "prior keeps it")
     g.add_argument("--metal-reduction", default="none", choices=METAL_REDUCTIONS,
                    help="metal-artefact reduction of the ROI before the network (default: none, the paper's input): "
                         "'normalised' = NMAR, 'linear' = LI-MAR (engine/metal_reduction.py); stored in the card, so "

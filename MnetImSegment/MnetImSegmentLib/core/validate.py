@@ -226,7 +226,7 @@ _LEVEL = {"type": "int", "min": 0, "max": 16}
 _MM = {"type": "number", "min": 0.0, "max": 2000.0}
 _HU = {"type": "number", "min": -10000.0, "max": 100000.0}
 _CONFIG_VALUE = {"type": "any", "min": 0.0, "max": 1e6, "line": True, "max_len": 256}
-APPLICATOR_PRIOR_PATTERN = r"\A(none|tandem)\Z"  # engine.applicator_prior.APPLICATOR_PRIORS (core does not import the engine)
+APPLICATOR_PRIOR_PATTERN = r"\A(none|tandem|atlas)\Z"  # engine.applicator_prior.APPLICATOR_PRIORS (core does not import the engine)
 METAL_REDUCTION_PATTERN = r"\A(none|linear|normalised)\Z"  # engine.metal_reduction.METAL_REDUCTIONS
 
 CARD_SCHEMA: dict = {

@@ -217,7 +217,8 @@ class Segmenter:
         cropped = crop(volume, roi, roi_spec)
         t_crop = time.perf_counter()
         stack = network_input(cropped.array, cropped.geometry.spacing[:2], self.card.input_spec)
-        prior = applicator_prior_map(self.card.input_spec.applicator_prior, cropped.geometry, stack.shape, scope.fit)
+        prior = applicator_prior_map(self.card.input_spec.applicator_prior, cropped.geometry, stack.shape, scope.fit,
+                                     atlas=self.card.atlas)
         t2 = time.perf_counter()
         prob_roi = self.predict_roi(stack, progress, cancel, start=0.05, span=0.85,
                                     applicator_prior=prior)
@@ -268,7 +269,7 @@ def reference_segment(model, card, volume: Volume) -> np.ndarray:
     roi = Roi(roi.center, roi.slice_axis, (0, n - 1), roi.method)
     cropped = crop(volume, roi, card.roi_spec)
     stack = network_input(cropped.array, cropped.geometry.spacing[:2], card.input_spec)
-    prior = applicator_prior_map(card.input_spec.applicator_prior, cropped.geometry, stack.shape, fit)
+    prior = applicator_prior_map(card.input_spec.applicator_prior, cropped.geometry, stack.shape, fit, atlas=card.atlas)
     prob = np.empty(stack.shape, np.float32)
     with torch.inference_mode():
         for z in range(len(stack)):

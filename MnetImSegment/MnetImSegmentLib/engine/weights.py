@@ -4,19 +4,27 @@ Loading never unpickles (safetensors holds raw tensors only, so a weights file c
 validates everything before a single tensor reaches the network: the card's schema and version, the
 architecture and its configuration, the SHA-256 of the tensor file, and every tensor's name and
 shape against the model the card describes.
+
+Input-side tensors that are not network parameters (the CTV atlas of weights trained with
+``--applicator-prior atlas``) live in the same file under the ``input_prior.`` prefix, so the card's
+single SHA-256 covers them too.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Optional
+
+import numpy as np
 
 from ..core.commit import check_tree_sha256, os_error_reason, output_error
 from ..core.errors import WeightsError
 from ..core.files import transaction
 from ..core.validate import MAX_CARD_BYTES, check_finite_tensors, load_card_json, validate_card
+from .applicator_prior import CtvAtlas
 from .quality import QualitySpec
 from .roi import RoiSpec
 from .windows import InputSpec
@@ -24,6 +32,7 @@ from .windows import InputSpec
 CARD_FORMAT = 1
 TENSORS = "model.safetensors"
 CARD = "model.json"
+INPUT_TENSOR_PREFIX = "input_prior."
 REQUIRED = ("format_version", "name", "version", "architecture", "config", "input", "threshold",
             "intended_use", "tensors_sha256")
 
@@ -65,6 +74,7 @@ class ModelCard:
     """The parsed ``model.json``; ``raw`` keeps every field (training summary, metrics...)."""
 
     raw: dict
+    atlas: Optional[CtvAtlas] = field(default=None, compare=False)  # set by load_weights for "atlas" weights
 
     @property
     def architecture(self) -> str:
@@ -153,6 +163,8 @@ def load_weights(folder, device: str = "cpu"):
         state = load_file(str(tensors_path), device="cpu")
     except (SafetensorError, OSError, ValueError) as exc:
         raise WeightsError(f"'{tensors_path}' is not a readable safetensors file ({exc}).") from None
+    inputs = {k: state.pop(k) for k in [k for k in state if k.startswith(INPUT_TENSOR_PREFIX)]}
+    card.atlas = _atlas(card, inputs, tensors_path)
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -173,9 +185,30 @@ def load_weights(folder, device: str = "cpu"):
     return model.to(device), card
 
 
-def save_weights(model, folder, card: dict) -> Path:
+def _atlas(card: ModelCard, inputs: dict, tensors_path: Path) -> Optional[CtvAtlas]:
+    """The CTV atlas of ``"atlas"`` weights, checked against the card; None for other weights."""
+    prior = card.input_spec.applicator_prior
+    if prior != "atlas":
+        if inputs:
+            raise WeightsError(f"'{tensors_path}' holds input tensors ({', '.join(sorted(inputs))}) that its card's "
+                               f"'{prior}' input does not use.")
+        return None
+    entry, tensor = card.raw["input"].get("ctv_atlas"), inputs.get(CtvAtlas.TENSOR)
+    if not isinstance(entry, dict) or tensor is None:
+        raise WeightsError(f"The weights in '{tensors_path.parent}' use the 'atlas' input prior but lack its CTV atlas "
+                           f"(card field input.ctv_atlas and tensor '{CtvAtlas.TENSOR}').")
+    try:
+        return CtvAtlas.from_card(entry, tensor.numpy())
+    except (KeyError, TypeError, ValueError) as exc:
+        raise WeightsError(f"The CTV atlas in '{tensors_path.parent}' is unusable ({exc}).") from None
+
+
+def save_weights(model, folder, card: dict, atlas: Optional[CtvAtlas] = None) -> Path:
     """Write tensors and card through the commit path: a temporary folder, read back (the tensors'
-    SHA-256 and the card's bytes), then created at ``folder``; nothing is left on failure."""
+    SHA-256 and the card's bytes), then created at ``folder``; nothing is left on failure.
+
+    ``atlas``: the CTV atlas of weights with the ``"atlas"`` input prior; it is stored in the tensors
+    file and described in the card's ``input.ctv_atlas``."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -188,11 +221,16 @@ def save_weights(model, folder, card: dict) -> Path:
     except OSError as exc:
         raise output_error(folder, exc) from None
     state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    card = dict(card)
+    if atlas is not None:
+        import torch
+
+        state[CtvAtlas.TENSOR] = torch.from_numpy(np.ascontiguousarray(atlas.probability, np.float32))
+        card["input"] = {**card["input"], "ctv_atlas": atlas.card_entry()}
     check_finite_tensors(state, str(folder / TENSORS))  # never save weights that could not be loaded
     with transaction() as t:
         tmp = t.dir_for(folder)
         save_file(state, str(tmp / TENSORS), metadata={"format": "pt"})
-        card = dict(card)
         card.setdefault("format_version", CARD_FORMAT)
         card["tensors_sha256"] = sha256_file(tmp / TENSORS)
         text = json.dumps(card, indent=2) + "\n"

@@ -12,6 +12,9 @@ the prior on its crop, computed from the localiser run on that scan's image (not
 training must see the localiser's errors that inference will see). It is shifted, mirrored and
 warped with the window, never intensity-augmented, and dropped (all zeros, as for an untrusted
 localiser) in ``APPLICATOR_PRIOR_DROPOUT`` of the windows so that the network also works without it.
+The ``"atlas"`` prior is a statistic of the training labels, so it is attached in a second step: the
+training scans are prepared first, the CTV atlas is built from their crops and fits
+(:func:`ctv_atlas_of`), then every scan gets its prior (:func:`attach_prior`).
 
 CTV camouflage (``ctv_camouflage``, off by default): in that share of the windows the CTV is made
 partly or wholly iso-dense with the tissue around it (:func:`camouflage_ctv`). A real HR-CTV is
@@ -29,10 +32,10 @@ from typing import Optional
 import numpy as np
 
 from ...core.errors import DatasetError, InputError
-from ...core.volume import Volume
+from ...core.volume import Geometry, Volume
 from ...engine.applicator import locate_applicator
 from ...engine.io import read_image
-from ...engine.applicator_prior import applicator_prior_map
+from ...engine.applicator_prior import CtvAtlas, applicator_prior_map, build_ctv_atlas
 from ...engine.roi import Roi, RoiSpec, crop, locate_roi
 from ...engine.windows import InputSpec, network_input, window_indices
 from ..manifest import ScanRecord
@@ -58,6 +61,8 @@ class PreparedScan:
     roi: Roi
     spacing_mm: tuple[float, float, float]  # of the crop, (x, y, z)
     prior: Optional[np.ndarray] = None  # same shape as ``image``, float16 in [0, 1], when the input has a prior
+    geometry: Optional[Geometry] = None  # of the crop (with its context)
+    fit: object = None  # the localiser's ApplicatorFit, when the input has a prior
 
 
 def ctv_mask(labels: np.ndarray, label_value: int = 1) -> np.ndarray:
@@ -76,8 +81,10 @@ APPLICATOR_PRIOR_DROPOUT = 0.2
 
 
 def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, jitter_px: int = 16,
-                 label_value: int = 1) -> PreparedScan:
+                 label_value: int = 1, atlas: Optional[CtvAtlas] = None) -> PreparedScan:
     """Crop, normalise and binarise one scan (see the module docstring).
+
+    For the ``"atlas"`` prior without ``atlas`` the prior is left to :func:`attach_prior`.
 
     A scan without CTV is kept (its windows are negative examples) with a :class:`DatasetWarning`;
     so is a scan whose CTV lies partly outside the crop, since that points at a failed ROI location.
@@ -101,9 +108,67 @@ def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, j
             warnings.warn(f"Scan '{record.scan_id}': only {100 * ml_kept / ml_all:.0f}% of the CTV lies inside the "
                           f"training crop around the located ROI (method '{roi.method}'); check the ROI location "
                           "or enlarge the ROI.", DatasetWarning, stacklevel=2)
-    prior = applicator_prior_map(input_spec.applicator_prior, img.geometry, img.array.shape, fit)
-    return PreparedScan(record.scan_id, network_input(img.array, img.geometry.spacing[:2], input_spec).astype(np.float16), binary, roi,
-                        img.geometry.spacing, None if prior is None else prior.astype(np.float16))
+    scan = PreparedScan(record.scan_id, network_input(img.array, img.geometry.spacing[:2], input_spec).astype(np.float16),
+                        binary, roi, img.geometry.spacing, geometry=img.geometry, fit=fit)
+    if input_spec.applicator_prior != "atlas" or atlas is not None:
+        attach_prior(scan, input_spec, atlas)
+    return scan
+
+
+def attach_prior(scan: PreparedScan, input_spec: InputSpec, atlas: Optional[CtvAtlas] = None) -> PreparedScan:
+    """Compute ``scan.prior`` on its crop from its fit (in place; returns the scan)."""
+    prior = applicator_prior_map(input_spec.applicator_prior, scan.geometry, scan.image.shape, scan.fit, atlas=atlas)
+    scan.prior = None if prior is None else prior.astype(np.float16)
+    return scan
+
+
+ATLAS_FILE = "ctv_atlas.safetensors"  # in a run folder, so that an unfinished run can still be exported
+
+
+def save_atlas(path, atlas: CtvAtlas) -> None:
+    """Write ``atlas`` (array + its card entry as metadata) atomically, read back before it counts."""
+    import json
+
+    from safetensors.numpy import save_file
+
+    from ...core.files import atomic_path
+
+    def same(tmp) -> bool:
+        back = read_atlas(tmp)
+        return bool(np.array_equal(back.probability, atlas.probability)) and back.card_entry() == atlas.card_entry()
+
+    with atomic_path(path, overwrite=True, check=same) as tmp:
+        save_file({CtvAtlas.TENSOR: atlas.probability}, str(tmp), metadata={"ctv_atlas": json.dumps(atlas.card_entry())})
+
+
+def read_atlas(path) -> CtvAtlas:
+    """The atlas :func:`save_atlas` wrote.
+
+    Raises:
+        DatasetError: The file is missing or unusable.
+    """
+    import json
+
+    from safetensors import SafetensorError, safe_open
+
+    try:
+        with safe_open(str(path), framework="numpy") as f:
+            return CtvAtlas.from_card(json.loads((f.metadata() or {})["ctv_atlas"]), f.get_tensor(CtvAtlas.TENSOR))
+    except (OSError, SafetensorError, KeyError, TypeError, ValueError) as exc:
+        raise DatasetError(f"Cannot read the run's CTV atlas '{path}' ({exc}).") from None
+
+
+def ctv_atlas_of(scans: list[PreparedScan]) -> CtvAtlas:
+    """The CTV atlas of prepared training scans (their crops' CTV masks placed by their fits).
+
+    Raises:
+        DatasetError: No scan has a trusted applicator fit, so there is no frame to build it in.
+    """
+    atlas = build_ctv_atlas((s.mask.astype(bool), s.geometry, s.fit) for s in scans)
+    if atlas is None:
+        raise DatasetError("The 'atlas' input prior needs training scans whose applicator the localiser finds; "
+                           "it found none in this training split. Train with --applicator-prior tandem or none.")
+    return atlas
 
 
 class WindowSampler:

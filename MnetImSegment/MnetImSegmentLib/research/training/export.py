@@ -24,7 +24,7 @@ from ...engine.weights import CARD, TENSORS, load_weights, read_card, save_weigh
 from ...engine.windows import InputSpec
 from ..metrics import volumetric_dice
 from . import distributed as dist_
-from .data import read_volume_pair
+from .data import ATLAS_FILE, read_atlas, read_volume_pair
 from .trainer import TrainConfig, Trainer
 
 INTENDED_USE_RESEARCH = (
@@ -156,13 +156,13 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     staging = Path(run_dir) / "weights.staging"
     _remove_stale_weights(staging)
     _remove_stale_weights(Path(run_dir) / "weights")  # from an export interrupted before summary.json
-    save_weights(trainer.model, staging, card)
+    save_weights(trainer.model, staging, card, atlas=trainer.atlas)
     segmenter = Segmenter(staging, device=ctx.device)
     # The staging tensors are those that ship, so these predictions are the shipped model's.
     rows = evaluate_scans(segmenter, trainer.splits["test"], save_dir=predictions_dir, save_names=prediction_names)
     card["test"] = card_test_section(rows)
     _remove_stale_weights(staging)
-    save_weights(trainer.model, Path(run_dir) / "weights", card)
+    save_weights(trainer.model, Path(run_dir) / "weights", card, atlas=trainer.atlas)
     summary["test"] = card["test"]
     write_text(Path(run_dir) / "summary.json", json.dumps(summary, indent=2), overwrite=True)
     return dist_.handoff(ctx, summary)
@@ -269,7 +269,8 @@ def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Option
     for key, value in (("name", name), ("version", version), ("intended_use", intended_use)):
         if value is not None:
             card[key] = value
-    save_weights(model.eval(), weights_dir, card)
+    atlas = read_atlas(run_dir / ATLAS_FILE) if InputSpec.from_dict(config.input).applicator_prior == "atlas" else None
+    save_weights(model.eval(), weights_dir, card, atlas=atlas)
     load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
     return Path(weights_dir)
 

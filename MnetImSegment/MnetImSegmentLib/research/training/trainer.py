@@ -41,7 +41,8 @@ from ...engine.windows import InputSpec, make_windows
 from ..manifest import read_manifest, split_records, split_size_warnings
 from ..metrics import volumetric_dice
 from . import distributed as dist_
-from .data import PreparedScan, WindowSampler, prepare_scan, scan_weights_for
+from .data import (ATLAS_FILE, PreparedScan, WindowSampler, attach_prior, ctv_atlas_of, prepare_scan, save_atlas,
+                   scan_weights_for)
 
 THRESHOLDS = tuple(round(t, 2) for t in np.arange(0.10, 0.91, 0.05))
 
@@ -183,6 +184,7 @@ class Trainer:
         self.tensorboard = tensorboard
         self.warnings: list = []  # split-size warnings, also in the summary
         self.parent: Optional[dict] = None  # the model fine-tuned from (init_weights), for the card
+        self.atlas = None  # the CTV atlas of an "atlas" prior run, built from its training split
 
     # -- run folder -------------------------------------------------------------------------
     def _check_run_dir(self, resume: bool) -> Optional[dict]:
@@ -252,6 +254,9 @@ class Trainer:
         if widening:
             mine["in_channels"] = card.input_spec.channels
             spec = replace(spec, applicator_prior="none")
+        # One prior channel may replace another (the tandem tube -> the CTV atlas): same channel, new content.
+        elif "none" not in (card.input_spec.applicator_prior, spec.applicator_prior):
+            spec = replace(spec, applicator_prior=card.input_spec.applicator_prior)
         # Metal-artefact reduction changes the images, not the network: fine-tuning adapts the parent to it.
         spec = replace(spec, metal_reduction=card.input_spec.metal_reduction)
         if card.architecture != cfg.model or card.config != mine:
@@ -319,6 +324,15 @@ class Trainer:
         # Only rank 0 validates, so only it needs the validation scans.
         prepared = {s: [prepare_scan(r, roi_spec, input_spec, cfg.jitter_px) for r in splits[s]]
                     for s in (("train", "val") if main else ("train",))}
+        self.atlas = None
+        if input_spec.applicator_prior == "atlas":
+            # Built from the training split only (never the validation or test scans), the same on every rank.
+            self.atlas = ctv_atlas_of(prepared["train"])
+            for scan in (s for split in prepared.values() for s in split):
+                attach_prior(scan, input_spec, self.atlas)
+            if main:
+                save_atlas(self.run_dir / ATLAS_FILE, self.atlas)
+            say(f"CTV atlas: {self.atlas.scans} training scan(s) with a trusted applicator fit")
         t_prep = time.perf_counter() - t_prep
         if main and not any(s.mask.any() for s in prepared["val"]):
             raise DatasetError("No validation scan contains CTV (inside its ROI crop): the threshold and early "
@@ -483,7 +497,7 @@ RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", 
 
 # Files a run writes before its first checkpoint; a folder holding only these (and the hidden
 # temporary files of interrupted atomic writes) can be restarted.
-_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard"}
+_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard", ATLAS_FILE}
 
 
 def load_widened(model, parent_state: dict) -> None:
