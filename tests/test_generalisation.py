@@ -103,6 +103,7 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
     assert json.loads(js.read_text())["rows"] == rows
     table = md.read_text().splitlines()
     assert table[0].endswith("| tube, no network |") and table[2].count("|") == table[0].count("|")
+    assert not any("atlas_mean" in r for r in rows)  # weights without a CTV atlas: no atlas column
     assert len(table) == 2 + len(rows) and table[0].startswith("| row |")
     card = {"name": "x", "version": "0.0.0"}
     new = gen.add_to_card(card, results)
@@ -115,6 +116,28 @@ def test_tube_baseline_finds_the_tandem_but_is_not_the_ctv():
     assert 0.2 < gen.tube_dice(ph) < 0.85
     empty = gen._with(ph, np.full(ph.ct.shape, -1000, np.int16))  # no applicator: no fit, no tube
     assert gen.tube_dice(empty) == 0.0
+
+
+def test_atlas_baseline_and_column_for_weights_with_a_ctv_atlas(tmp_path):
+    """Weights with the 'atlas' prior get a second no-network column: their own atlas, placed by the localiser."""
+    from MnetImSegmentLib.engine.applicator import locate_applicator
+    from MnetImSegmentLib.engine.applicator_prior import build_ctv_atlas
+
+    from helpers.weights import make_weights
+
+    ph = gen.generate("v2", SEED, 128, z_extent_mm=80.0)
+    fit = locate_applicator(ph.ct)
+    atlas = build_ctv_atlas([(ph.labels.array == 1, ph.ct.geometry, fit)])  # this patient's own CTV, mirrored
+    assert gen.atlas_dice(ph, atlas) > max(0.6, gen.tube_dice(ph))
+    assert gen.atlas_dice(gen._with(ph, np.full(ph.ct.shape, -1000, np.int16)), atlas) == 0.0
+    weights = make_weights(tmp_path / "w", applicator_prior="atlas", atlas=atlas)
+    results = gen.evaluate_generalisation(weights, n=1, matrix=MATRIX, z_extent_mm=Z_MM, styles=["v2"],
+                                          perturbations=["hu+40"])
+    style_row, perturbed = results["rows"]
+    assert len(style_row["atlas_dice"]) == 1 and 0 <= style_row["atlas_mean"] <= 1 and "atlas_mean" not in perturbed
+    table = gen.markdown_table(results).splitlines()
+    assert table[0].endswith("| tube, no network | atlas, no network |")
+    assert all(line.count("|") == table[0].count("|") for line in table)
 
 
 def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):

@@ -13,7 +13,8 @@ from MnetImSegmentLib.core.volume import Geometry
 from MnetImSegmentLib.engine.applicator import ApplicatorFit
 from MnetImSegmentLib.engine.inference import Segmenter
 from MnetImSegmentLib.engine.applicator_prior import (APPLICATOR_PRIORS, TANDEM_PRIOR_ABOVE_MM, TANDEM_PRIOR_BELOW_MM,
-                                           TANDEM_PRIOR_SIGMA_MM, applicator_prior_map, tandem_prior)
+                                                      TANDEM_PRIOR_SIGMA_MM, CtvAtlas, applicator_prior_map,
+                                                      build_ctv_atlas, tandem_frame, tandem_prior)
 from MnetImSegmentLib.engine.weights import read_card
 from MnetImSegmentLib.engine.windows import InputSpec, make_windows
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
@@ -124,3 +125,106 @@ def test_card_refuses_a_prior_the_network_has_no_channel_for(tmp_path):
     with pytest.raises(WeightsError, match="prior"):
         read_card(weights)
     assert APPLICATOR_PRIORS == ("none", "tandem", "atlas")
+
+
+# --------------------------------------------------------------------------- the CTV atlas prior
+def _linear_atlas() -> CtvAtlas:
+    """An atlas that is a known linear function of the frame coordinates, so trilinear sampling is exact."""
+    a = np.arange(-60.0, 61.0, 2.0)
+    t = np.arange(-50.0, 91.0, 2.0)
+    e1, e2, e3 = np.meshgrid(a, a, t, indexing="ij")
+    return CtvAtlas((0.5 + 0.003 * e1 - 0.002 * e2 + 0.002 * e3).astype(np.float32), (-60.0, -60.0, -50.0), 2.0, 1)
+
+
+GRIDS = [np.eye(3), np.diag([-1.0, 1.0, -1.0]), rotation_matrix(8, -6, 25) @ np.diag([1.0, -1.0, 1.0])]
+
+
+@pytest.mark.parametrize("direction", GRIDS, ids=["axial", "flipped", "oblique_flipped"])
+def test_atlas_prior_is_sampled_at_each_voxels_physical_position(direction):
+    spacing, size = np.array([1.3, 0.9, 3.0]), np.array([40, 50, 24])
+    geom = Geometry(tuple(spacing), tuple(OS - direction @ (spacing * (size - 1) / 2)), tuple(direction.ravel()))
+    atlas = _linear_atlas()
+    prior = applicator_prior_map("atlas", geom, tuple(size[::-1]), FIT, atlas=atlas)
+    assert prior.shape == tuple(size[::-1]) and prior.dtype == np.float32
+    os_, rows = tandem_frame(FIT)
+    np.testing.assert_allclose(rows @ rows.T, np.eye(3), atol=1e-12)
+    assert np.isclose(rows[2] @ AXIS, 1.0) and abs(rows[0][1:]).max() < 0.2  # e1 stays the patient's left-right
+    idx = np.random.default_rng(0).integers(0, size, size=(300, 3))
+    f = (geom.index_to_physical(idx.astype(float)) - os_) @ rows.T
+    np.testing.assert_allclose(prior[idx[:, 2], idx[:, 1], idx[:, 0]], 0.5 + 0.003 * f[:, 0] - 0.002 * f[:, 1] + 0.002 * f[:, 2],
+                               atol=1e-5)
+    far = Geometry((1.0, 1.0, 1.0), tuple(OS + 500.0), tuple(np.eye(3).ravel()))  # outside the atlas: zero
+    assert not applicator_prior_map("atlas", far, (3, 4, 5), FIT, atlas=atlas).any()
+    untrusted = ApplicatorFit(False, "metal", tuple(OS), tuple(OS + AXIS), tuple(AXIS), 1.0, 0.3)
+    assert not atlas.sample(geom, (4, 8, 8), untrusted).any() and not atlas.sample(geom, (4, 8, 8), None).any()
+
+
+def _ball_scan(direction, spacing, centre_frame):
+    """A CTV ball (radius 15 mm) at ``centre_frame`` (mm in the tandem frame) on a grid around the os."""
+    spacing, size = np.asarray(spacing, float), np.array([70, 64, 40])
+    geom = Geometry(tuple(spacing), tuple(OS - direction @ (spacing * (size - 1) / 2)), tuple(direction.ravel()))
+    os_, rows = tandem_frame(FIT)
+    k, j, i = np.meshgrid(*(np.arange(n) for n in size[::-1]), indexing="ij")
+    phys = geom.index_to_physical(np.stack([i, j, k], -1).astype(float))
+    return np.linalg.norm((phys - os_) @ rows.T - centre_frame, axis=-1) <= 15.0, geom
+
+
+@pytest.mark.parametrize("direction", GRIDS, ids=["axial", "flipped", "oblique_flipped"])
+def test_atlas_built_on_any_grid_puts_the_ctv_where_it_was_and_mirrors_it(direction):
+    """One patient (a CTV ball 12 mm to the patient's left of the tandem, 20 mm above the os) on an anisotropic
+    axial, flipped or oblique-flipped grid: the atlas holds it at the same frame position, and its mirror image."""
+    centre = np.array([12.0, 0.0, 20.0])
+    mask, geom = _ball_scan(direction, (2.0, 1.5, 2.5), centre)
+    untrusted = ApplicatorFit(False, "metal", tuple(OS), tuple(OS + AXIS), tuple(AXIS), 1.0, 0.3)
+    atlas = build_ctv_atlas([(mask, geom, FIT), (mask, geom, untrusted), (mask, geom, None)])
+    assert atlas.scans == 1  # scans without a trusted fit have no frame and are left out
+    p = atlas.probability
+    at = lambda e: p[tuple(int(round((v - s) / 2.0)) for v, s in zip(e, atlas.start_mm))]  # noqa: E731
+    assert at(centre) == pytest.approx(0.5) and at(centre * [-1, 1, 1]) == pytest.approx(0.5)  # mirrored, halved
+    assert at([0.0, 0.0, -40.0]) == 0.0 and at([40.0, 0.0, 20.0]) == 0.0
+    volume_ml = p.sum() * 8.0 / 1000.0  # both halves together hold the ball's volume once
+    assert volume_ml == pytest.approx(4 / 3 * np.pi * 15.0**3 / 1000.0, rel=0.08)
+    sampled = atlas.sample(geom, mask.shape, FIT)
+    assert sampled[mask].mean() > 0.4 and sampled[~mask].mean() < 0.05
+    assert build_ctv_atlas([(mask, geom, untrusted)]) is None
+
+
+def test_atlas_weights_carry_their_atlas_and_refuse_a_broken_one(tmp_path):
+    from safetensors.torch import load_file, save_file
+
+    from MnetImSegmentLib.engine.weights import load_weights, sha256_file
+
+    atlas = _linear_atlas()
+    weights = make_weights(tmp_path / "w", applicator_prior="atlas", atlas=atlas)
+    model, card = load_weights(weights)
+    np.testing.assert_array_equal(card.atlas.probability, atlas.probability)
+    assert card.raw["input"]["ctv_atlas"]["shape"] == [61, 61, 71] and card.config["in_channels"] == 6
+    ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=80).ct
+    seg = Segmenter(weights, device="cpu", fold_bn=False, precision="fp32")
+    seen = []
+    forward = seg.model.forward
+    seg.model.forward = lambda x: seen.append(float(x[:, 5].max())) or forward(x)
+    assert seg.segment(ct, enforce_scope=False).mask.shape == ct.shape and max(seen) > 0.3
+
+    def rewrite(state, raw):
+        save_file(state, str(weights / "model.safetensors"))
+        raw["tensors_sha256"] = sha256_file(weights / "model.safetensors")
+        (weights / "model.json").write_text(json.dumps(raw))
+
+    raw, state = json.loads((weights / "model.json").read_text()), load_file(str(weights / "model.safetensors"))
+    rewrite({k: v for k, v in state.items() if k != CtvAtlas.TENSOR}, dict(raw))
+    with pytest.raises(WeightsError, match="lack its CTV atlas"):
+        load_weights(weights)
+    rewrite({**state, CtvAtlas.TENSOR: state[CtvAtlas.TENSOR][:, :, :10].contiguous()}, dict(raw))
+    with pytest.raises(WeightsError, match="CTV atlas .* is unusable"):
+        load_weights(weights)
+    rewrite({**state, CtvAtlas.TENSOR: state[CtvAtlas.TENSOR] * 3.0}, dict(raw))  # not a frequency any more
+    with pytest.raises(WeightsError, match="unusable"):
+        load_weights(weights)
+    plain = make_weights(tmp_path / "plain", applicator_prior="tandem")
+    raw = json.loads((plain / "model.json").read_text())
+    state = load_file(str(plain / "model.safetensors"))
+    weights = plain
+    rewrite({**state, CtvAtlas.TENSOR: torch.from_numpy(atlas.probability)}, raw)
+    with pytest.raises(WeightsError, match="input tensors .* does not use"):
+        load_weights(plain)

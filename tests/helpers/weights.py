@@ -8,10 +8,11 @@ TINY_CONFIG = dict(features=(8, 16, 32, 64, 128), input_branch_channels=(8, 8, 8
 
 
 def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, seed: int = 0, applicator_prior: str = "none",
-                 metal_reduction: str = "none", **config) -> Path:
+                 metal_reduction: str = "none", atlas=None, **config) -> Path:
     """A random-init weights folder with a valid card (for plumbing tests, not accuracy).
 
-    ``applicator_prior``, ``metal_reduction``: its input's (``engine.windows.InputSpec``).
+    ``applicator_prior``, ``metal_reduction``: its input's (``engine.windows.InputSpec``); ``atlas``: the
+    CTV atlas of an ``"atlas"`` prior.
     """
     import torch
 
@@ -31,4 +32,4 @@ def make_weights(folder: Path, name: str = "Mnet_Im", threshold: float = 0.5, se
                       roi=RoiSpec().to_dict()), "threshold": threshold,
         "postprocessing": {"largest_component": True}, "intended_use": "tests only",
     }
-    return save_weights(model, folder, card)
+    return save_weights(model, folder, card, atlas=atlas)
