@@ -25,6 +25,7 @@ draw the CTV from the context, the tandem and the prior, not from its edge alone
 
 from __future__ import annotations
 
+import json
 import warnings
 from dataclasses import dataclass, replace
 from typing import Optional
@@ -32,6 +33,7 @@ from typing import Optional
 import numpy as np
 
 from ...core.errors import DatasetError, InputError
+from ...core.files import atomic_path
 from ...core.volume import Geometry, Volume
 from ...engine.applicator import locate_applicator
 from ...engine.io import read_image
@@ -127,11 +129,7 @@ ATLAS_FILE = "ctv_atlas.safetensors"  # in a run folder, so that an unfinished r
 
 def save_atlas(path, atlas: CtvAtlas) -> None:
     """Write ``atlas`` (array + its card entry as metadata) atomically, read back before it counts."""
-    import json
-
     from safetensors.numpy import save_file
-
-    from ...core.files import atomic_path
 
     def same(tmp) -> bool:
         back = read_atlas(tmp)
@@ -147,8 +145,6 @@ def read_atlas(path) -> CtvAtlas:
     Raises:
         DatasetError: The file is missing or unusable.
     """
-    import json
-
     from safetensors import SafetensorError, safe_open
 
     try:
