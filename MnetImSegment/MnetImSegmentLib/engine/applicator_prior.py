@@ -44,6 +44,19 @@ def applicator_prior_channels(prior: str) -> int:
     return 0 if prior == "none" else 1
 
 
+def _positions(geometry: Geometry, shape_zyx, origin_lps, rows: np.ndarray) -> np.ndarray:
+    """Every voxel's position relative to ``origin_lps`` in the frame whose axes are ``rows`` (mm), (3, z, y, x).
+
+    origin + M @ (i, j, k) evaluated per axis, so that no (N, 3) array of all voxels is built.
+    """
+    nz, ny, nx = (int(s) for s in shape_zyx)
+    m = rows @ geometry.index_to_physical_matrix()[:3, :3]
+    base = rows @ (np.asarray(geometry.origin, float) - np.asarray(origin_lps, float))
+    k, j, i = (np.arange(n, dtype=np.float64) for n in (nz, ny, nx))
+    return (base[:, None, None, None] + m[:, 0, None, None, None] * i[None, None, None, :]
+            + m[:, 1, None, None, None] * j[None, None, :, None] + m[:, 2, None, None, None] * k[None, :, None, None])
+
+
 def _fit_usable(fit) -> bool:
     return fit is not None and fit.found and fit.os_lps is not None and fit.axis_lps is not None
 
@@ -64,13 +77,7 @@ def tandem_prior(geometry: Geometry, shape_zyx, fit) -> np.ndarray:
     axis = axis / np.linalg.norm(axis)
     length = float(np.dot(np.asarray(fit.tip_lps, float) - os_, axis)) if fit.tip_lps is not None else TANDEM_PRIOR_ABOVE_MM
     lo, hi = -TANDEM_PRIOR_BELOW_MM, max(0.0, min(TANDEM_PRIOR_ABOVE_MM, length))
-    # Physical position of every voxel relative to the os: origin + M @ (i, j, k), evaluated per axis
-    # so that no (N, 3) array of all voxels is built.
-    m = geometry.index_to_physical_matrix()[:3, :3]
-    base = np.asarray(geometry.origin, float) - os_
-    k, j, i = (np.arange(n, dtype=np.float64) for n in (nz, ny, nx))
-    rel = (base[:, None, None, None] + m[:, 0, None, None, None] * i[None, None, None, :]
-           + m[:, 1, None, None, None] * j[None, None, :, None] + m[:, 2, None, None, None] * k[None, :, None, None])
+    rel = _positions(geometry, shape_zyx, os_, np.eye(3))
     t = np.tensordot(axis, rel, axes=1)  # along the tandem, mm from the os
     closest = np.clip(t, lo, hi)
     d2 = (rel**2).sum(0) - 2.0 * closest * t + closest**2  # |rel - closest * axis|^2
@@ -94,15 +101,6 @@ def tandem_frame(fit) -> tuple[np.ndarray, np.ndarray]:
     return os_, np.stack([e1, np.cross(e3, e1), e3])
 
 
-def _frame_coordinates(geometry: Geometry, shape_zyx, fit) -> np.ndarray:
-    """Every voxel's (e1, e2, e3) coordinates in the tandem frame (mm), shape (3, z, y, x)."""
-    os_, rows = tandem_frame(fit)
-    nz, ny, nx = (int(s) for s in shape_zyx)
-    m = rows @ geometry.index_to_physical_matrix()[:3, :3]  # index -> frame, linear part
-    base = rows @ (np.asarray(geometry.origin, float) - os_)
-    k, j, i = (np.arange(n, dtype=np.float64) for n in (nz, ny, nx))
-    return (base[:, None, None, None] + m[:, 0, None, None, None] * i[None, None, None, :]
-            + m[:, 1, None, None, None] * j[None, None, :, None] + m[:, 2, None, None, None] * k[None, :, None, None])
 
 
 # The atlas grid in the tandem frame: +-60 mm across, 50 mm below to 90 mm above the os, 2 mm steps.
@@ -151,7 +149,7 @@ class CtvAtlas:
         """The atlas on a grid (float32, ``shape_zyx``), trilinear; zeros outside it or for an untrusted fit."""
         if not _fit_usable(fit):
             return np.zeros(tuple(int(s) for s in shape_zyx), np.float32)
-        f = _frame_coordinates(geometry, shape_zyx, fit)
+        f = _positions(geometry, shape_zyx, *tandem_frame(fit))
         idx = (f - np.asarray(self.start_mm, float)[:, None, None, None]) / self.step_mm
         return _trilinear(self.probability, idx)
 

@@ -83,10 +83,10 @@ APPLICATOR_PRIOR_DROPOUT = 0.2
 
 
 def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, jitter_px: int = 16,
-                 label_value: int = 1, atlas: Optional[CtvAtlas] = None) -> PreparedScan:
+                 label_value: int = 1) -> PreparedScan:
     """Crop, normalise and binarise one scan (see the module docstring).
 
-    For the ``"atlas"`` prior without ``atlas`` the prior is left to :func:`attach_prior`.
+    The ``"atlas"`` prior is left to :func:`attach_prior` (it needs the atlas of all training scans).
 
     A scan without CTV is kept (its windows are negative examples) with a :class:`DatasetWarning`;
     so is a scan whose CTV lies partly outside the crop, since that points at a failed ROI location.
@@ -112,8 +112,8 @@ def prepare_scan(record: ScanRecord, roi_spec: RoiSpec, input_spec: InputSpec, j
                           "or enlarge the ROI.", DatasetWarning, stacklevel=2)
     scan = PreparedScan(record.scan_id, network_input(img.array, img.geometry.spacing[:2], input_spec).astype(np.float16),
                         binary, roi, img.geometry.spacing, geometry=img.geometry, fit=fit)
-    if input_spec.applicator_prior != "atlas" or atlas is not None:
-        attach_prior(scan, input_spec, atlas)
+    if input_spec.applicator_prior != "atlas":
+        attach_prior(scan, input_spec)
     return scan
 
 
