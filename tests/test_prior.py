@@ -228,3 +228,19 @@ def test_atlas_weights_carry_their_atlas_and_refuse_a_broken_one(tmp_path):
     rewrite({**state, CtvAtlas.TENSOR: torch.from_numpy(atlas.probability)}, raw)
     with pytest.raises(WeightsError, match="input tensors .* does not use"):
         load_weights(plain)
+
+
+def test_atlas_run_without_any_located_applicator_is_refused_in_one_sentence():
+    """A training split where the localiser trusts no applicator has no frame to build an atlas in."""
+    from MnetImSegmentLib.core.errors import DatasetError
+    from MnetImSegmentLib.research.training.data import PreparedScan, ctv_atlas_of
+
+    geom = Geometry((1.0, 1.0, 2.0), (0.0, 0.0, 0.0), tuple(np.eye(3).ravel()))
+    untrusted = ApplicatorFit(False, "metal", tuple(OS), tuple(OS + AXIS), tuple(AXIS), 1.0, 0.3)
+    scans = [PreparedScan(f"s{i}", np.zeros((4, 8, 8), np.float16), np.ones((4, 8, 8), np.uint8), None, (1.0, 1.0, 2.0),
+                          geometry=geom, fit=fit) for i, fit in enumerate((None, untrusted))]
+    with pytest.raises(DatasetError, match="--applicator-prior tandem or none") as exc:
+        ctv_atlas_of(scans)
+    assert "\n" not in str(exc.value)
+    scans[1].fit = FIT  # one located applicator is enough
+    assert ctv_atlas_of(scans).scans == 1
