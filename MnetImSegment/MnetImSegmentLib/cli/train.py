@@ -24,6 +24,10 @@ def add_parser(sub) -> None:
     t.add_argument("--init-weights", metavar="DIR",
                    help="fine-tune: start from this weights folder ('shipped' = the demo weights); its network and "
                         "input (ROI size/spacing) must match this run's; the new card names it as parent")
+    t.add_argument("--prior-bias", action="store_true",
+                   help="M-Net family, with --applicator-prior atlas: add w * logit(prior) to the output, so the network "
+                        "predicts a correction to the CTV atlas and falls back to it where the image shows nothing "
+                        "(models/mnet.py; default: off)")
     t.add_argument("--resume", action="store_true",
                    help="continue an unfinished run (epochs, patience, --max-minutes, device, threads may change)")
     add_json(t)
@@ -34,9 +38,11 @@ def run(args) -> int:
     cfg = train_config_from_args(args, model=args.model)
     if args.init_weights:
         cfg.init_weights = str(default_weights_dir() if args.init_weights == "shipped" else args.init_weights)
-    overrides = (args.model_options or {}).get(args.model)
+    overrides = dict((args.model_options or {}).get(args.model) or {})
+    if args.prior_bias:
+        overrides["prior_bias"] = True
     if overrides:
-        cfg.model_overrides = dict(overrides)
+        cfg.model_overrides = overrides
     summary = train_and_export(args.manifest, args.output, cfg, name=args.name, version=args.version,
                                intended_use=args.intended_use or INTENDED_USE_RESEARCH,
                                training_data=json.loads(args.data_description) if args.data_description else None,

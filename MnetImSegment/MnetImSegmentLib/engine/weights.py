@@ -155,6 +155,9 @@ def load_weights(folder, device: str = "cpu"):
     if sha256_file(tensors_path) != card.raw["tensors_sha256"]:
         raise WeightsError(f"'{tensors_path}' does not match the SHA-256 in its model card: "
                            "the file was changed or belongs to another card.")
+    if card.config.get("prior_bias") and card.input_spec.applicator_prior == "none":
+        raise WeightsError(f"The model card in '{folder}' adds a prior's logit to the output (prior_bias) but its "
+                           "input has no prior channel.")
     try:
         model = build_model(card.architecture, **card.config)
     except (TypeError, ValueError) as exc:

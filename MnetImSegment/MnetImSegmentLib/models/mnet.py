@@ -11,6 +11,12 @@ DOI 10.1177/15330338221139164. It improves M-Net (Fu et al., IEEE TMI 37(7), 201
 4. homogenised input branches: every convolution fed directly by a down-scaled image has the same
    number of kernels (64) instead of M-Net's 64/128/256.
 
+Beyond the paper, ``prior_bias`` (off by default) makes the network predict a correction to a
+probability prior given as its last input channel (the CTV atlas, ``engine/applicator_prior.py``):
+every output gets ``w * logit(prior)`` added, the prior area-averaged to that output's scale. Where
+the image says nothing the output falls back to the prior, as an oncologist falls back to where the
+CTV lies around the applicator; where it shows the CTV the network overrules the prior.
+
 The structure, level ``l`` running at resolution 1/2**l (the last level is the bottom)::
 
     image ─ConvBlock─ enc0 ───────────────────────────── concat ─ConvBlock─ dec0 ─1x1─ side0
@@ -33,6 +39,10 @@ from torch import nn
 
 from .base import SegmentationModel
 
+# The prior is an average of a few hundred (synthetic) training CTVs: never trust it beyond 95 : 5, so
+# its logit stays within +-2.9 and the network can always overrule it.
+PRIOR_CLIP = 0.05
+
 
 @dataclass(frozen=True)
 class MNetConfig:
@@ -52,6 +62,10 @@ class MNetConfig:
             ``"progressive"`` (Mnet_Im: coarse to fine, x2 upsample and sum).
         norm: ``"batch"`` or ``"none"``. The paper is silent; M-Net's original has none. We default
             to batch norm because it made 2.5D CT training stable at batch size 8.
+        prior_bias: Add ``w * logit(clip(prior))`` to every output, ``prior`` the last input channel
+            (a probability map), ``w`` a learnt scalar starting at 1. A window whose prior is all zero
+            (no trusted applicator fit: the prior is absent, not "no CTV") gets no bias. Not in the
+            paper; off by default.
     """
 
     in_channels: int = 5
@@ -62,6 +76,7 @@ class MNetConfig:
     output_levels: tuple[int, ...] = (0, 1, 2, 3, 4)
     fusion: str = "progressive"
     norm: str = "batch"
+    prior_bias: bool = False
 
     def __post_init__(self):
         for name in ("features", "input_levels", "input_branch_channels", "output_levels"):
@@ -81,6 +96,9 @@ class MNetConfig:
             raise ValueError("fusion must be 'average' or 'progressive'")
         if self.norm not in ("batch", "none"):
             raise ValueError("norm must be 'batch' or 'none'")
+        object.__setattr__(self, "prior_bias", bool(self.prior_bias))
+        if self.prior_bias and self.in_channels < 2:
+            raise ValueError("prior_bias reads the last input channel as a prior: it needs image channels before it")
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -147,6 +165,8 @@ class MNet(SegmentationModel):
         self.side_outputs = nn.ModuleDict(
             {str(lv): nn.Conv2d(f[lv], config.out_channels, 1) for lv in config.output_levels}
         )
+        if config.prior_bias:
+            self.prior_weight = nn.Parameter(torch.ones(()))
 
     def forward(self, x: torch.Tensor):
         self.check_input(x)
@@ -173,7 +193,19 @@ class MNet(SegmentationModel):
             size = x.shape[-2:]
             full = [_upsample(sides[lv], size) for lv in sorted(sides)]
             outputs = [torch.stack(full).mean(0)] + (full if len(full) > 1 else [])
+        if self.config.prior_bias:
+            outputs = [out + self._prior_logits(x, out) for out in outputs]
         return outputs if (self.training and len(outputs) > 1) else outputs[0]
+
+    def _prior_logits(self, x: torch.Tensor, out: torch.Tensor) -> torch.Tensor:
+        """``w * logit(prior)`` at ``out``'s resolution; zero for windows without a prior."""
+        prior = x[:, -1:].float()
+        present = (prior.flatten(1).amax(1) > 0).float().view(-1, 1, 1, 1)
+        if prior.shape[-2:] != out.shape[-2:]:
+            # Area average: the same reduction the deep-supervision truth gets at each scale.
+            prior = F.adaptive_avg_pool2d(prior, out.shape[-2:])
+        logits = torch.logit(prior.clamp(PRIOR_CLIP, 1.0 - PRIOR_CLIP))
+        return (self.prior_weight * present * logits).to(out.dtype)
 
     @staticmethod
     def _progressive(sides: dict[int, torch.Tensor]) -> list[torch.Tensor]:

@@ -111,6 +111,7 @@ def check_training_options(config: TrainConfig) -> Optional[dict]:
     """
     checker = Trainer("", "", config, progress=False)
     checker._check_roi_size()
+    checker._check_prior_bias()
     return checker._check_init_weights()
 
 
@@ -234,6 +235,19 @@ class Trainer:
             raise DatasetError(f"The ROI size {size[0]} x {size[1]} px is not a multiple of {multiple}, which "
                                f"{cfg.model} needs; choose e.g. --roi-size {suggestion}.")
 
+    def _check_prior_bias(self) -> None:
+        cfg = self.config
+        if not cfg.model_overrides.get("prior_bias"):
+            return
+        from ...models import MNET_FAMILY  # torch
+
+        if cfg.model not in MNET_FAMILY:
+            raise DatasetError(f"The prior bias is an option of the M-Net family ({', '.join(MNET_FAMILY)}), "
+                               f"not of {cfg.model}.")
+        if InputSpec.from_dict(cfg.input).applicator_prior == "none":
+            raise DatasetError("The prior bias adds the prior channel's logit to the output, and this run has no "
+                               "prior channel; train with --applicator-prior atlas.")
+
     def _check_init_weights(self) -> Optional[dict]:
         """The parent model of a fine-tuning run (name, version, SHA-256), checked against this run's options.
 
@@ -259,7 +273,12 @@ class Trainer:
             spec = replace(spec, applicator_prior=card.input_spec.applicator_prior)
         # Metal-artefact reduction changes the images, not the network: fine-tuning adapts the parent to it.
         spec = replace(spec, metal_reduction=card.input_spec.metal_reduction)
-        if card.architecture != cfg.model or card.config != mine:
+        theirs = dict(card.config)
+        if "prior_bias" in mine:
+            # Cards from before the prior bias existed lack the field: theirs is off. A parent without the
+            # bias may start a run with it (its weight starts at 1, the other tensors are the parent's).
+            theirs["prior_bias"] = bool(theirs.get("prior_bias", False)) or bool(mine["prior_bias"])
+        if card.architecture != cfg.model or theirs != mine:
             raise WeightsError(f"'{cfg.init_weights}' holds {card.architecture} with another configuration than "
                                f"this run's {cfg.model}; fine-tune with the same --model and --model-options.")
         theirs_roi, mine_roi = plain(card.roi_spec.to_dict()), plain(RoiSpec.from_dict(cfg.roi).to_dict())
@@ -294,6 +313,7 @@ class Trainer:
             try:
                 self._check_run_dir(resume)
                 self._check_roi_size()
+                self._check_prior_bias()
                 self.parent = self._check_init_weights()
             except (DatasetError, WeightsError) as exc:
                 problem = str(exc)
@@ -500,6 +520,10 @@ RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", 
 _EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard", ATLAS_FILE}
 
 
+# Tensors a model may have that its parent lacks (MNetConfig.prior_bias); every other one must come from the parent.
+GROWN_TENSORS = ("prior_weight",)
+
+
 def load_widened(model, parent_state: dict) -> None:
     """Load a parent's tensors into ``model``; input convolutions the model has more input channels for
     (the applicator prior) get the parent's weights for the old channels and zeros for the new ones,
@@ -508,7 +532,8 @@ def load_widened(model, parent_state: dict) -> None:
     import torch
 
     own = model.state_dict()
-    state = {}
+    # The prior bias's weight is new to a parent without it: it keeps its initial value.
+    state = {k: own[k] for k in GROWN_TENSORS if k in own and k not in parent_state}
     for key, value in parent_state.items():
         target = own.get(key)
         if target is not None and value.ndim >= 2 and target.shape != value.shape \
