@@ -90,3 +90,58 @@ def test_config_validation_and_overrides():
 def test_parameter_count_of_full_mnet_im():
     n = sum(p.numel() for p in build_model("Mnet_Im").parameters())
     assert 8.0e6 < n < 8.7e6  # ~8.33 M: recorded in docs so a silent architecture change is caught
+
+
+def _prior_pair(name):
+    """A small prior-bias model and, with the same tensors, the same network without the bias."""
+    cfg = MNET_FAMILY[name]
+    over = dict(features=(4, 8, 8, 8, 8), input_branch_channels=tuple(4 for _ in cfg.input_levels), in_channels=6)
+    torch.manual_seed(0)
+    biased = build_model(name, prior_bias=True, **over)
+    plain = build_model(name, **over)
+    plain.load_state_dict({k: v for k, v in biased.state_dict().items() if k != "prior_weight"})
+    return biased, plain
+
+
+@pytest.mark.parametrize("name", ["Mnet_Im", "M-Net"])
+def test_prior_bias_adds_the_prior_logit_at_every_output_scale(name):
+    """Every output (deep supervision included) = the network's + w * logit(clip(prior area-averaged to its scale))."""
+    from MnetImSegmentLib.models.mnet import PRIOR_CLIP
+
+    biased, plain = _prior_pair(name)
+    x = torch.rand(3, 6, 32, 32)
+    x[:, 5] = torch.rand(3, 32, 32) ** 3  # includes values below the clip
+    with torch.no_grad():
+        biased.prior_weight.fill_(0.7)
+        outs, ref = biased.train()(x), plain.train()(x)
+    assert len(outs) == len(ref) > 1
+    for out, r in zip(outs, ref):
+        prior = torch.nn.functional.adaptive_avg_pool2d(x[:, 5:], out.shape[-2:])
+        expected = r + 0.7 * torch.logit(prior.clamp(PRIOR_CLIP, 1 - PRIOR_CLIP))
+        assert torch.allclose(out, expected, atol=1e-5)
+    with torch.no_grad():
+        assert torch.allclose(biased.eval()(x), plain.eval()(x) + 0.7 * torch.logit(x[:, 5:].clamp(PRIOR_CLIP, 1 - PRIOR_CLIP)),
+                              atol=1e-5)
+
+
+def test_prior_bias_leaves_windows_without_a_prior_to_the_network():
+    """An all-zero prior means 'no trusted applicator fit', not 'no CTV': that window gets no bias."""
+    biased, plain = _prior_pair("Mnet_Im")
+    x = torch.rand(2, 6, 32, 32)
+    x[1, 5] = 0.0
+    with torch.no_grad():
+        b, p = biased.eval()(x), plain.eval()(x)
+    assert torch.equal(b[1], p[1])
+    assert (b[0] - p[0]).abs().max() > 0.5
+
+
+def test_prior_bias_weight_is_learnt_and_the_option_is_validated():
+    biased, _ = _prior_pair("Mnet_Im")
+    assert float(biased.prior_weight.detach()) == 1.0
+    outs = biased.train()(torch.rand(2, 6, 32, 32))
+    sum(o.mean() for o in outs).backward()
+    assert biased.prior_weight.grad is not None and biased.prior_weight.grad != 0
+    with pytest.raises(ValueError, match="image channels"):
+        MNetConfig(in_channels=1, prior_bias=True)
+    assert model_config("Mnet_Im")["prior_bias"] is False
+    assert "prior_weight" not in build_model("Mnet_Im", **SMALL).state_dict()

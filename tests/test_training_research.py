@@ -544,3 +544,80 @@ def test_atlas_prior_run_builds_its_atlas_from_the_training_split_and_ships_it(d
     with pytest.raises(DatasetError, match="CTV atlas"):
         export_run(run, tmp_path / "exported2")
     assert not (tmp_path / "exported2").exists()
+
+
+def test_prior_bias_run_starts_from_a_parent_without_it_and_ships(dataset, tmp_path):
+    """--applicator-prior atlas --prior-bias from a 'tandem' parent without the bias: every parent tensor is kept,
+    the bias weight starts at 1; the card records prior_bias and the Segmenter runs it. A child with the bias cannot
+    go back to a run without it."""
+    from MnetImSegmentLib.engine.inference import Segmenter
+    from MnetImSegmentLib.engine.weights import load_weights, read_card
+    from MnetImSegmentLib.engine.windows import InputSpec
+    from MnetImSegmentLib.research.phantom import make_phantom
+    from MnetImSegmentLib.research.training.export import train_and_export
+
+    from helpers.research_data import TINY_MNET
+    from helpers.weights import make_weights
+
+    parent = make_weights(tmp_path / "parent", applicator_prior="tandem", **TINY_MNET)
+    config = tiny_config(epochs=1, lr=0.0, init_weights=str(parent), model_overrides={**TINY_MNET, "prior_bias": True},
+                         input=InputSpec(applicator_prior="atlas").to_dict())
+    run = tmp_path / "run"
+    summary = train_and_export(dataset, run, config, "Biased", progress=False, tensorboard=False)
+    assert summary["model_config"]["prior_bias"] is True
+    model, card = load_weights(run / "weights")
+    assert card.config["prior_bias"] is True and float(model.prior_weight.detach()) == 1.0
+    parent_tensors = _weights(parent / "model.safetensors")
+    state = model.state_dict()
+    assert all(torch.equal(state[k], v) for k, v in parent_tensors.items()
+               if "num_batches_tracked" not in k and "running" not in k)
+    ct = make_phantom(3, matrix=128, slice_mm=2.5, z_extent_mm=60).ct
+    result = Segmenter(run / "weights", device="cpu").segment(ct, enforce_scope=False)
+    assert result.mask.shape == ct.shape and result.mask.geometry.allclose(ct.geometry)
+    # Dropping the bias would change what the trained network means: refused before any work.
+    back = tiny_config(epochs=1, init_weights=str(run / "weights"), input=InputSpec(applicator_prior="atlas").to_dict())
+    with pytest.raises(DatasetError, match="another configuration"):
+        Trainer(dataset, tmp_path / "back", back, progress=False).run()
+    assert not (tmp_path / "back").exists()
+
+
+@pytest.mark.parametrize("changes,match", [
+    (dict(model_overrides={"prior_bias": True}), "no prior channel"),
+    (dict(model="U-Net", model_overrides={"prior_bias": True}, input={"applicator_prior": "atlas"}), "M-Net family"),
+])
+def test_prior_bias_refusals(dataset, tmp_path, changes, match):
+    from MnetImSegmentLib.engine.windows import InputSpec
+
+    if "input" in changes:
+        changes["input"] = InputSpec(**changes["input"]).to_dict()
+    with pytest.raises(DatasetError, match=match):
+        Trainer(dataset, tmp_path / "run", tiny_config(**changes), progress=False).run()
+    assert not (tmp_path / "run").exists()
+
+
+def test_weights_with_a_prior_bias_but_no_prior_channel_are_refused(tmp_path):
+    import json
+
+    from MnetImSegmentLib.engine.weights import load_weights
+
+    from helpers.weights import make_weights
+
+    folder = make_weights(tmp_path / "w", applicator_prior="tandem", prior_bias=True)
+    load_weights(folder)  # valid as written
+    card = json.loads((folder / "model.json").read_text())
+    card["input"]["applicator_prior"] = "none"
+    card["config"]["in_channels"] = 5  # a consistent card: the bias would read the last CT slice as a prior
+    (folder / "model.json").write_text(json.dumps(card))
+    with pytest.raises(WeightsError, match="no prior channel"):
+        load_weights(folder)
+
+
+def test_cli_prior_bias_without_a_prior_is_one_sentence(dataset, tmp_path, capsys):
+    from helpers.cli import assert_refused, run_cli
+
+    # With the default --windows-per-epoch (0 = one pass), which the option check once refused.
+    code, _, err = run_cli(["train", dataset, "-o", tmp_path / "run", "--prior-bias", "--epochs", "1"], capsys)
+    assert_refused(code, err, "no prior channel")
+    code, _, err = run_cli(["train", dataset, "-o", tmp_path / "run", "--windows-per-epoch", "-1"], capsys)
+    assert_refused(code, err, "--windows-per-epoch")
+    assert not (tmp_path / "run").exists()

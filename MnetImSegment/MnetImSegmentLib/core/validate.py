@@ -127,7 +127,7 @@ OPTION_RULES: dict[str, tuple] = {
     "max_spread_mm": ("number", 0.0, 1000.0),
     "label": ("int", 1, 65535),
     "epochs": ("int", 1, 100_000),
-    "windows_per_epoch": ("int", 1, 10_000_000),
+    "windows_per_epoch": ("int", 0, 10_000_000),  # 0 = one pass over the training slices (the default)
     "lr": ("open", 0.0, 10.0),
     "lr_milestones": ("int", 0, 100_000),
     "lr_gamma": ("open", 0.0, 1.0),

@@ -110,8 +110,8 @@ def check_training_options(config: TrainConfig) -> Optional[dict]:
         WeightsError: ``init_weights`` is not valid weights for this network and input.
     """
     checker = Trainer("", "", config, progress=False)
-    checker._check_roi_size()
     checker._check_prior_bias()
+    checker._check_roi_size()
     return checker._check_init_weights()
 
 
@@ -312,8 +312,8 @@ class Trainer:
         if main:
             try:
                 self._check_run_dir(resume)
-                self._check_roi_size()
                 self._check_prior_bias()
+                self._check_roi_size()
                 self.parent = self._check_init_weights()
             except (DatasetError, WeightsError) as exc:
                 problem = str(exc)
