@@ -22,6 +22,7 @@ from MnetImSegmentLib.research.phantom import make_phantom
 
 from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
 from helpers.weights import make_weights
+from helpers.weights import make_weights
 
 
 class StringStore(DictStore):
@@ -100,6 +101,9 @@ def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, ti
     assert not isDemoCard(read_card(tiny_weights)) and "CLINICAL" not in weightsDescription(read_card(tiny_weights))
     assert "test-Mnet_Im 0.0.0" in weightsDescription(read_card(tiny_weights))
     assert "input +" not in weightsDescription(read_card(tiny_weights))  # the paper's input says nothing more
+    biased = make_weights(tmp_path / "biased", applicator_prior="tandem", prior_bias=True)
+    assert "prior channel" in weightsDescription(read_card(biased)) and "prior bias" in weightsDescription(read_card(biased))
+    assert "prior bias" not in weightsDescription(demo_card)
 
     # Any card whose intended use says so is marked, and the segment carries the tag (its name stays CTV).
     marked = tmp_path / "marked"

@@ -123,6 +123,8 @@ def weightsDescription(card: ModelCard) -> str:
         ([f"{METAL_REDUCTION_NAMES[spec.metal_reduction]} metal-artefact reduction"] if spec.metal_reduction != "none" else [])
     if extras:
         text += ", input + " + " + ".join(extras)
+    if card.config.get("prior_bias"):
+        text += ", output = the prior corrected by the network (prior bias)"
     if isDemoCard(card):
         text += " - DEMO WEIGHTS, NOT FOR CLINICAL USE"
     return text
