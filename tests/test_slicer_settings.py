@@ -22,7 +22,6 @@ from MnetImSegmentLib.research.phantom import make_phantom
 
 from helpers.slicer_scene import add_volume, new_scene, scene  # noqa: F401 (fixture)
 from helpers.weights import make_weights
-from helpers.weights import make_weights
 
 
 class StringStore(DictStore):
