@@ -192,3 +192,63 @@ def test_every_row_three_phantoms(tiny_weights):
     assert len(results["rows"]) == len(gen.STYLE_ROWS) + len(gen.PERTURBATIONS)
     for r in results["rows"]:
         assert r["n"] == 3 and all(0.0 <= d <= 1.0 for d in r["dice"]) and r["min"] <= r["median"] <= max(r["dice"])
+
+
+def _row(name, seeds, dice):
+    return {"row": name, "group": "in-distribution", "seeds": seeds, "dice": dice}
+
+
+def _write(folder, rows):
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "generalisation.json").write_text(json.dumps({"rows": rows}))
+
+
+def test_paired_comparison_of_two_candidates(tmp_path):
+    # The candidate folder is evaluate_candidate.sh's layout: rows spread over sub-folders, merged.
+    _write(tmp_path / "base", [_row("v4", [1, 2, 3], [0.6, 0.7, 0.5]), _row("heldout", [9, 8], [0.5, 0.5])])
+    _write(tmp_path / "cand" / "styles", [_row("v4", [1, 2, 3], [0.7, 0.7, 0.4])])
+    _write(tmp_path / "cand" / "ablation", [_row("heldout", [9, 8], [0.6, 0.8]), _row("only here", [5], [0.1])])
+    rows = {r["row"]: r for r in gen.paired_comparison(gen.read_results(tmp_path / "base"),
+                                                       gen.read_results(tmp_path / "cand"))}
+    assert set(rows) == {"v4", "heldout"}  # a row only one side measured is not compared
+    d = np.array([0.1, 0.0, -0.1])
+    assert rows["v4"]["difference"] == pytest.approx(0.0, abs=1e-12)
+    assert rows["v4"]["se"] == pytest.approx(d.std(ddof=1) / np.sqrt(3))
+    assert rows["v4"]["better"] == 1 and rows["heldout"]["better"] == 2
+    assert rows["heldout"]["difference"] == pytest.approx(0.2) and rows["heldout"]["candidate"] == pytest.approx(0.7)
+    table = gen.comparison_table(list(rows.values()), "0.3.0", "v9a")
+    assert "| heldout | 2 | 0.500 | 0.700 | +0.200 (0.100) | 2/2 |" in table
+
+
+def test_paired_comparison_refuses_unpaired_or_conflicting_rows(tmp_path):
+    _write(tmp_path / "a", [_row("v4", [1, 2], [0.6, 0.7])])
+    _write(tmp_path / "b", [_row("v4", [1, 3], [0.6, 0.7])])
+    with pytest.raises(ValueError, match="other seeds"):
+        gen.paired_comparison(gen.read_results(tmp_path / "a"), gen.read_results(tmp_path / "b"))
+    _write(tmp_path / "c" / "x", [_row("v4", [1, 2], [0.6, 0.7])])
+    _write(tmp_path / "c" / "y", [_row("v4", [1, 2], [0.6, 0.9])])
+    with pytest.raises(ValueError, match="measured twice"):
+        gen.read_results(tmp_path / "c")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ValueError, match="No generalisation.json"):
+        gen.read_results(tmp_path / "empty")
+    with pytest.raises(ValueError, match="does not exist"):
+        gen.read_results(tmp_path / "missing")
+
+
+def test_compare_candidates_script(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("compare_candidates",
+                                                  Path(__file__).parents[1] / "scripts" / "compare_candidates.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    _write(tmp_path / "a", [_row("v4", [1, 2], [0.6, 0.7])])
+    _write(tmp_path / "b", [_row("v2", [1, 2], [0.6, 0.7])])
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "a"), "--names", "x", "y"]) == 0
+    assert "| v4 | 2 | 0.650 | 0.650 | +0.000" in capsys.readouterr().out
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "b")]) == 2
+    assert capsys.readouterr().err.strip() == "error: the two evaluations share no row."
+    assert script.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
+    assert capsys.readouterr().err.strip() == f"error: '{tmp_path / 'missing'}' does not exist."

@@ -418,3 +418,57 @@ def write_results(results: dict, out_dir) -> tuple[Path, Path]:
     write_text(js, json.dumps(results, indent=1) + "\n", overwrite=True)
     write_text(md, markdown_table(results), overwrite=True)
     return js, md
+
+
+def read_results(path) -> dict:
+    """The rows of one evaluation: a ``generalisation.json``, a candidate JSON of ``docs/``, or a folder.
+
+    A folder is the output of ``scripts/evaluate_candidate.sh`` (styles, perturbations, ablation in
+    sub-folders): every ``generalisation.json`` under it is read and their rows are merged. A row that
+    two of them measure differently is refused, not silently overwritten.
+    """
+    path = Path(path)
+    if not path.exists():
+        raise ValueError(f"'{path}' does not exist.")
+    files = sorted(path.rglob("generalisation.json")) if path.is_dir() else [path]
+    if not files:
+        raise ValueError(f"No generalisation.json under '{path}'.")
+    rows: dict = {}
+    for f in files:
+        for r in json.loads(f.read_text())["rows"]:
+            if r["row"] in rows and (rows[r["row"]]["seeds"], rows[r["row"]]["dice"]) != (r["seeds"], r["dice"]):
+                raise ValueError(f"Row '{r['row']}' is measured twice, differently, under '{path}'.")
+            rows[r["row"]] = r
+    return {"source": str(path), "rows": list(rows.values())}
+
+
+def paired_comparison(base: dict, candidate: dict) -> list[dict]:
+    """Per row both evaluations measured: both means and the candidate's paired difference.
+
+    Rows are paired by seed (every candidate of issue 11 is measured on the same seeds), so the
+    difference's standard error is that of the per-phantom differences, far smaller than the spread of
+    either row. Rows measured on different seeds are refused: their difference would not be paired.
+    """
+    mine = {r["row"]: r for r in base["rows"]}
+    out = []
+    for r in candidate["rows"]:
+        b = mine.get(r["row"])
+        if b is None:
+            continue
+        if list(b["seeds"]) != list(r["seeds"]):
+            raise ValueError(f"Row '{r['row']}' was measured on other seeds in the two evaluations: not a paired comparison.")
+        diff = np.asarray(r["dice"], float) - np.asarray(b["dice"], float)
+        se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
+        out.append({"row": r["row"], "group": r["group"], "n": len(diff), "base": float(np.mean(b["dice"])),
+                    "candidate": float(np.mean(r["dice"])), "difference": float(diff.mean()), "se": se,
+                    "better": int((diff > 0).sum())})
+    return out
+
+
+def comparison_table(rows: list[dict], base_name: str = "base", candidate_name: str = "candidate") -> str:
+    """``paired_comparison`` as a markdown table."""
+    lines = [f"| row | n | {base_name} | {candidate_name} | difference (SE) | better |", "|---|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        lines.append(f"| {r['row']} | {r['n']} | {r['base']:.3f} | {r['candidate']:.3f} | "
+                     f"{r['difference']:+.3f} ({r['se']:.3f}) | {r['better']}/{r['n']} |")
+    return "\n".join(lines) + "\n"
