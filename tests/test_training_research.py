@@ -621,3 +621,20 @@ def test_cli_prior_bias_without_a_prior_is_one_sentence(dataset, tmp_path, capsy
     code, _, err = run_cli(["train", dataset, "-o", tmp_path / "run", "--windows-per-epoch", "-1"], capsys)
     assert_refused(code, err, "--windows-per-epoch")
     assert not (tmp_path / "run").exists()
+
+
+def test_card_records_the_training_splits_styles():
+    """Without them every style row of a generalisation table would count as in-distribution."""
+    from MnetImSegmentLib.research.generalisation import trained_styles
+    from MnetImSegmentLib.research.manifest import ScanRecord
+    from MnetImSegmentLib.research.training.export import training_data_entry
+
+    train = [ScanRecord("i", "m", f"p{i}", f"s{i}", "train", style) for i, style in enumerate(["v6", "v2", "v6", None])]
+    data = training_data_entry({"kind": "phantoms", "recipe": "mix_v6"}, "m.csv", train)
+    assert data == {"kind": "phantoms", "recipe": "mix_v6", "styles": {"v2": 1, "v6": 2}}
+    assert trained_styles({"training": {"data": data}}) == {"v2", "v6"}
+    # A description's own styles are kept; real data (no style column) gets none; no description: the manifest.
+    assert training_data_entry({"styles": {"v4": 9}}, "m.csv", train)["styles"] == {"v4": 9}
+    plain = [ScanRecord("i", "m", "p", "s", "train", None)]
+    assert training_data_entry({"kind": "clinic"}, "m.csv", plain) == {"kind": "clinic"}
+    assert training_data_entry(None, "m.csv", train) == {"manifest": "m.csv", "styles": {"v2": 1, "v6": 2}}

@@ -449,11 +449,11 @@ def paired_comparison(base: dict, candidate: dict) -> list[dict]:
     difference's standard error is that of the per-phantom differences, far smaller than the spread of
     either row. Rows measured on different seeds are refused: their difference would not be paired.
     """
-    mine = {r["row"]: r for r in base["rows"]}
+    theirs = {r["row"]: r for r in candidate["rows"]}
     out = []
-    for r in candidate["rows"]:
-        b = mine.get(r["row"])
-        if b is None:
+    for b in base["rows"]:  # in the base's order: the canonical one for the shipped JSONs
+        r = theirs.get(b["row"])
+        if r is None:
             continue
         if list(b["seeds"]) != list(r["seeds"]):
             raise ValueError(f"Row '{r['row']}' was measured on other seeds in the two evaluations: not a paired comparison.")

@@ -98,8 +98,25 @@ THRESHOLD_SELECTION = ("best mean volumetric Dice on the validation scans (ROI c
                        "candidates 0.10-0.90 in steps of 0.05")
 
 
+def training_data_entry(training_data: Optional[dict], manifest, train_records=()) -> dict:
+    """The card's ``training.data``: the caller's description, plus the styles of the training split.
+
+    ``research.generalisation`` reads ``styles`` to tell the phantom styles a model was trained on
+    from those it never saw; a description written by hand easily forgets it, and every style row
+    would then be reported as in-distribution. A description that gives its own ``styles`` keeps it.
+    """
+    data = dict(training_data) if training_data else {"manifest": str(manifest)}
+    counts: dict = {}
+    for record in train_records:
+        if record.style:
+            counts[record.style] = counts.get(record.style, 0) + 1
+    if counts and "styles" not in data:
+        data["styles"] = dict(sorted(counts.items()))
+    return data
+
+
 def build_card(config: TrainConfig, summary: dict, name: str, version: str, intended_use: str,
-               training_data: Optional[dict], command: str, manifest) -> dict:
+               training_data: Optional[dict], command: str, manifest, train_records=()) -> dict:
     """The model card of a trained run (without ``test``, which is measured on the saved file)."""
     card = {
         "name": name,
@@ -114,7 +131,7 @@ def build_card(config: TrainConfig, summary: dict, name: str, version: str, inte
         "paper": PAPER,
         "training": {
             "command": command, "seed": config.seed, "config": config.to_dict(),
-            "data": training_data or {"manifest": str(manifest)},
+            "data": training_data_entry(training_data, manifest, train_records),
             "scans": {k: len(v) for k, v in summary["scans"].items()},
             "epochs_run": summary["epochs_run"], "best_epoch": summary["best_epoch"],
             "stopped_by": summary["stopped_by"], "seconds": summary["train_seconds"],
@@ -150,7 +167,8 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     ctx = dist_.setup(config.device)
     if not ctx.is_main:
         return dist_.handoff(ctx)
-    card = build_card(config, summary, name, version, intended_use, training_data, command, manifest)
+    card = build_card(config, summary, name, version, intended_use, training_data, command, manifest,
+                      trainer.splits["train"])
     # Weights are written first without test metrics, then evaluated through the real loader,
     # so the numbers in the card are those of the file that ships.
     staging = Path(run_dir) / "weights.staging"
