@@ -234,6 +234,10 @@ def test_paired_comparison_refuses_unpaired_or_conflicting_rows(tmp_path):
         gen.read_results(tmp_path / "empty")
     with pytest.raises(ValueError, match="does not exist"):
         gen.read_results(tmp_path / "missing")
+    for bad in ({"rows": []}, {"rows": [{"row": "v4", "dice": [0.5]}]}, [1, 2]):
+        (tmp_path / "bad.json").write_text(json.dumps(bad))
+        with pytest.raises(ValueError, match="is not a generalisation evaluation"):
+            gen.read_results(tmp_path / "bad.json")
 
 
 def test_compare_candidates_script(tmp_path, capsys):

@@ -435,7 +435,11 @@ def read_results(path) -> dict:
         raise ValueError(f"No generalisation.json under '{path}'.")
     rows: dict = {}
     for f in files:
-        for r in json.loads(f.read_text())["rows"]:
+        loaded = json.loads(f.read_text())
+        if not isinstance(loaded, dict) or not all(isinstance(r, dict) and {"row", "seeds", "dice"} <= set(r)
+                                                   for r in loaded.get("rows") or [None]):
+            raise ValueError(f"'{f}' is not a generalisation evaluation (rows with row, seeds and dice).")
+        for r in loaded["rows"]:
             if r["row"] in rows and (rows[r["row"]]["seeds"], rows[r["row"]]["dice"]) != (r["seeds"], r["dice"]):
                 raise ValueError(f"Row '{r['row']}' is measured twice, differently, under '{path}'.")
             rows[r["row"]] = r

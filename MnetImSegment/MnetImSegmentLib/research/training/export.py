@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -106,10 +107,7 @@ def training_data_entry(training_data: Optional[dict], manifest, train_records=(
     would then be reported as in-distribution. A description that gives its own ``styles`` keeps it.
     """
     data = dict(training_data) if training_data else {"manifest": str(manifest)}
-    counts: dict = {}
-    for record in train_records:
-        if record.style:
-            counts[record.style] = counts.get(record.style, 0) + 1
+    counts = Counter(record.style for record in train_records if record.style)
     if counts and "styles" not in data:
         data["styles"] = dict(sorted(counts.items()))
     return data
