@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import csv
+import dataclasses
 import json
 import os
 import subprocess
@@ -15,7 +16,7 @@ import pytest
 import torch
 
 from MnetImSegmentLib.core.errors import DatasetError, WeightsError
-from MnetImSegmentLib.research.manifest import read_manifest
+from MnetImSegmentLib.research.manifest import read_manifest, write_manifest
 from MnetImSegmentLib.research.training import Trainer
 from MnetImSegmentLib.research.training.data import DatasetWarning
 
@@ -301,14 +302,34 @@ def test_export_unfinished_run_and_old_runs_without_metadata(dataset, tmp_path, 
         return real_validate(*args, **kwargs)
 
     monkeypatch.setattr(trainer_mod, "validate", crash_on_third_epoch)
+    # Phantom styles in the manifest: the run folder must keep them for the card (the manifest may be gone).
+    styled = tmp_path / "styled" / "manifest.csv"
+    styled.parent.mkdir()
+    write_manifest(styled, [dataclasses.replace(r, style="v4" if i % 2 else "v2")
+                            for i, r in enumerate(read_manifest(dataset))])
     run = tmp_path / "run"
     with pytest.raises(KeyboardInterrupt):
-        Trainer(dataset, run, tiny_config(epochs=4), progress=False).run()
+        Trainer(styled, run, tiny_config(epochs=4), progress=False).run()
     rows = _log_rows(run)
     best = max(rows, key=lambda r: float(r["val_dice"]))
     model, card = load_weights(export_run(run, tmp_path / "w1"))
     assert card.threshold == float(best["val_threshold"])
     assert card.raw["training"]["stopped_by"].startswith("not finished")
+    assert card.raw["training"]["data"] == {"manifest": str(styled.resolve()), "styles": {"v2": 2, "v4": 2}}
+    assert card.raw["training"]["scans"] == {"train": 4, "val": 1, "test": 1}
+    assert card.raw["validation"]["scans"] == 1
+
+    # A split record edited by hand is refused in one sentence, and nothing is written.
+    record = (run / "splits.json").read_text()
+    (run / "splits.json").write_text("{}")
+    with pytest.raises(DatasetError, match="not the split record"):
+        export_run(run, tmp_path / "w_bad")
+    assert not (tmp_path / "w_bad").exists()
+    # A run from before the split record: the card says where to look instead of guessing styles.
+    (run / "splits.json").unlink()
+    _, card_old = load_weights(export_run(run, tmp_path / "w_old"))
+    assert card_old.raw["training"]["data"] == {"manifest": "see config.json"}
+    (run / "splits.json").write_text(record)
 
     # A best.safetensors written before the metadata existed: the threshold comes from log.csv.
     tensors = load_file(str(run / "best.safetensors"))

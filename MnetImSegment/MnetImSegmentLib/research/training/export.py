@@ -26,7 +26,7 @@ from ...engine.windows import InputSpec
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import ATLAS_FILE, read_atlas, read_volume_pair
-from .trainer import TrainConfig, Trainer
+from .trainer import SPLITS_FILE, TrainConfig, Trainer
 
 INTENDED_USE_RESEARCH = (
     "Research use. Weights trained with MnetImSegment; validate on your own institution's data before any use."
@@ -271,15 +271,20 @@ def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Option
         card.pop("tensors_sha256", None)
         card.pop("format_version", None)
     else:
+        split = _recorded_split(run_dir)
         summary = {
             "model_config": model_config(config.model, in_channels=in_channels, **config.model_overrides),
             "threshold": best["threshold"], "val_dice": round(best["val_dice"], 4), "best_epoch": best["epoch"],
             "epochs_run": _epochs_logged(run_dir), "stopped_by": "not finished (exported from best.safetensors)",
-            "train_seconds": None, "device": None, "environment": None, "scans": {},
+            "train_seconds": None, "device": None, "environment": None, "scans": split["scans"] if split else {},
         }
         card = build_card(config, summary, name or config.model, version or "0.1.0",
                           intended_use or INTENDED_USE_RESEARCH, None, "", "see config.json")
         card["validation"] = {"volumetric_dice_roi": summary["val_dice"]}
+        if split is not None:  # what the run trained on, as its trainer recorded it
+            styles = split["styles"].get("train")
+            card["training"]["data"] = {"manifest": split["manifest"], **({"styles": styles} if styles else {})}
+            card["validation"]["scans"] = len(split["scans"].get("val", []))
     card["exported_from"] = {"run": str(run_dir.resolve()), "best_epoch": best["epoch"],
                              "exported": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds")}
     for key, value in (("name", name), ("version", version), ("intended_use", intended_use)):
@@ -289,6 +294,19 @@ def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Option
     save_weights(model.eval(), weights_dir, card, atlas=atlas)
     load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
     return Path(weights_dir)
+
+
+def _recorded_split(run_dir: Path) -> Optional[dict]:
+    """The run's ``splits.json`` (written by runs since session 13), or None for an older run."""
+    path = run_dir / SPLITS_FILE
+    if not path.is_file():
+        return None
+    try:
+        split = json.loads(path.read_text())
+        return {"manifest": str(split["manifest"]), "scans": dict(split["scans"]), "styles": dict(split["styles"])}
+    except (ValueError, KeyError, TypeError):
+        raise DatasetError(f"'{path}' is not the split record a training run writes; the folder was changed "
+                           "after training.") from None
 
 
 def _epochs_logged(run_dir: Path) -> int:

@@ -27,6 +27,7 @@ import platform
 import random
 import sys
 import time
+from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -335,6 +336,9 @@ class Trainer:
             raise DatasetError("Training needs at least one training and one validation scan.")
         scan_weights = scan_weights_for(splits["train"], cfg.style_weights)  # refuse a typo before the slow part
         self.warnings = split_size_warnings(splits)
+        if main:  # so that exporting an unfinished run can still say what it was trained on
+            write_text(self.run_dir / SPLITS_FILE, json.dumps(split_description(self.manifest, splits), indent=2),
+                       overwrite=True)
         say = _say if (self.progress and main) else (lambda line: None)
         for line in self.warnings:
             say(f"warning: {line}")
@@ -517,7 +521,16 @@ RESUME_SAFE_OPTIONS = frozenset({"epochs", "patience", "max_minutes", "device", 
 
 # Files a run writes before its first checkpoint; a folder holding only these (and the hidden
 # temporary files of interrupted atomic writes) can be restarted.
-_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard", ATLAS_FILE}
+SPLITS_FILE = "splits.json"
+_EARLY_FILES = {"config.json", "log.csv", "best.safetensors", "best.tmp", "tensorboard", ATLAS_FILE, SPLITS_FILE}
+
+
+def split_description(manifest, splits: dict) -> dict:
+    """What ``splits.json`` records: the manifest, and each split's scan ids and phantom-style counts."""
+    return {"manifest": str(Path(manifest).resolve()),
+            "scans": {s: [r.scan_id for r in records] for s, records in splits.items()},
+            "styles": {s: dict(sorted(Counter(r.style for r in records if r.style).items()))
+                       for s, records in splits.items()}}
 
 
 # Tensors a model may have that its parent lacks (MNetConfig.prior_bias); every other one must come from the parent.
