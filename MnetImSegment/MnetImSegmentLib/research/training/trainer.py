@@ -9,7 +9,8 @@ threshold chosen where the validation volumetric Dice is best.
 An "epoch" here is ``windows_per_epoch`` sampled windows (the paper's epoch is one pass over 3770
 slices); the default of 0 means one pass over the training slices that lie inside the ROIs.
 
-A run folder holds ``config.json``, ``log.csv`` (one row per epoch), ``checkpoint.pt`` (last state,
+A run folder holds ``config.json``, ``splits.json`` (the manifest, each split's scan ids and phantom
+styles: an unfinished run's export reads it), ``log.csv`` (one row per epoch), ``checkpoint.pt`` (last state,
 for ``resume``), ``best.safetensors`` (best validation Dice; its metadata records the epoch, the Dice
 and the threshold), ``tensorboard/`` (the same scalars for TensorBoard, when the ``tensorboard``
 package is installed) and, once finished, ``weights/`` (the exported weights folder with its model
