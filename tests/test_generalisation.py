@@ -154,6 +154,10 @@ def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):
     core = ctv & (np.abs(visible.ct.array.astype(int) - plain.ct.array) > 0)
     assert core.sum() > 0.5 * ctv.sum()  # the CTV, and only where it is, changed level
     assert not (np.abs(visible.ct.array.astype(int) - plain.ct.array) > 0)[lab == 0].mean() > 0.02
+    smooth = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, texture=False)
+    assert np.array_equal(smooth.labels.array, lab)
+    texture = np.abs(as_made.ct.array.astype(int) - smooth.ct.array)  # the same noise: only the texture differs
+    assert texture.max() <= gen.PhantomHeldout(seed).params["texture_hu"] + 1 and (texture > 0).mean() > 0.05
     results = gen.heldout_ablation(tiny_weights, n=1, matrix=48, z_extent_mm=Z_MM)
     assert [r["row"] for r in results["rows"]] == list(gen.HELDOUT_ABLATIONS)
     assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])

@@ -349,22 +349,28 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
     }
 
 
-# Why does a model fail on the held-out style? Its two suspects switched off one at a time: the
-# painted streaks, and a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator).
+# Why does a model fail on the held-out style? Its suspects switched off one at a time: the painted
+# streaks, a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator), and the
+# sinusoidal soft-tissue texture no training style has. Each entry: heldout_variant's keywords.
 HELDOUT_NO_STREAKS = "heldout, no streaks"
-HELDOUT_ABLATIONS = {"heldout": (True, None), HELDOUT_NO_STREAKS: (False, None),
-                     "heldout, CTV +50 HU": (True, 50.0), "heldout, no streaks, CTV +50 HU": (False, 50.0)}
+HELDOUT_ABLATIONS = {"heldout": {}, HELDOUT_NO_STREAKS: {"artifacts": False},
+                     "heldout, CTV +50 HU": {"ctv_above_uterus_hu": 50.0},
+                     "heldout, no streaks, CTV +50 HU": {"artifacts": False, "ctv_above_uterus_hu": 50.0},
+                     "heldout, no texture": {"texture": False},
+                     "heldout, no streaks, no texture": {"artifacts": False, "texture": False}}
 
 
-def heldout_variant(seed: int, matrix: int, artifacts: bool, ctv_above_uterus_hu: Optional[float],
-                    z_extent_mm: float = BASE_Z_EXTENT_MM) -> Phantom:
-    """A held-out-style phantom on the evaluation grid, with or without its streaks, its CTV set ``ctv_above_uterus_hu`` above the uterus."""
+def heldout_variant(seed: int, matrix: int, artifacts: bool = True, ctv_above_uterus_hu: Optional[float] = None,
+                    z_extent_mm: float = BASE_Z_EXTENT_MM, texture: bool = True) -> Phantom:
+    """A held-out-style phantom on the evaluation grid: with or without its streaks and its soft-tissue texture, its CTV set ``ctv_above_uterus_hu`` above the uterus."""
     anatomy = PhantomHeldout(seed)
     if ctv_above_uterus_hu is not None:
         ctv = next(layer for layer in anatomy.layers if layer.label == LABELS["CTV"])
         uterus = ctv.hu - anatomy.params["ctv_contrast_hu"]
         ctv.hu = uterus + ctv_above_uterus_hu
         anatomy.params["ctv_contrast_hu"] = ctv_above_uterus_hu
+    if not texture:
+        anatomy.params["texture_hu"] = 0.0
     geometry, shape = anatomy.default_grid(matrix, BASE_SLICE_MM, z_extent_mm, None)
     return anatomy.sample(geometry, shape, artifacts=artifacts)
 
@@ -377,10 +383,10 @@ def heldout_ablation(weights, n: int = 3, matrix: int = 256, device: str = "cpu"
     t0 = time.perf_counter()
     seeds = [SEED_BASE["heldout"] + i for i in range(n)]
     rows = []
-    for name, (artifacts, ctv_hu) in HELDOUT_ABLATIONS.items():
+    for name, variant in HELDOUT_ABLATIONS.items():
         row = RowResult(name, "held-out ablation", "heldout", seeds)
         for s in seeds:
-            row.add(_score(segmenter, heldout_variant(s, matrix, artifacts, ctv_hu, z_extent_mm)))
+            row.add(_score(segmenter, heldout_variant(s, matrix, z_extent_mm=z_extent_mm, **variant)))
             log(f"{name} seed {s}: Dice {row.dice[-1]:.3f}")
         rows.append(row)
     return {"weights": _weights_entry(weights, segmenter),
