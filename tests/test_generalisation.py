@@ -158,6 +158,13 @@ def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):
     assert np.array_equal(smooth.labels.array, lab)
     texture = np.abs(as_made.ct.array.astype(int) - smooth.ct.array)  # the same noise: only the texture differs
     assert texture.max() <= gen.PhantomHeldout(seed).params["texture_hu"] + 1 and (texture > 0).mean() > 0.05
+    swapped = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, template_ctv=True)
+    new_ctv = swapped.labels.array == 1
+    assert not np.array_equal(new_ctv, ctv)  # another shape...
+    assert abs(new_ctv.sum() / ctv.sum() - 1) < 0.2  # ...of the same volume...
+    centre = lambda m: np.argwhere(m).mean(0) * np.array(as_made.ct.geometry.spacing[::-1])  # noqa: E731
+    assert np.linalg.norm(centre(new_ctv) - centre(ctv)) < 6.0  # ...in the same place (mm)
+    assert np.array_equal(swapped.labels.array[~(ctv | new_ctv)], lab[~(ctv | new_ctv)])
     results = gen.heldout_ablation(tiny_weights, n=1, matrix=48, z_extent_mm=Z_MM)
     assert [r["row"] for r in results["rows"]] == list(gen.HELDOUT_ABLATIONS)
     assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])

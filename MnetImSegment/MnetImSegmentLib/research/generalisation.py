@@ -23,6 +23,7 @@ Seeds (disjoint from every training recipe, which uses 0-99 and 1000-1099): ``v2
 from __future__ import annotations
 
 import json
+import math
 import re
 import statistics
 import time
@@ -39,9 +40,10 @@ from ..engine.applicator_prior import tandem_prior
 from ..engine.inference import Segmenter
 from .metrics import volumetric_dice
 from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
-from .phantom_heldout import PhantomHeldout
+from .phantom_heldout import PhantomHeldout, SuperEllipsoid
+from .phantom_templates import StarShape, load_templates, star_volume_mm3
 from .phantom_styles import TRAINING_STYLES, parse_style_mix
-from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4
+from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4, _rotation_between
 from .phantom_v5 import PhantomV5
 from .phantom_v6 import PhantomV6
 
@@ -357,13 +359,23 @@ HELDOUT_ABLATIONS = {"heldout": {}, HELDOUT_NO_STREAKS: {"artifacts": False},
                      "heldout, CTV +50 HU": {"ctv_above_uterus_hu": 50.0},
                      "heldout, no streaks, CTV +50 HU": {"artifacts": False, "ctv_above_uterus_hu": 50.0},
                      "heldout, no texture": {"texture": False},
-                     "heldout, no streaks, no texture": {"artifacts": False, "texture": False}}
+                     "heldout, no streaks, no texture": {"artifacts": False, "texture": False},
+                     "heldout, template CTV": {"template_ctv": True}}
 
 
 def heldout_variant(seed: int, matrix: int, artifacts: bool = True, ctv_above_uterus_hu: Optional[float] = None,
-                    z_extent_mm: float = BASE_Z_EXTENT_MM, texture: bool = True) -> Phantom:
-    """A held-out-style phantom on the evaluation grid: with or without its streaks and its soft-tissue texture, its CTV set ``ctv_above_uterus_hu`` above the uterus."""
+                    z_extent_mm: float = BASE_Z_EXTENT_MM, texture: bool = True, template_ctv: bool = False) -> Phantom:
+    """A held-out-style phantom on the evaluation grid: with or without its streaks and its soft-tissue texture, its CTV set ``ctv_above_uterus_hu`` above the uterus.
+
+    ``template_ctv``: the CTV's superellipsoid swapped for the training styles' first CTV template
+    (turned with the tandem), with the same centre and volume: is it the CTV's shape the network
+    does not recognise?
+    """
     anatomy = PhantomHeldout(seed)
+    if template_ctv:
+        layer = next(layer for layer in anatomy.layers if layer.label == LABELS["CTV"])
+        layer.shape = _template_like(layer.shape, anatomy.axis)
+        anatomy.ctv = layer.shape
     if ctv_above_uterus_hu is not None:
         ctv = next(layer for layer in anatomy.layers if layer.label == LABELS["CTV"])
         uterus = ctv.hu - anatomy.params["ctv_contrast_hu"]
@@ -373,6 +385,18 @@ def heldout_variant(seed: int, matrix: int, artifacts: bool = True, ctv_above_ut
         anatomy.params["texture_hu"] = 0.0
     geometry, shape = anatomy.default_grid(matrix, BASE_SLICE_MM, z_extent_mm, None)
     return anatomy.sample(geometry, shape, artifacts=artifacts)
+
+
+def _template_like(shape: SuperEllipsoid, axis: np.ndarray) -> StarShape:
+    """The first CTV template, turned with the tandem ``axis``, with ``shape``'s centre and volume."""
+    tpl = load_templates()[0]
+    s = tpl["structures"]["CTV"]
+    axes = _rotation_between(np.asarray(tpl["tandem_axis"], float), axis) @ np.asarray(s["axes_mm"], float)
+    coeffs = np.asarray(s["sh"], float)
+    e = shape.exponent  # superellipsoid volume: 8abc Gamma(1 + 1/e)^3 / Gamma(1 + 3/e)
+    volume = 8.0 * float(np.prod(shape.radii)) * math.gamma(1 + 1 / e) ** 3 / math.gamma(1 + 3 / e)
+    axes = axes * (volume / star_volume_mm3(axes, coeffs)) ** (1 / 3)
+    return StarShape(np.asarray(shape.center, float), axes, coeffs)
 
 
 def heldout_ablation(weights, n: int = 3, matrix: int = 256, device: str = "cpu", segmenter=None,
