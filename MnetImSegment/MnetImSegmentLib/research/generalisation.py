@@ -352,8 +352,9 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
 
 
 # Why does a model fail on the held-out style? Its suspects switched off one at a time: the painted
-# streaks, a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator), and the
-# sinusoidal soft-tissue texture no training style has. Each entry: heldout_variant's keywords.
+# streaks, a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator), the
+# sinusoidal soft-tissue texture no training style has, and the CTV's superellipsoid shape (swapped
+# for a training template). Each entry: heldout_variant's keywords.
 HELDOUT_NO_STREAKS = "heldout, no streaks"
 HELDOUT_ABLATIONS = {"heldout": {}, HELDOUT_NO_STREAKS: {"artifacts": False},
                      "heldout, CTV +50 HU": {"ctv_above_uterus_hu": 50.0},
