@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.core.volume import Geometry, Volume
+from MnetImSegmentLib.core.volume import Geometry, Volume, rotation_between
 from MnetImSegmentLib.engine.roi import RoiSpec, Roi, closest_axes, crop, locate_roi, paste, roi_geometry
 from MnetImSegmentLib.engine.windows import InputSpec, make_windows, normalise, window_indices
 from MnetImSegmentLib.research.phantom import PhantomAnatomy, rotation_matrix
@@ -148,3 +148,13 @@ def test_slice_restriction_never_loses_a_ctv_slice(seed, slice_mm, flip_z):
     assert ctv_slices.min() >= first and ctv_slices.max() <= last, (roi, ctv_slices.min(), ctv_slices.max())
     if roi.method == "applicator":  # and it is a real restriction, not the whole scan
         assert last - first + 1 < ph.ct.shape[0]
+
+
+@pytest.mark.parametrize("a, b", [([0, 0, 1], [0, 0, 1]), ([0, 0, 1], [0, 0, -1]), ([1, 0, 0], [-1, 0, 0]),
+                                  ([0, 0, 1], [0.3, -0.5, 0.8]), ([0.2, 0.9, -0.1], [-0.7, 0.1, 0.4])])
+def test_rotation_between_is_a_rotation_taking_a_onto_b(a, b):
+    """Used by the phantoms' templates and the fraction-to-fraction transfer; opposite vectors included."""
+    r = rotation_between(np.array(a, float), np.array(b, float))
+    unit = lambda v: np.asarray(v, float) / np.linalg.norm(v)  # noqa: E731
+    assert np.allclose(r @ unit(a), unit(b), atol=1e-9)
+    assert np.allclose(r @ r.T, np.eye(3), atol=1e-9) and np.isclose(np.linalg.det(r), 1.0)

@@ -115,3 +115,16 @@ class Volume:
             )
         geometry = Geometry(image.GetSpacing(), image.GetOrigin(), image.GetDirection())
         return cls(sitk.GetArrayFromImage(image), geometry)
+
+
+def rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """The smallest rotation taking unit vector ``a`` onto unit vector ``b`` (Rodrigues; any half turn if opposite)."""
+    a, b = np.asarray(a, float), np.asarray(b, float)
+    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
+    v, c = np.cross(a, b), float(a @ b)
+    if c < -0.999999:  # opposite: any half turn about an axis normal to a
+        n = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
+        n /= np.linalg.norm(n)
+        return 2 * np.outer(n, n) - np.eye(3)
+    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
+    return np.eye(3) + k + k @ k / (1 + c)

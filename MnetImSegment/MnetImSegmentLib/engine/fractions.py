@@ -39,7 +39,7 @@ import numpy as np
 from ..core.errors import InputError
 from .applicator import locate_applicator
 from ..core.files import IMAGE_SUFFIXES, LABELMAP_SUFFIXES, SEGMENTATION_SUFFIX, suffix_of
-from ..core.volume import Geometry, Volume
+from ..core.volume import Geometry, Volume, rotation_between
 from ..dicomrt.ct_series import find_ct_series
 from ..dicomrt.rasterize import rasterize_structure_set
 from ..dicomrt.structure_set import read_structure_set
@@ -161,18 +161,6 @@ def _iso(image, spacing: float):
                          image.GetDirection(), -1000.0, sitk.sitkFloat32)
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector a onto unit vector b."""
-    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
-    v, c = np.cross(a, b), float(a @ b)
-    if c < -0.999999:  # opposite: any half turn about an axis normal to a
-        n = np.cross(a, [1.0, 0, 0] if abs(a[0]) < 0.9 else [0, 1.0, 0])
-        n /= np.linalg.norm(n)
-        return 2 * np.outer(n, n) - np.eye(3)
-    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + k + k @ k / (1 + c)
-
-
 def _usable(anchor) -> bool:
     return anchor is not None and bool(getattr(anchor, "found", True)) and getattr(anchor, "os_lps", None) is not None
 
@@ -222,7 +210,7 @@ def propagate_prior(prior_ct: Volume, prior_ctv: Volume, ct: Volume, anchor_prio
     c_cur, c_pri = ctv_center, ctv_center
     if _usable(anchor_prior) and _usable(anchor_current):
         c_pri, c_cur = np.asarray(anchor_prior.os_lps, float), np.asarray(anchor_current.os_lps, float)
-        rot = _rotation_between(np.asarray(anchor_current.axis_lps, float), np.asarray(anchor_prior.axis_lps, float))
+        rot = rotation_between(np.asarray(anchor_current.axis_lps, float), np.asarray(anchor_prior.axis_lps, float))
         init = "applicator"
     else:
         half = np.full(3, 60.0)

@@ -34,7 +34,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..core.files import write_text
-from ..core.volume import Geometry
+from ..core.volume import Geometry, rotation_between
 from ..engine.applicator import locate_applicator
 from ..engine.applicator_prior import tandem_prior
 from ..engine.inference import Segmenter
@@ -43,7 +43,7 @@ from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
 from .phantom_heldout import PhantomHeldout, SuperEllipsoid
 from .phantom_templates import StarShape, load_templates, star_volume_mm3
 from .phantom_styles import TRAINING_STYLES, parse_style_mix
-from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4, _rotation_between
+from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4
 from .phantom_v5 import PhantomV5
 from .phantom_v6 import PhantomV6
 
@@ -392,7 +392,7 @@ def _template_like(shape: SuperEllipsoid, axis: np.ndarray) -> StarShape:
     """The first CTV template, turned with the tandem ``axis``, with ``shape``'s centre and volume."""
     tpl = load_templates()[0]
     s = tpl["structures"]["CTV"]
-    axes = _rotation_between(np.asarray(tpl["tandem_axis"], float), axis) @ np.asarray(s["axes_mm"], float)
+    axes = rotation_between(np.asarray(tpl["tandem_axis"], float), axis) @ np.asarray(s["axes_mm"], float)
     coeffs = np.asarray(s["sh"], float)
     e = shape.exponent  # superellipsoid volume: 8abc Gamma(1 + 1/e)^3 / Gamma(1 + 3/e)
     volume = 8.0 * float(np.prod(shape.radii)) * math.gamma(1 + 1 / e) ** 3 / math.gamma(1 + 3 / e)

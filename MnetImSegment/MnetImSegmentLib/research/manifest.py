@@ -12,6 +12,7 @@ from __future__ import annotations
 import csv
 import io
 import os
+from collections import Counter
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Optional
@@ -124,3 +125,8 @@ def split_size_warnings(splits: dict, minimum: int = MIN_PATIENTS_PER_SPLIT) -> 
             out.append(f"the {split} split has {len(patients)} patient(s): {what[split]} rest(s) on few patients; "
                        f"with a small data set prefer `mnetim crossval` with k folds (docs/research.md).")
     return out
+
+
+def style_counts(records) -> dict:
+    """How many of ``records`` each phantom style has (sorted by style; scans without a style are not counted)."""
+    return dict(sorted(Counter(r.style for r in records if r.style).items()))

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from ..core.volume import Geometry, Volume
+from ..core.volume import Geometry, Volume, rotation_between
 from .metal_artifacts import ArtifactSettings, metal_artifact_hu
 from .phantom import AIR_HU, Blob, Phantom, Torus, Tube, _frame_from_axis, rotation_matrix
 from .phantom_templates import StarShape, load_templates, star_volume_mm3
@@ -138,16 +138,6 @@ def _min_radius(shape) -> float:
     return float(shape.minor)
 
 
-def _rotation_between(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """The smallest rotation taking unit vector ``a`` to unit vector ``b`` (Rodrigues)."""
-    a, b = a / np.linalg.norm(a), b / np.linalg.norm(b)
-    v, c = np.cross(a, b), float(a @ b)
-    if np.linalg.norm(v) < 1e-8:
-        return np.eye(3)
-    k = np.array([[0, -v[2], v[1]], [v[2], 0, -v[0]], [-v[1], v[0], 0]])
-    return np.eye(3) + k + k @ k / (1 + c)
-
-
 class PhantomV3:
     """The random patient, applicator, intensities and scanner for one seed (grid-independent).
 
@@ -234,7 +224,7 @@ class PhantomV3:
         tilt, side = u(0, 60), u(-15, 15)  # anteversion (towards anterior = -y) and lateral tilt
         axis = rotation_matrix(-tilt, side, 0) @ np.array([0.0, 0.0, 1.0])
         axis /= np.linalg.norm(axis)
-        turn = _rotation_between(np.asarray(tpl["tandem_axis"]), axis)
+        turn = rotation_between(np.asarray(tpl["tandem_axis"]), axis)
         p.update(template=tpl["source"], uterine_tilt_deg=tilt, uterine_side_deg=side)
         self.axis = axis
         self.os_point = np.zeros(3)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
-from collections import Counter
 from pathlib import Path
 from typing import Optional
 
@@ -23,6 +22,7 @@ from ...engine.io import write_labelmap
 from ...engine.roi import RoiSpec
 from ...engine.weights import CARD, TENSORS, load_weights, read_card, save_weights
 from ...engine.windows import InputSpec
+from ..manifest import style_counts
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import ATLAS_FILE, read_atlas, read_volume_pair
@@ -107,9 +107,9 @@ def training_data_entry(training_data: Optional[dict], manifest, train_records=(
     would then be reported as in-distribution. A description that gives its own ``styles`` keeps it.
     """
     data = dict(training_data) if training_data else {"manifest": str(manifest)}
-    counts = Counter(record.style for record in train_records if record.style)
+    counts = style_counts(train_records)
     if counts and "styles" not in data:
-        data["styles"] = dict(sorted(counts.items()))
+        data["styles"] = counts
     return data
 
 

@@ -28,7 +28,6 @@ import platform
 import random
 import sys
 import time
-from collections import Counter
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Optional
@@ -40,7 +39,7 @@ from ...core.files import atomic_path, write_text
 from ...engine.roi import RoiSpec
 from ...engine.weights import load_weights, read_card
 from ...engine.windows import InputSpec, make_windows
-from ..manifest import read_manifest, split_records, split_size_warnings
+from ..manifest import read_manifest, split_records, split_size_warnings, style_counts
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import (ATLAS_FILE, PreparedScan, WindowSampler, attach_prior, ctv_atlas_of, prepare_scan, save_atlas,
@@ -530,8 +529,7 @@ def split_description(manifest, splits: dict) -> dict:
     """What ``splits.json`` records: the manifest, and each split's scan ids and phantom-style counts."""
     return {"manifest": str(Path(manifest).resolve()),
             "scans": {s: [r.scan_id for r in records] for s, records in splits.items()},
-            "styles": {s: dict(sorted(Counter(r.style for r in records if r.style).items()))
-                       for s, records in splits.items()}}
+            "styles": {s: style_counts(records) for s, records in splits.items()}}
 
 
 # Tensors a model may have that its parent lacks (MNetConfig.prior_bias); every other one must come from the parent.
