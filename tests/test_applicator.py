@@ -6,9 +6,10 @@ import time
 import numpy as np
 import pytest
 
-from MnetImSegmentLib.engine.applicator import ApplicatorFit, locate_applicator, pelvis_signals
+from MnetImSegmentLib.engine.applicator import ApplicatorFit, _symmetry, locate_applicator, pelvis_signals
 from MnetImSegmentLib.research.distractors import KINDS, add_distractors, pelvis_phantom
 from MnetImSegmentLib.research.phantom import make_phantom, rotation_matrix
+from MnetImSegmentLib.research.phantom_styles import make_phantom_style
 from MnetImSegmentLib.engine.roi import RoiSpec, locate_roi
 from MnetImSegmentLib.core.volume import Geometry, Volume
 
@@ -53,6 +54,65 @@ def test_all_distractors_at_once(seed, applicator):
     _assert_on_tandem(fit, ph.params)
     assert fit.reasons  # the prostheses, screws, ... were seen and turned down, with a reason
     assert any("midline" in r or "front or back" in r for r in fit.reasons)
+
+
+# v3 patients (the training styles' generator) whose applicator carries interstitial needles: long,
+# thin tubes parallel to the tandem 15-30 mm from it, of the applicator's metal or another. Before
+# session 14 a steel or titanium needle beside a plastic tandem was taken for the tandem (the metal
+# search trusted it and the plastic search never ran).
+NEEDLE_CASES = {510001: "plastic ovoids, 1 steel needle", 510006: "plastic ovoids, 4 titanium needles",
+                510004: "titanium ring, 7 titanium needles", 510015: "titanium ovoids, 2 steel needles"}
+
+
+@pytest.mark.parametrize("seed", list(NEEDLE_CASES))
+def test_interstitial_needles_are_not_the_tandem(seed):
+    ph = make_phantom_style("v3", seed, matrix=160, slice_mm=2.5, z_extent_mm=140)
+    p = ph.params
+    assert p["needles"] >= 1 and p["needle_material"] != "plastic", NEEDLE_CASES[seed]  # the case is what it says
+    fit = locate_applicator(ph.ct)
+    _assert_on_tandem_v3(fit, p)
+    assert fit.kind == ("metal" if p["applicator_metal"] else "plastic"), fit.to_dict()
+    assert any("interstitial needle" in r for r in fit.reasons), fit.reasons  # seen and turned down
+
+
+def test_ovoids_behind_the_tandem_count_as_its_ovoids():
+    """The real structure set puts both ovoids ~16 mm behind the tandem: still the tandem's ovoids
+    (full confidence), where balance around the line alone said no (0.6)."""
+    ph = make_phantom_style("v3", 510011, matrix=160, slice_mm=2.5, z_extent_mm=140)
+    assert ph.params["applicator"] == "ovoids" and ph.params["needles"] == 0
+    fit = locate_applicator(ph.ct)
+    _assert_on_tandem_v3(fit, ph.params)
+    assert fit.confidence >= 0.99, fit.to_dict()
+
+
+def _ring(n=200, r=16.0):
+    a = np.linspace(0, 2 * np.pi, n, endpoint=False)
+    return np.column_stack([r * np.cos(a), r * np.sin(a), np.zeros(n)])
+
+
+def _ball(center, r=8.0, n=150, seed=0):
+    p = np.random.default_rng(seed).normal(size=(n, 3))
+    return np.asarray(center, float) + r * p / np.linalg.norm(p, axis=1, keepdims=True) * np.random.default_rng(seed + 1).uniform(0, 1, (n, 1))
+
+
+@pytest.mark.parametrize("material,expected", [
+    ("ring", "high"), ("ovoids level", "high"), ("ovoids 16 mm behind", "high"),
+    ("one ovoid", "low"), ("ring seen from a needle 22 mm away", "low"), ("ovoids 35 mm behind", "low")])
+def test_symmetry_of_ring_and_ovoid_material(material, expected):
+    radial = {"ring": _ring(),
+              "ovoids level": np.concatenate([_ball([-16, 0, 0]), _ball([16, 0, 0], seed=3)]),
+              "ovoids 16 mm behind": np.concatenate([_ball([-15, 16, 0]), _ball([15, 16, 0], seed=3)]),
+              "one ovoid": _ball([12, 20, 0]),
+              "ring seen from a needle 22 mm away": (r := _ring() + [22.0, 0.0, 0.0])[np.linalg.norm(r, axis=1) <= 35],
+              "ovoids 35 mm behind": np.concatenate([_ball([-15, 35, 0]), _ball([15, 35, 0], seed=3)])}[material]
+    s = _symmetry(radial - np.outer(radial @ [0, 0, 1.0], [0, 0, 1.0]))
+    assert (s >= 0.7) if expected == "high" else (s < 0.3), s
+
+
+def _assert_on_tandem_v3(fit: ApplicatorFit, params: dict):
+    assert fit.found, fit.to_dict()
+    assert np.linalg.norm(np.asarray(fit.os_lps) - np.asarray(params["os_lps"])) <= OS_TOL_MM, fit.to_dict()
+    assert _angle(fit.axis_lps, np.asarray(params["tandem_axis_lps"])) <= AXIS_TOL_DEG, fit.to_dict()
 
 
 @pytest.mark.parametrize("kinds", [(), ("hip_left",), ("hip_right",), ("hip_both",),

@@ -59,6 +59,8 @@ OS_ABOVE_PEAK_MM = 4.0  # ring centre 2-6 mm, ovoid centres 3-8 mm below the os
 EDGE_ABOVE_OS_MM = 5.0  # cranial edge of the ring (~os) / ovoids (os + 2-12 mm)
 EDGE_FRACTION = 0.25  # of the material profile's peak (ring/ovoids: a third of packing below)
 LATERAL_BAND_MM = (5.0, 35.0)
+OVOIDS_BEHIND_MM = (20.0, 30.0)  # ovoids' centre behind the tandem: 16 mm in a real structure set; fine to 20, none past 30
+NEEDLE_AREA_MM2 = (6.0, 12.0)  # cross-section per mm: needles (1.2-2 mm) 2-6, tandems (5-7 mm) 17-40 measured
 TRUST = 0.5
 S_AXIS = np.array([0.0, 0.0, 1.0])
 
@@ -433,11 +435,28 @@ def _os_from_material(fit: dict, material: np.ndarray, voxel_ml: float):
             t_peak += BIN_MM * float(np.clip(0.5 * (prof[k - 1] - prof[k + 1]) / den, -0.5, 0.5))
     t_os = 0.5 * ((edge - EDGE_ABOVE_OS_MM) + (t_peak + OS_ABOVE_PEAK_MM))
     near = np.abs(tb - t_peak) <= 8.0
-    # Ring/ovoids surround the tandem: their centroid lies on the line although each voxel is off it.
-    mean_off = np.linalg.norm(rb[near].mean(0))
-    mean_d = np.linalg.norm(rb[near], axis=1).mean()
-    symmetry = float(np.clip(1.0 - mean_off / max(mean_d, 1e-6), 0.0, 1.0))
-    return t_os, symmetry, float(near.sum() * voxel_ml)
+    return t_os, _symmetry(rb[near]), float(near.sum() * voxel_ml)
+
+
+def _symmetry(radial: np.ndarray) -> float:
+    """How well ring/ovoid material (offsets from the line, mm) is balanced around the line: 1 when
+    it surrounds it, 0 when it lies to one side (one ovoid, or another tube's view of the ring).
+
+    A ring must be centred on the line in every direction. A pair of ovoids (material spread along
+    one line: their left-right line) must be balanced along that line only, because both may sit
+    up to ~20 mm behind the tandem (16 mm in a real structure set)."""
+    if len(radial) < 3:
+        return 0.0
+    mean = radial.mean(0)
+    _, sv, vt = np.linalg.svd(radial - mean, full_matrices=False)
+    wide, narrow = vt[0], vt[1]
+
+    def balance(direction):
+        return 1.0 - abs(mean @ direction) / max(np.abs(radial @ direction).mean(), 1e-6)
+
+    pair = _ramp(-sv[1] / max(sv[0], 1e-6), -0.75, -0.55)  # 1: elongated like two ovoids, 0: round like a ring
+    behind = pair * _ramp(-abs(mean @ narrow), -OVOIDS_BEHIND_MM[1], -OVOIDS_BEHIND_MM[0]) + (1 - pair) * balance(narrow)
+    return float(np.clip(min(balance(wide), behind), 0.0, 1.0))
 
 
 def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_area: float,
@@ -463,6 +482,11 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
         "lateral": _ramp(-lateral, -50.0, -30.0),
         "front_back": _ramp(ap, 0.05, 0.15, 0.72, 0.82),
         "cross_section": _ramp(-area, -220.0, -130.0),
+        # An interstitial needle runs beside the tandem, as long and as straight, and as metallic or
+        # plastic: its thinness is what tells it apart. Only halves the score, so that a thin
+        # tandem with its ring/ovoids (1.0) is still trusted, while a needle (no ring/ovoids
+        # centred on it: 0.6) is not, and the plastic search runs when the needles are the metal.
+        "needle": 0.5 + 0.5 * _ramp(area, *NEEDLE_AREA_MM2),
         "ring_ovoids": 1.0 if assoc else 0.6,
         # The tandem goes on above the os into the uterus (a piece that stops at the ring is its
         # vaginal part or a handle).
@@ -481,6 +505,7 @@ _WHY = {
     "lateral": "too far from the midline (hip prosthesis / bone?)",
     "front_back": "too far front or back (spine / sacrum / table?)",
     "cross_section": "too thick for a tandem",
+    "needle": "thinner than a tandem (an interstitial needle?)",
     "ring_ovoids": "no ring, ovoids or cylinder around its lower end",
     "intrauterine": "does not go on above the ring/ovoids",
 }
