@@ -1,0 +1,42 @@
+"""How often the applicator localiser is on the tandem, per phantom style (the network's phantoms and seeds).
+
+Usage::
+
+    python scripts/localiser_survey.py -o out/localiser --styles v2 v3 v4 v5 v6 heldout --first 0 --count 40
+
+Writes ``localiser_survey.json`` (every miss with its os and axis error) and ``localiser_survey.md``.
+The work is in ``MnetImSegmentLib.research.localiser_survey``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
+
+from MnetImSegmentLib.research import localiser_survey as ls  # noqa: E402
+from MnetImSegmentLib.research.phantom_styles import STYLES  # noqa: E402
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("-o", "--out", type=Path, required=True)
+    ap.add_argument("--styles", nargs="+", default=list(STYLES), choices=STYLES)
+    ap.add_argument("--first", type=int, default=0, help="first seed offset (the evaluation rows use 0-7)")
+    ap.add_argument("--count", type=int, default=16, help="phantoms per style")
+    ap.add_argument("--matrix", type=int, default=256)
+    args = ap.parse_args(argv)
+    results = ls.survey(args.styles, args.first, args.count, args.matrix, log=lambda s: print(s, flush=True))
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "localiser_survey.json").write_text(json.dumps(results, indent=1))
+    table = ls.markdown_table(results)
+    (args.out / "localiser_survey.md").write_text(table + "\n")
+    print(table)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

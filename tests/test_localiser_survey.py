@@ -1,0 +1,32 @@
+"""The localiser survey (research/localiser_survey.py) counts what it says it counts."""
+
+import numpy as np
+
+from MnetImSegmentLib.engine.applicator import ApplicatorFit
+from MnetImSegmentLib.research import localiser_survey as ls
+
+
+def _fit(os_, axis, conf=0.9):
+    return ApplicatorFit(conf >= 0.5, "metal", tuple(os_), tuple(np.asarray(os_) + 50 * np.asarray(axis)), tuple(axis), 50.0, conf)
+
+
+def test_errors_against_both_truth_conventions():
+    axis = np.array([0.0, np.sin(np.radians(30)), np.cos(np.radians(30))])
+    v3 = {"os_lps": [1.0, 2.0, 3.0], "tandem_axis_lps": list(axis)}
+    v2 = {"applicator_os_lps": [1.0, 2.0, 3.0], "applicator_axis_lps": list(axis)}
+    for params in (v3, v2):
+        e_os, e_ax = ls.errors(_fit([4.0, 6.0, 3.0], [0.0, 0.0, 1.0]), params)
+        assert abs(e_os - 5.0) < 1e-9 and abs(e_ax - 30.0) < 1e-6
+    assert ls.errors(ApplicatorFit(False, "none", None, None, None, 0.0, 0.0), v3) == (float("inf"), float("inf"))
+
+
+def test_survey_counts_hits_and_keeps_the_misses():
+    results = ls.survey(["v2", "v3"], first=0, count=1, matrix=128)
+    rows = {r["style"]: r for r in results["rows"]}
+    assert rows["v2"]["seeds"] == [500000] and rows["v3"]["seeds"] == [510000]
+    assert rows["v2"]["on_tandem"] == 1 and rows["v2"]["misses"] == []  # v2's metal tandem: the easy case
+    for r in rows.values():
+        assert r["on_tandem"] + len(r["misses"]) == r["n"] == 1
+    table = ls.markdown_table(results)
+    hits = sum(r["on_tandem"] for r in rows.values())
+    assert f"| all | {hits}/2 |" in table
