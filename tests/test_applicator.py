@@ -1,6 +1,7 @@
 """The applicator localiser finds the intrauterine tandem, not any metal (issue 11, item 1), and
 reports pelvis signals (issue 12). Every case is a phantom that carries a distractor."""
 
+import functools
 import time
 
 import numpy as np
@@ -57,6 +58,12 @@ def test_all_distractors_at_once(seed, applicator):
     assert any("midline" in r or "front or back" in r for r in fit.reasons)
 
 
+@functools.lru_cache(maxsize=None)
+def _v3(seed: int):
+    """A v3 patient on a 160 px, 2.5 mm grid (generated once per test session)."""
+    return make_phantom_style("v3", seed, matrix=160, slice_mm=2.5, z_extent_mm=140)
+
+
 # v3 patients (the training styles' generator) whose applicator carries interstitial needles: long,
 # thin tubes parallel to the tandem 15-30 mm from it, of the applicator's metal or another. Before
 # session 14 a steel or titanium needle beside a plastic tandem was taken for the tandem (the metal
@@ -67,7 +74,7 @@ NEEDLE_CASES = {510001: "plastic ovoids, 1 steel needle", 510006: "plastic ovoid
 
 @pytest.mark.parametrize("seed", list(NEEDLE_CASES))
 def test_interstitial_needles_are_not_the_tandem(seed):
-    ph = make_phantom_style("v3", seed, matrix=160, slice_mm=2.5, z_extent_mm=140)
+    ph = _v3(seed)
     p = ph.params
     assert p["needles"] >= 1 and p["needle_material"] != "plastic", NEEDLE_CASES[seed]  # the case is what it says
     fit = locate_applicator(ph.ct)
@@ -83,7 +90,7 @@ CHANNEL_CASES = {510018: "plastic ovoids, no needles", 510009: "plastic ovoids b
 
 @pytest.mark.parametrize("seed", list(CHANNEL_CASES))
 def test_plastic_tandem_found_by_its_air_channel(seed, monkeypatch):
-    ph = make_phantom_style("v3", seed, matrix=160, slice_mm=2.5, z_extent_mm=140)
+    ph = _v3(seed)
     assert ph.params["applicator_material"] == "plastic", CHANNEL_CASES[seed]
     fit = locate_applicator(ph.ct)
     _assert_on_tandem_v3(fit, ph.params)
@@ -94,10 +101,26 @@ def test_plastic_tandem_found_by_its_air_channel(seed, monkeypatch):
     assert not (blind.found and np.linalg.norm(np.asarray(blind.os_lps) - np.asarray(ph.params["os_lps"])) <= OS_TOL_MM)
 
 
+@pytest.mark.parametrize("direction,slice_mm", [
+    (rotation_matrix(7, -5, 20) @ np.diag([-1.0, 1.0, -1.0]), 3.0),  # oblique, x and z flipped
+    (np.diag([1.0, -1.0, -1.0]), 2.0)])  # y and z flipped
+def test_air_channel_gives_the_same_physical_answer_on_other_grids(direction, slice_mm):
+    """The same patient sampled on an oblique or flipped grid with other slices: the channel search
+    (physical points, in-plane openings on the slice axis) finds the same os and axis."""
+    a = locate_applicator(_v3(510018).ct)
+    ph = make_phantom_style("v3", 510018, matrix=160, slice_mm=slice_mm, z_extent_mm=140, direction=direction.ravel())
+    assert not np.allclose(ph.ct.geometry.direction_matrix, np.eye(3))
+    b = locate_applicator(ph.ct)
+    _assert_on_tandem_v3(b, ph.params)
+    # Another grid is another sampling (and noise) of the patient: within a slice and a half.
+    assert np.linalg.norm(np.asarray(a.os_lps) - np.asarray(b.os_lps)) <= 1.5 * slice_mm, (a.to_dict(), b.to_dict())
+    assert _angle(a.axis_lps, b.axis_lps) <= 5.0
+
+
 def test_ovoids_behind_the_tandem_count_as_its_ovoids():
     """The real structure set puts both ovoids ~16 mm behind the tandem: still the tandem's ovoids
     (full confidence), where balance around the line alone said no (0.6)."""
-    ph = make_phantom_style("v3", 510011, matrix=160, slice_mm=2.5, z_extent_mm=140)
+    ph = _v3(510011)
     assert ph.params["applicator"] == "ovoids" and ph.params["needles"] == 0
     fit = locate_applicator(ph.ct)
     _assert_on_tandem_v3(fit, ph.params)
