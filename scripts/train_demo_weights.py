@@ -1,14 +1,15 @@
-"""Replay the training lineage of the shipped demo weights (Mnet_Im_phantom_demo 0.3.0) from nothing.
+"""Replay the training lineage of the shipped demo weights (Mnet_Im_phantom_demo 0.3.1) from nothing.
 
-0.3.0 was not trained in one run: each candidate of issue 11 was fine-tuned from the one before
+The demo weights were not trained in one run: each candidate of issue 11 was fine-tuned from the one before
 (docs/generalisation.md), and the card records only the last command and its parent's checksum.
 This script is that whole chain, phantoms to weights, with the commands the model cards recorded:
 
     0.2.0 (v2) -> v3 -> v4 -> v5 -> v6 -> v6p (+ tandem prior) -> v6m (+ NMAR) -> v6n = 0.3.0
+    -> v9a (+ CTV atlas, prior bias) -> v10a (+ style v3) = 0.3.1
 
 Stages whose output exists are skipped, so an interrupted replay continues where it stopped.
 Most stages are bounded by ``--max-minutes``, so on another machine they end at another epoch: this
-reproduces the recipe, not the tensors (the shipped card's checksum will differ). About 11 hours on
+reproduces the recipe, not the tensors (the shipped card's checksum will differ). About 13 hours on
 the project's 2-core CPU; a GPU makes the time budgets cover many more epochs.
 
     python scripts/train_demo_weights.py --root data/recipe             # run every missing stage
@@ -35,9 +36,11 @@ PHANTOMS = {
     "phantoms_v4mix": "--count 150 --style v4:0.75,v2:0.25 --seed 2000 --workers 2",
     "phantoms_v5": "--count 120 --style v5 --seed 3000 --workers 2",
     "phantoms_v6": "--count 120 --style v6 --seed 4000 --workers 2",
+    "phantoms_v3": "--count 100 --style v3 --seed 5000 --workers 2",
 }
 # Training sets made of several phantom sets: one manifest whose paths point into each folder.
-MIXES = {"mix_v5": ("phantoms_v5", "phantoms_v4mix"), "mix_v6": ("phantoms_v6", "phantoms_v5", "phantoms_v4mix")}
+MIXES = {"mix_v5": ("phantoms_v5", "phantoms_v4mix"), "mix_v6": ("phantoms_v6", "phantoms_v5", "phantoms_v4mix"),
+         "mix_v10": ("phantoms_v6", "phantoms_v5", "phantoms_v4mix", "phantoms_v3")}
 
 COMMON = "--seed 0 --threads 2 --roi-size 80 --roi-spacing 1.6 --patience 50"
 FULL = COMMON + " --augment full"
@@ -64,6 +67,16 @@ STAGES = [
     ("v6n", "mix_v6", "v6m", "0.3.0",
      "--applicator-prior tandem --metal-reduction normalised --style-weights v6:1,v2:2,v4:1,v5:0.3"
      " --epochs 14 --windows-per-epoch 2000 --lr 0.0002 --lr-milestones 10 12 --max-minutes 38 " + FULL),
+    # 0.3.1: the CTV atlas in the tandem's frame as the prior channel, the network predicting a
+    # correction to it (--prior-bias), then style v3 (CTVs often iso-dense) back in the mix.
+    ("v9a", "mix_v6", "v6n", "0.3.1",
+     "--applicator-prior atlas --prior-bias --metal-reduction normalised --ctv-camouflage 0.3"
+     " --style-weights v6:1,v2:2,v4:2,v5:0.3 --epochs 20 --windows-per-epoch 2000 --lr 0.0002 --lr-milestones 12 16"
+     " --max-minutes 42 " + FULL),
+    ("v10a", "mix_v10", "v9a", "0.3.1",
+     "--applicator-prior atlas --prior-bias --metal-reduction normalised --ctv-camouflage 0.3"
+     " --style-weights v6:1,v2:2,v4:2,v5:0.3,v3:1.5 --epochs 12 --windows-per-epoch 2000 --lr 0.0001 --lr-milestones 8 11"
+     " --max-minutes 32 " + FULL.replace("--seed 0", "--seed 7")),
 ]
 
 
