@@ -158,6 +158,11 @@ def _points(geom: Geometry, idx_zyx: np.ndarray) -> np.ndarray:
     return geom.index_to_physical(idx_zyx[:, ::-1].astype(float))
 
 
+def _inplane_spacing(grid: _Grid) -> float:
+    """The finer in-plane spacing (mm) of the grid: the slice axis excluded."""
+    return min(s for a, s in enumerate(grid.geometry.spacing) if a != 2 - grid.slice_np_axis)
+
+
 def _inplane_radius(grid: _Grid, radius_px: int) -> list[int]:
     r = [radius_px] * 3  # sitk (x, y, z) order
     r[2 - grid.slice_np_axis] = 0
@@ -566,7 +571,7 @@ def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: 
         return [], lo_hu
     sub = arr[box]
     bright = (sub >= lo_hu) & (sub <= PLASTIC_MAX_HU) & body[box]
-    sp_in = min(s for a, s in enumerate(work.geometry.spacing) if a != 2 - work.slice_np_axis)
+    sp_in = _inplane_spacing(work)
     rad = _inplane_radius(work, max(1, int(round(4.5 / sp_in))))
     opened = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(
         sitk.GetImageFromArray(bright.astype(np.uint8)), rad, sitk.sitkBall)) > 0
@@ -619,7 +624,7 @@ def _channel_sets(work: _Grid, sub: np.ndarray, body: np.ndarray, ref: float, of
     import SimpleITK as sitk
 
     dark = (sub <= min(ref - CHANNEL_BELOW_SOFT_HU, -250.0)) & body
-    sp_in = min(s for a, s in enumerate(work.geometry.spacing) if a != 2 - work.slice_np_axis)
+    sp_in = _inplane_spacing(work)
     rad = _inplane_radius(work, max(1, int(round(3.0 / sp_in))))
     thick = sitk.BinaryDilate(sitk.BinaryMorphologicalOpening(sitk.GetImageFromArray(dark.astype(np.uint8)), rad, sitk.sitkBall),
                               _inplane_radius(work, 1), sitk.sitkBall)

@@ -8,7 +8,7 @@ evaluation grid and seeds of :mod:`.generalisation`, so that a change to the loc
 on the same phantoms as the network.
 
 "On the tandem": found (confidence >= 0.5), os within ``OS_TOL_MM`` and axis within
-``AXIS_TOL_DEG`` of the phantom's truth (the tolerances of ``tests/test_applicator.py``).
+``AXIS_TOL_DEG`` of the phantom's truth (:func:`on_tandem`; ``tests/test_applicator.py`` uses the same).
 """
 
 from __future__ import annotations
@@ -40,6 +40,12 @@ def errors(fit, params: dict) -> tuple[float, float]:
     return float(np.linalg.norm(np.asarray(fit.os_lps) - os_)), float(np.degrees(np.arccos(cos)))
 
 
+def on_tandem(fit, params: dict) -> bool:
+    """Found, os within ``OS_TOL_MM`` and axis within ``AXIS_TOL_DEG`` of the phantom's truth."""
+    os_err, angle = errors(fit, params)
+    return bool(fit.found and os_err <= OS_TOL_MM and angle <= AXIS_TOL_DEG)
+
+
 @dataclass
 class StyleRow:
     style: str
@@ -65,7 +71,7 @@ def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
             ph = generate(style, seed, matrix)
             fit = locate_applicator(ph.ct)
             os_err, angle = errors(fit, ph.params)
-            ok = bool(fit.found and os_err <= OS_TOL_MM and angle <= AXIS_TOL_DEG)
+            ok = on_tandem(fit, ph.params)
             row.seeds.append(seed)
             row.on_tandem.append(ok)
             p = ph.params
