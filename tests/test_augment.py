@@ -138,3 +138,81 @@ def test_ctv_camouflage_option_and_its_bad_values(capsys):
         with pytest.raises(SystemExit) as exc:
             parser.parse_args(["train", "m.csv", "-o", "run", "--ctv-camouflage", bad])
         assert exc.value.code != 0 and f"must be a share from 0 to 1, got '{bad}'" in capsys.readouterr().err
+
+
+def _fat_ringed(rng, hu_window=(-200.0, 300.0)):
+    """5 slices (normalised): tissue 40 HU, a CTV disc (r 12 px) at 70 HU, fat (-100 HU) from r 16 to 24 px
+    around it, a gas pocket (-900 HU) inside the fat, fat again from r 40 px out; and the CTV masks."""
+    yy, xx = np.mgrid[:112, :112]
+    r = np.hypot(xx - 56, yy - 56)
+    hu = np.full((112, 112), 40.0)
+    hu[r < 12] = 70.0
+    hu[(r >= 16) & (r < 24)] = -100.0
+    hu[(np.hypot(xx - 76, yy - 56) < 3)] = -900.0  # gas at r 20: inside the fat ring
+    hu[r >= 40] = -100.0
+    hu = np.repeat(hu[None], 5, 0) + rng.normal(0, 5, (5, 112, 112))
+    win = np.clip((hu - hu_window[0]) / (hu_window[1] - hu_window[0]), 0, 1).astype(np.float32)
+    return win, np.repeat((r < 12)[None], 5, 0).astype(np.uint8), r
+
+
+def test_fat_fill_raises_the_fat_near_the_ctv_to_the_tissue_and_keeps_the_rest():
+    """Fat within the reach takes the tissue's level (its noise kept); the CTV, gas, far fat and the caller's array stay."""
+    from MnetImSegmentLib.research.training.data import fill_fat_around_ctv
+
+    win, masks, r = _fat_ringed(np.random.default_rng(5))
+    before = win.copy()
+    out = fill_fat_around_ctv(win, masks, reach_px=16)
+    assert np.array_equal(win, before)  # not modified in place
+    unit = 1 / 500.0
+    ring = (r >= 17) & (r < 23) & (np.hypot(*np.mgrid[:112, :112][::-1] - np.array([76, 56])[:, None, None]) > 6)
+    tissue = (r >= 26) & (r < 36)
+    assert abs(np.median(before[:, ring]) - np.median(before[:, tissue])) > 120 * unit  # a fat boundary as made...
+    assert abs(np.median(out[:, ring]) - np.median(out[:, tissue])) < 8 * unit  # ...filled to the tissue's level
+    assert np.std(out[:, ring]) == pytest.approx(np.std(before[:, ring]), rel=0.3)  # a shift: the noise stays
+    assert np.array_equal(out[masks > 0], win[masks > 0])  # the CTV's own contrast is untouched
+    gas = np.hypot(*np.mgrid[:112, :112][::-1] - np.array([76, 56])[:, None, None]) < 2
+    assert np.array_equal(out[:, gas], win[:, gas])  # gas is not fat
+    far = r > 16 + 12 + 4  # beyond the reach and its fade
+    assert np.array_equal(out[:, far], win[:, far])
+    near = fill_fat_around_ctv(win, masks, reach_px=6)  # a shorter reach fills only the fat's inner part
+    assert np.median(near[:, (r >= 16) & (r < 17)]) > np.median(win[:, ring]) + 100 * unit
+    outer = (r >= 23) & (r < 24)  # beyond 6 px (8.5 px diagonally: a square reach) and the fade
+    assert np.array_equal(near[:, outer], win[:, outer])
+    assert np.array_equal(fill_fat_around_ctv(win, np.zeros_like(masks), 16), win)  # no CTV: nothing to fill
+    no_fat = np.clip(win, 0.4, None)
+    assert np.array_equal(fill_fat_around_ctv(no_fat, masks, 16), no_fat)  # no fat: nothing to fill
+
+
+def test_sampler_fat_fill_is_off_by_default_and_keeps_the_random_stream(capsys):
+    """fat_fill=0 draws nothing extra; 1.0 fills the fat ring of every positive window; off in validation; the option."""
+    from MnetImSegmentLib.cli import build_parser
+    from MnetImSegmentLib.cli.options import train_config_from_args
+    from MnetImSegmentLib.research.training.trainer import TrainConfig
+
+    win, masks, r = _fat_ringed(np.random.default_rng(6))
+    img = np.repeat(win[:1], 20, 0).astype(np.float16)
+    mask = np.repeat(masks[:1], 20, 0)
+    scans = [PreparedScan("s", img, mask, None, (1.6, 1.6, 2.5))]
+    plain = WindowSampler(scans, (96, 96), 5, augment=True).batch(np.random.default_rng(9), 6)
+    off = WindowSampler(scans, (96, 96), 5, augment=True, fat_fill=0.0).batch(np.random.default_rng(9), 6)
+    assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
+    on = WindowSampler(scans, (96, 96), 5, augment=True, fat_fill=1.0).batch(np.random.default_rng(9), 6)
+    def level(batch, lo, hi):  # mean of the middle slices between lo and hi px from each window's CTV centre
+        x, y = batch
+        values = []
+        for b in range(len(x)):
+            cy, cx = np.argwhere(y[b, 0] > 0).mean(0)
+            rr = np.hypot(*(np.mgrid[:96, :96] - np.array([cy, cx])[:, None, None]))
+            values.append(x[b, 2][(rr >= lo) & (rr < hi)].mean())
+        return np.mean(values) * 500.0  # HU above the window's bottom
+    assert level(on, 16, 24) > level(plain, 16, 24) + 40  # the fat ring near the CTV is raised...
+    assert level(on, 44, 60) < 150 and level(plain, 44, 60) < 150  # ...the far fat is not (fat 100, tissue 240)
+    assert WindowSampler(scans, (96, 96), 5, augment="none", fat_fill=1.0).fat_fill == 0.0
+    assert "fat_fill" not in TrainConfig().to_dict()
+    assert TrainConfig.from_dict(TrainConfig(fat_fill=0.4).to_dict()).fat_fill == 0.4
+    parser = build_parser()
+    assert train_config_from_args(parser.parse_args(["train", "m.csv", "-o", "run", "--fat-fill", "0.4"])).fat_fill == 0.4
+    for bad in ("1.5", "-0.1", "nan", "often"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["train", "m.csv", "-o", "run", "--fat-fill", bad])
+        assert exc.value.code != 0 and f"must be a share from 0 to 1, got '{bad}'" in capsys.readouterr().err

@@ -165,6 +165,24 @@ def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):
     centre = lambda m: np.argwhere(m).mean(0) * np.array(as_made.ct.geometry.spacing[::-1])  # noqa: E731
     assert np.linalg.norm(centre(new_ctv) - centre(ctv)) < 6.0  # ...in the same place (mm)
     assert np.array_equal(swapped.labels.array[~(ctv | new_ctv)], lab[~(ctv | new_ctv)])
+    from scipy import ndimage
+
+    shell = ndimage.binary_dilation(ctv, iterations=2) & ~ctv
+    interior = ndimage.binary_erosion(ctv, iterations=2)
+    fat_hu = -40
+    for kind in gen.HELDOUT_FAT:
+        fatty = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, fat=kind)
+        assert np.array_equal(fatty.labels.array, lab)  # the same anatomy and labels...
+        assert np.array_equal(fatty.ct.array[interior], as_made.ct.array[interior])  # ...the same CTV...
+        assert (as_made.ct.array[shell] < fat_hu).mean() < 0.1  # ...now with fat around it
+        assert (fatty.ct.array[shell] < fat_hu).mean() > 0.3, kind
+    far = ndimage.distance_transform_edt(~ctv, sampling=as_made.ct.geometry.spacing[::-1]) > 25.0
+    fixed = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, fat="fixed_region")
+    around = gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, fat="around_ctv")
+    gained = lambda ph: ((ph.ct.array < fat_hu) & ~(as_made.ct.array < fat_hu) & far).sum()  # noqa: E731
+    assert gained(fixed) > 20 * max(gained(around), 1)  # the fixed region reaches where the CTV's shell does not
+    with pytest.raises(ValueError, match="fat must be one of"):
+        gen.heldout_variant(seed, 96, True, None, z_extent_mm=Z_MM, fat="everywhere")
     results = gen.heldout_ablation(tiny_weights, n=1, matrix=48, z_extent_mm=Z_MM)
     assert [r["row"] for r in results["rows"]] == list(gen.HELDOUT_ABLATIONS)
     assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])

@@ -136,6 +136,10 @@ def add_train_options(p) -> None:
     g.add_argument("--ctv-camouflage", type=_share, default=0.0, metavar="P",
                    help="share of training windows (0-1) whose CTV is made iso-dense with the tissue around it, so "
                         "the network learns CTVs that CT barely shows (default: 0, off)")
+    g.add_argument("--fat-fill", type=_share, default=0.0, metavar="P",
+                   help="share of training windows (0-1) whose fat within 6-26 mm of the CTV is raised to the soft "
+                        "tissue's level, so the network cannot take the nearest fat boundary for the CTV's edge "
+                        "(default: 0, off)")
     g.add_argument("--applicator-prior", default="none", choices=APPLICATOR_PRIORS,
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
                         "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); 'atlas' = a CTV "
@@ -164,4 +168,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                        input=InputSpec(applicator_prior=getattr(args, "applicator_prior", "none"),
                                        metal_reduction=getattr(args, "metal_reduction", "none")).to_dict(),
                        style_weights=getattr(args, "style_weights", None),
-                       ctv_camouflage=getattr(args, "ctv_camouflage", 0.0))
+                       ctv_camouflage=getattr(args, "ctv_camouflage", 0.0),
+                       fat_fill=getattr(args, "fat_fill", 0.0))

@@ -354,25 +354,38 @@ def evaluate_generalisation(weights, n: int = 3, matrix: int = 256, perturb_styl
 # Why does a model fail on the held-out style? Its suspects switched off one at a time: the painted
 # streaks, a CTV that may be iso-dense with the uterus (-40..+60 HU in that generator), the
 # sinusoidal soft-tissue texture no training style has, and the CTV's superellipsoid shape (swapped
-# for a training template). Each entry: heldout_variant's keywords.
+# for a training template); and the surroundings the held-out style lacks (session 15): a fat shell
+# hugging the CTV (as parametrial fat would), or a fat region of one fixed size around the cervix,
+# not tied to the CTV. Each entry: heldout_variant's keywords.
 HELDOUT_NO_STREAKS = "heldout, no streaks"
 HELDOUT_ABLATIONS = {"heldout": {}, HELDOUT_NO_STREAKS: {"artifacts": False},
                      "heldout, CTV +50 HU": {"ctv_above_uterus_hu": 50.0},
                      "heldout, no streaks, CTV +50 HU": {"artifacts": False, "ctv_above_uterus_hu": 50.0},
                      "heldout, no texture": {"texture": False},
                      "heldout, no streaks, no texture": {"artifacts": False, "texture": False},
-                     "heldout, template CTV": {"template_ctv": True}}
+                     "heldout, template CTV": {"template_ctv": True},
+                     "heldout, fat around the CTV": {"fat": "around_ctv"},
+                     "heldout, fat region not tied to the CTV": {"fat": "fixed_region"}}
+HELDOUT_FAT = ("around_ctv", "fixed_region")
 
 
 def heldout_variant(seed: int, matrix: int, artifacts: bool = True, ctv_above_uterus_hu: Optional[float] = None,
-                    z_extent_mm: float = BASE_Z_EXTENT_MM, texture: bool = True, template_ctv: bool = False) -> Phantom:
+                    z_extent_mm: float = BASE_Z_EXTENT_MM, texture: bool = True, template_ctv: bool = False,
+                    fat: Optional[str] = None) -> Phantom:
     """A held-out-style phantom on the evaluation grid: with or without its streaks and its soft-tissue texture, its CTV set ``ctv_above_uterus_hu`` above the uterus.
 
     ``template_ctv``: the CTV's superellipsoid swapped for the training styles' first CTV template
     (turned with the tandem), with the same centre and volume: is it the CTV's shape the network
     does not recognise?
+
+    ``fat`` (HELDOUT_FAT), painted under the uterus, cervix and CTV, so it shows only outside them:
+    ``"around_ctv"``, a fat shell 6-12 mm outside the CTV's surface; ``"fixed_region"``, a fat
+    superellipsoid of one fixed size (48 x 40 x 55 mm radii) around the cervix, whatever the CTV.
+    Does the network draw the CTV out to the nearest fat boundary?
     """
     anatomy = PhantomHeldout(seed)
+    if fat is not None:
+        _add_fat(anatomy, fat, np.random.default_rng([seed, 77]))
     if template_ctv:
         layer = next(layer for layer in anatomy.layers if layer.label == LABELS["CTV"])
         layer.shape = _template_like(layer.shape, anatomy.axis)
@@ -386,6 +399,20 @@ def heldout_variant(seed: int, matrix: int, artifacts: bool = True, ctv_above_ut
         anatomy.params["texture_hu"] = 0.0
     geometry, shape = anatomy.default_grid(matrix, BASE_SLICE_MM, z_extent_mm, None)
     return anatomy.sample(geometry, shape, artifacts=artifacts)
+
+
+def _add_fat(anatomy: PhantomHeldout, kind: str, rng: np.random.Generator) -> None:
+    """Insert a fat layer (-110..-70 HU) just before the uterus, the first of uterus, cervix tube, CTV."""
+    if kind not in HELDOUT_FAT:
+        raise ValueError(f"fat must be one of {HELDOUT_FAT}, got {kind!r}")
+    ctv_at = next(i for i, layer in enumerate(anatomy.layers) if layer.label == LABELS["CTV"])
+    uterus_at = ctv_at - 2
+    ctv, uterus = anatomy.layers[ctv_at].shape, anatomy.layers[uterus_at].shape
+    if kind == "around_ctv":
+        shape = SuperEllipsoid(ctv.center.copy(), ctv.radii + rng.uniform(6, 12), ctv.rotation.copy(), ctv.exponent)
+    else:
+        shape = SuperEllipsoid(anatomy.axis * 15.0, np.array([48.0, 40.0, 55.0]), uterus.rotation.copy(), 2.5)
+    anatomy.layers.insert(uterus_at, Layer3(shape, rng.uniform(-110, -70), edge_mm=1.5))
 
 
 def _template_like(shape: SuperEllipsoid, axis: np.ndarray) -> StarShape:

@@ -180,7 +180,8 @@ class WindowSampler:
 
     def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
                  positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0,
-                 scan_weights: Optional[list] = None, ctv_camouflage: float = 0.0):
+                 scan_weights: Optional[list] = None, ctv_camouflage: float = 0.0, fat_fill: float = 0.0,
+                 hu_window_low: float = -200.0):
         if not scans:
             raise DatasetError("No training scans.")
         self.scans = scans
@@ -194,6 +195,8 @@ class WindowSampler:
         self.augment = level != "none"
         self.full = FullAugmentation(seed) if level == "full" else None
         self.camouflage = float(ctv_camouflage) if self.augment else 0.0
+        self.fat_fill = float(fat_fill) if self.augment else 0.0
+        self.hu_window = (float(hu_window_low), float(hu_window_low) + float(hu_window_width))
         self.index_pos, self.index_neg = [], []
         for s_i, s in enumerate(scans):
             has = s.mask.reshape(s.mask.shape[0], -1).any(1)
@@ -237,6 +240,9 @@ class WindowSampler:
             # Drawn only when switched on, so runs without it keep their random stream.
             if self.camouflage and rng.random() < self.camouflage:
                 win = camouflage_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], rng.uniform(0.5, 1.0))
+            if self.fat_fill and rng.random() < self.fat_fill:
+                win = fill_fat_around_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], int(rng.integers(*FAT_FILL_REACH_PX)),
+                                          self.hu_window)
             if self.augment:
                 if rng.random() < 0.5:
                     win, lab = win[:, :, ::-1], lab[:, ::-1]
@@ -291,6 +297,63 @@ def camouflage_ctv(window: np.ndarray, masks: np.ndarray, strength: float) -> np
             continue
         shift = float(strength) * (np.median(window[k][around]) - np.median(window[k][inside]))
         out[k] = np.where(tissue, window[k] + shift * fade[k], window[k])
+    return out
+
+
+# Fat (HU) and how far from the CTV it is filled (px; 6-26 mm at the demo's 1.6 mm).
+FAT_FILL_BAND_HU = (-170.0, -30.0)
+FAT_FILL_TISSUE_HU = (-10.0, 110.0)  # the soft tissue whose level the fat takes (not contrast, not bone)
+FAT_FILL_REACH_PX = (4, 17)
+
+
+def fill_fat_around_ctv(window: np.ndarray, masks: np.ndarray, reach_px: int, hu_window=(-200.0, 300.0)) -> np.ndarray:
+    """A copy of ``window`` whose fat within ``reach_px`` of the CTV is raised to the soft tissue's level there.
+
+    Why: the held-out ablation (research.generalisation, session 15) showed the network draws the CTV
+    out to the nearest fat boundary, and shrinks to a default ~25 ml where there is none. Filling the
+    fat around a training CTV leaves the CTV with only its own contrast (or none, with the
+    camouflage), and moves the remaining fat edge to a random distance from it, so "fill to the fat"
+    stops paying.
+
+    Args:
+        window: (slices, H, W) normalised window.
+        masks: (slices, H, W) CTV masks of the same slices.
+        reach_px: How far outside the CTV (in-plane, px) fat is filled.
+        hu_window: The HU window the window was normalised with (``InputSpec.hu_window``): fat is
+            FAT_FILL_BAND_HU (gas and air below it, tissue above it are kept), and it takes the level of
+            the FAT_FILL_TISSUE_HU pixels around the CTV (the CTV's own if there are none).
+
+    One tissue level and one fat level per window (the slices stay consistent); the fill keeps the
+    fat's own noise (a shift, not a paint) and fades over the edges of the fat band and of the
+    reach, so it adds no step of its own.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = np.array(window, np.float32, copy=True)
+    m = torch.from_numpy(np.ascontiguousarray(masks, np.float32))[:, None]
+    if not bool(m.any()):
+        return out
+    r = int(reach_px)
+    near = F.max_pool2d(m, 2 * r + 1, stride=1, padding=r)
+    reach = F.avg_pool2d(near, 5, stride=1, padding=2, count_include_pad=False)[:, 0].numpy()
+    unit = lambda hu: (hu - hu_window[0]) / (hu_window[1] - hu_window[0])  # noqa: E731 - HU -> normalised
+    lo, hi = (unit(hu) for hu in FAT_FILL_BAND_HU)
+    edge = 0.3 * (hi - lo)  # soft band edges: partial-volume pixels move part of the way
+    # Fat-ness from a 5 x 5 box mean: per-pixel noise across the band's edge would otherwise become speckle.
+    smooth = F.avg_pool2d(torch.from_numpy(np.ascontiguousarray(window, np.float32))[:, None], 5, stride=1, padding=2,
+                          count_include_pad=False)[:, 0].numpy()
+    fatness = np.clip((hi + edge - smooth) / edge, 0, 1) * np.clip((smooth - lo + edge) / edge, 0, 1)
+    fatness *= np.clip((window - lo) / (0.5 * edge) + 1, 0, 1)  # a gas pixel in fat is still gas
+    ring = (reach > 0) & (masks == 0)
+    fat = ring & (fatness > 0.99)
+    t_lo, t_hi = (unit(hu) for hu in FAT_FILL_TISSUE_HU)
+    tissue = ring & (smooth > t_lo) & (smooth < t_hi)
+    if fat.sum() < 10:
+        return out
+    level = np.median(window[tissue]) if tissue.sum() >= 10 else np.median(window[masks > 0])
+    shift = level - np.median(window[fat])
+    out += (shift * fatness * reach * (masks == 0)).astype(np.float32)
     return out
 
 
