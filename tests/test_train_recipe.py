@@ -48,6 +48,8 @@ def test_last_stage_is_the_shipped_cards_training(recipe, tmp_path, demo_weights
     plain = lambda value: json.loads(json.dumps(value))  # noqa: E731  (tuples and lists compare alike)
     for key in ("epochs", "windows_per_epoch", "lr", "lr_milestones", "style_weights", "augment", "max_minutes", "seed"):
         assert plain(getattr(config, key)) == recorded[key], key
+    for key in ("ctv_camouflage", "fat_fill"):  # recorded only when on
+        assert getattr(config, key) == recorded.get(key, 0.0), key
     assert plain(config.input) == recorded["input"] and plain(config.roi) == recorded["roi"]
     assert card["version"] == recipe.STAGES[-1][3]
 
