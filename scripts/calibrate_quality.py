@@ -91,7 +91,7 @@ def main() -> None:
 
         seg = Segmenter(args.weights, device="cpu")
         warned, dices = 0, []
-        print(f"\n{'style':18} {'dice':>5} {'ml':>7} {'os_mm':>6} {'encl':>5} {'dis':>6} {'unc':>6} {'low':>4} {'qual_s':>6} {'net_s':>6}  warnings")
+        print(f"\n{'style':18} {'dice':>5} {'ml':>7} {'os_mm':>6} {'encl':>5} {'dis':>6} {'unc':>6} {'low':>4} {'atlas':>5} {'qual_s':>6} {'net_s':>6}  warnings")
         for _, style, rep, ph in ins[: args.network]:
             t = time.perf_counter()
             r = seg.segment(ph.ct, roi_center=None if not rep.refusals else rep.fit.os_lps or (0, 0, 0))
@@ -101,7 +101,8 @@ def main() -> None:
             dices.append((dice, bool(r.warnings)))
             print(f"{style:18} {dice:5.3f} {q['ctv_ml']:7.1f} {q.get('os_to_ctv_mm', float('nan')):6.1f} "
                   f"{q.get('tandem_enclosed', float('nan')):5.2f} {q['max_slice_disagreement']:6.3f} "
-                  f"{q['max_slice_uncertain']:6.3f} {len(q['low_confidence_slices']):4d} {r.seconds['quality']:6.2f} "
+                  f"{q['max_slice_uncertain']:6.3f} {len(q['low_confidence_slices']):4d} "
+                  f"{q['atlas_agreement'] if q.get('atlas_agreement') is not None else float('nan'):5.2f} {r.seconds['quality']:6.2f} "
                   f"{r.seconds['network']:6.2f}  {'; '.join(r.warnings)}")
         print(f"\nin-scope warned or refused after the network: {warned}/{args.network}")
         for flag in (False, True):

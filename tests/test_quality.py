@@ -13,7 +13,7 @@ from MnetImSegmentLib.dicomrt.export import review_note
 from MnetImSegmentLib.engine.applicator import ApplicatorFit
 from MnetImSegmentLib.engine.inference import Segmenter, check_ct
 from MnetImSegmentLib.engine.io import write_image
-from MnetImSegmentLib.engine.quality import (OVERRIDE_HINT, OutOfScopeError, QualitySpec, check_scope,
+from MnetImSegmentLib.engine.quality import (OVERRIDE_HINT, OutOfScopeError, QualitySpec, atlas_agreement, check_scope,
                                              component_volumes_ml, parse_point, result_warnings, scope_refusal,
                                              slice_confidence, tandem_relation)
 from MnetImSegmentLib.research.distractors import add_distractors, pelvis_phantom
@@ -258,7 +258,39 @@ def test_shipped_card_writes_down_its_thresholds_and_their_calibration(demo_weig
 
     raw = read_card(demo_weights).raw
     assert QualitySpec.from_card(raw["quality"]) == QualitySpec()  # the card's thresholds are the ones in force
+    assert set(raw["quality"]) == set(QualitySpec().to_dict())  # ...every one of them written down
     calibration = raw["quality_calibration"]
     assert calibration["script"].startswith("scripts/calibrate_quality.py")
     refused, cases = calibration["out_of_scope_refused"].split("/")
     assert refused == cases and int(cases) >= 24 and "caveat" in calibration  # every out-of-scope case refused
+
+
+def test_atlas_agreement_is_the_dice_with_the_atlas_and_warns_below_its_threshold():
+    prob = np.zeros((4, 20, 20), np.float32)
+    prob[:, 5:15, 5:15] = 0.9  # 400 voxels drawn
+    atlas = np.zeros_like(prob)
+    atlas[:, 5:15, 10:20] = 0.6  # 400 voxels usual, 200 of them shared
+    assert atlas_agreement(prob, 0.5, atlas, SPEC) == pytest.approx(0.5)
+    assert atlas_agreement(prob, 0.5, atlas * 0.4, SPEC) == 0.0  # the atlas below its level: nothing usual
+    assert atlas_agreement(prob, 0.5, None, SPEC) is None  # weights without an atlas
+    assert atlas_agreement(prob, 0.5, np.zeros_like(prob), SPEC) is None  # no trusted applicator fit
+    warned = [w for w in result_warnings(40.0, [40.0], {}, [], SPEC, 0.42) if "usual CTV" in w]
+    assert warned == ["the CTV is unlike the usual CTV around this applicator (Dice 0.42 with the model's CTV "
+                      "atlas): review its extent"]
+    assert not any("usual CTV" in w for w in result_warnings(40.0, [40.0], {}, [], SPEC, SPEC.min_atlas_agreement))
+    assert not any("usual CTV" in w for w in result_warnings(40.0, [40.0], {}, [], SPEC, None))
+    assert not any("usual CTV" in w for w in result_warnings(0.0, [], {}, [], SPEC, 0.0))  # empty: said once
+
+
+def test_demo_weights_report_their_atlas_agreement_and_a_stricter_card_warns(demo_weights, tiny_weights, small_phantom):
+    """End to end: the demo weights (CTV atlas) measure the agreement; a card asking for more gets the warning."""
+    seg = Segmenter(demo_weights, device="cpu")
+    r = seg.segment(small_phantom.ct)
+    agreement = r.quality["atlas_agreement"]
+    assert SPEC.min_atlas_agreement < agreement <= 1.0 and not any("usual CTV" in w for w in r.warnings)
+    strict = Segmenter(demo_weights, device="cpu")
+    strict.card.raw["quality"] = dict(strict.card.raw["quality"], min_atlas_agreement=min(1.0, agreement + 0.05))
+    r2 = strict.segment(small_phantom.ct)
+    assert r2.quality["atlas_agreement"] == agreement and r2.quality["status"] != "green"
+    assert any(w.startswith("the CTV is unlike the usual CTV around this applicator") for w in r2.warnings)
+    assert Segmenter(tiny_weights, device="cpu").segment(small_phantom.ct, enforce_scope=False).quality["atlas_agreement"] is None
