@@ -139,7 +139,7 @@ def add_train_options(p) -> None:
     g.add_argument("--fat-fill", type=_share, default=0.0, metavar="P",
                    help="share of training windows (0-1) whose fat within 6-26 mm of the CTV is raised to the soft "
                         "tissue's level, so the network cannot take the nearest fat boundary for the CTV's edge "
-                        "(default: 0, off)")
+                        "(default: 0, off; at 0.4 it did not help the demo weights: docs/generalisation.md)")
     g.add_argument("--applicator-prior", default="none", choices=APPLICATOR_PRIORS,
                    help="an extra input channel (default: none, the paper's 5-slice input): 'tandem' = closeness "
                         "to the lower tandem found by the applicator localiser (engine/applicator_prior.py); 'atlas' = a CTV "

@@ -334,6 +334,7 @@ def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geomet
     conf = slice_confidence(prob_roi, mirrored, threshold, float(sp[0] * sp[1]), spec)
     low = [_ct_slice(roi, k, len(prob_roi), roi_geometry, mask.geometry) for k in np.flatnonzero(conf["low"])]
     low = sorted(low)
+    # Only an atlas prior is "the usual CTV"; the tandem prior is a tube, not a CTV.
     uses_atlas = getattr(getattr(segmenter, "card", None), "atlas", None) is not None
     agreement = atlas_agreement(prob_roi, threshold, applicator_prior, spec) if uses_atlas else None
     warnings += result_warnings(ctv_ml, components, tandem, low, spec, agreement)

@@ -312,8 +312,11 @@ def fill_fat_around_ctv(window: np.ndarray, masks: np.ndarray, reach_px: int, hu
     Why: the held-out ablation (research.generalisation, session 15) showed the network draws the CTV
     out to the nearest fat boundary, and shrinks to a default ~25 ml where there is none. Filling the
     fat around a training CTV leaves the CTV with only its own contrast (or none, with the
-    camouflage), and moves the remaining fat edge to a random distance from it, so "fill to the fat"
-    stops paying.
+    camouflage), and moves the remaining fat edge to a random distance from it, so that "fill to the
+    fat" should stop paying. Measured (candidate v11a, docs/generalisation.md, session 15): at 0.4 for
+    10 epochs it did NOT unteach it, and made the model fragile to streaks, because the dark streaks of
+    metal artefacts near the tandem fall in the fat band and are filled too. Kept as an option, off
+    by default.
 
     Args:
         window: (slices, H, W) normalised window.
