@@ -61,3 +61,25 @@ def test_v4_ctv_edge_is_more_visible_than_v3():
     cnr = {style: [module.boundary_contrast(make_phantom_style(style, 620000 + s, matrix=96))["cnr"] for s in range(4)]
            for style in ("v3", "v4")}
     assert np.median(cnr["v4"]) > 1.0 and np.median(cnr["v4"]) > np.median(cnr["v3"]), cnr
+
+
+def test_v7_is_v4_with_quiet_surroundings():
+    """v7 (session 15): the same anatomy and labels as v4 of its seed, the pelvic fat at the soft tissue's
+    level and the parametrium at the cervix's; a training style; v4 itself untouched."""
+    from MnetImSegmentLib.research.phantom_v3 import PhantomV7, make_phantom_v7
+
+    v4_before = make_phantom_v4(5, **SMALL)
+    a, b = make_phantom_v7(5, **SMALL), make_phantom_v7(5, **SMALL)
+    assert np.array_equal(a.ct.array, b.ct.array) and a.params == b.params and a.params["style"] == "v7"
+    assert "v7" in TRAINING_STYLES and make_phantom_style("v7", 5, **SMALL).params == a.params
+    assert np.array_equal(make_phantom_v4(5, **SMALL).ct.array, v4_before.ct.array)
+    assert np.array_equal(a.labels.array, v4_before.labels.array)  # same anatomy, same labels
+    assert not np.array_equal(a.ct.array, v4_before.ct.array)
+    for seed in range(6):
+        quiet, tied = PhantomV7(seed), PhantomV4(seed)
+        roles = quiet.roles
+        assert abs(roles["pelvic_fat"].hu - quiet.params["soft_tissue_hu"]) <= 10.0
+        assert abs(roles["parametrium"].hu - roles["cervix"].hu) <= 8.0
+        assert roles["ctv"].hu == tied.roles["ctv"].hu  # the CTV keeps its own contrast (v3's draw)
+        assert quiet.params["parametrium_contrast_hu"] == pytest.approx(roles["parametrium"].hu - roles["ctv"].hu)
+        assert abs(tied.params["parametrium_contrast_hu"]) >= 25.0 or abs(tied.params["parametrium_contrast_hu"]) >= 1.2 * tied.params["noise_hu"]

@@ -43,11 +43,11 @@ from .phantom import Layer, Phantom, PhantomAnatomy, Tube, rotation_matrix
 from .phantom_heldout import PhantomHeldout, SuperEllipsoid
 from .phantom_templates import StarShape, load_templates, star_volume_mm3
 from .phantom_styles import TRAINING_STYLES, parse_style_mix
-from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4
+from .phantom_v3 import LABELS, Layer3, PhantomV3, PhantomV4, PhantomV7
 from .phantom_v5 import PhantomV5
 from .phantom_v6 import PhantomV6
 
-SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "v6": 540000, "heldout": 900000}
+SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "v6": 540000, "v7": 570000, "heldout": 900000}
 STYLE_ROWS = ("v2", "v3", "v4", "v5", "v6", "heldout")
 BASE_SLICE_MM = 2.5
 BASE_Z_EXTENT_MM = 160.0
@@ -56,7 +56,8 @@ PLASTIC_HU = 250.0
 PERTURBATIONS = ("hu+40", "hu-40", "contrast x0.85", "contrast x1.15", "noise x2", "blur 1px",
                  "slices 1.25 mm", "slices 5 mm", "pixels 0.5 mm", "pixels 1.0 mm", "mirrored",
                  "rotated 10 deg", "plastic applicator")
-_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "v5": PhantomV5, "v6": PhantomV6, "heldout": PhantomHeldout}
+_ANATOMY = {"v2": PhantomAnatomy, "v3": PhantomV3, "v4": PhantomV4, "v5": PhantomV5, "v6": PhantomV6, "v7": PhantomV7,
+            "heldout": PhantomHeldout}
 
 
 @dataclass

@@ -10,6 +10,8 @@
   harsher metal artefacts (photon starvation, inconsistent rays, severity x0.6-2.5);
 * ``v6``: v5 with the CTV's edge contrast bounded as in v4, noise capped at 25 HU, and whole
   inconsistent views that back-project to straight streaks through the metal (``phantom_v6.py``);
+* ``v7``: v4's anatomy with quiet surroundings, no fat and no parametrium edge near the CTV
+  (``phantom_v3.PhantomV7``): the CTV's own edge, or the applicator frame, is all there is;
 * ``heldout``: a structurally different generator (``phantom_heldout.py``) used ONLY to measure
   generalisation; never part of a training mix.
 """
@@ -21,14 +23,15 @@ import numpy as np
 from ..core.errors import InputError
 from .phantom import make_phantom
 from .phantom_heldout import make_phantom_heldout
-from .phantom_v3 import make_phantom_v3, make_phantom_v4
+from .phantom_v3 import make_phantom_v3, make_phantom_v4, make_phantom_v7
 from .phantom_v5 import make_phantom_v5
 from .phantom_v6 import make_phantom_v6
 
-STYLES = ("v2", "v3", "v4", "v5", "v6", "heldout")
-TRAINING_STYLES = ("v2", "v3", "v4", "v5", "v6")
+STYLES = ("v2", "v3", "v4", "v5", "v6", "v7", "heldout")
+TRAINING_STYLES = ("v2", "v3", "v4", "v5", "v6", "v7")
 HELDOUT_STYLE = "heldout"
-_MAKERS = {"v3": make_phantom_v3, "v4": make_phantom_v4, "v5": make_phantom_v5, "v6": make_phantom_v6, HELDOUT_STYLE: make_phantom_heldout}
+_MAKERS = {"v3": make_phantom_v3, "v4": make_phantom_v4, "v5": make_phantom_v5, "v6": make_phantom_v6, "v7": make_phantom_v7,
+           HELDOUT_STYLE: make_phantom_heldout}
 
 
 def make_phantom_style(style: str, seed: int, matrix=None, slice_mm=None, z_extent_mm=None, direction=None):
