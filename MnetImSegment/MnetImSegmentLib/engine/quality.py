@@ -254,7 +254,7 @@ def slice_confidence(prob: np.ndarray, mirrored: np.ndarray | None, threshold: f
 
 
 def result_warnings(ctv_ml: float, components_ml: list, tandem: dict, low_slices: list,
-                    spec: QualitySpec, atlas_agreement: float | None = None) -> list[str]:
+                    spec: QualitySpec, agreement: float | None = None) -> list[str]:
     """The warnings of the result checks, one sentence each (empty when all is well)."""
     out = []
     if ctv_ml <= 0.0:
@@ -273,8 +273,8 @@ def result_warnings(ctv_ml: float, components_ml: list, tandem: dict, low_slices
                    f"{', '.join(f'{v:.1f}' for v in extra[:3])} ml)")
     if len(low_slices) > spec.max_low_confidence_slices:
         out.append(f"{len(low_slices)} slices have low confidence (slices {_slice_list(low_slices)}): review them")
-    if ctv_ml > 0.0 and atlas_agreement is not None and atlas_agreement < spec.min_atlas_agreement:
-        out.append(f"the CTV is unlike the usual CTV around this applicator (Dice {atlas_agreement:.2f} with the "
+    if ctv_ml > 0.0 and agreement is not None and agreement < spec.min_atlas_agreement:  # see atlas_agreement
+        out.append(f"the CTV is unlike the usual CTV around this applicator (Dice {agreement:.2f} with the "
                    "model's CTV atlas): review its extent")
     return out
 
