@@ -10,7 +10,7 @@ PY=${PYTHON:-.venv/bin/python}
 export OMP_NUM_THREADS=1 MKL_NUM_THREADS=1
 mkdir -p "$OUT"
 $PY scripts/evaluate_generalisation.py "$W" -o "$OUT/styles" -n "$N" --matrix 256 --perturb-style v4 \
-    --rows v2 v3 v4 v5 v6 heldout > "$OUT/styles.log" 2>&1 &
+    --rows v2 v3 v4 v5 v6 v7 heldout > "$OUT/styles.log" 2>&1 &
 a=$!
 { $PY scripts/evaluate_generalisation.py "$W" -o "$OUT/perturbations" -n "$N" --matrix 256 --perturb-style v4 \
     --rows hu+40 hu-40 "contrast x0.85" "contrast x1.15" "noise x2" "blur 1px" "slices 1.25 mm" "slices 5 mm" \

@@ -84,11 +84,13 @@ def test_table_structure_and_card(tiny_weights, tmp_path):
     assert [r["row"] for r in rows] == (list(gen.STYLE_ROWS) + [gen.HELDOUT_NO_STREAKS]
                                         + [p for p in gen.PERTURBATIONS if p != "pixels 0.5 mm"])
     # the tiny card does not say what it was trained on: every training style counts as seen
-    assert [r["group"] for r in rows[:7]] == ["in-distribution"] * 5 + ["held-out"] * 2
+    h = [r["row"] for r in rows].index("heldout")
+    assert h == len(gen.STYLE_ROWS) - 1
+    assert [r["group"] for r in rows[:h + 2]] == ["in-distribution"] * h + ["held-out"] * 2
     # the streak-free held-out row re-samples the held-out row's phantoms without their streaks
-    plain = gen.heldout_variant(rows[5]["seeds"][0], MATRIX, False, None, z_extent_mm=Z_MM)
-    assert rows[6]["seeds"] == rows[5]["seeds"] and rows[6]["ctv_ml"][0][1] == rows[5]["ctv_ml"][0][1]
-    assert not np.array_equal(plain.ct.array, gen.generate("heldout", rows[5]["seeds"][0], MATRIX, z_extent_mm=Z_MM).ct.array)
+    plain = gen.heldout_variant(rows[h]["seeds"][0], MATRIX, False, None, z_extent_mm=Z_MM)
+    assert rows[h + 1]["seeds"] == rows[h]["seeds"] and rows[h + 1]["ctv_ml"][0][1] == rows[h]["ctv_ml"][0][1]
+    assert not np.array_equal(plain.ct.array, gen.generate("heldout", rows[h]["seeds"][0], MATRIX, z_extent_mm=Z_MM).ct.array)
     for r in rows:
         assert r["n"] == 1 and len(r["dice"]) == 1 and 0.0 <= r["min"] <= r["median"] <= 1.0
         assert len(r["ctv_ml"]) == 1 and r["ctv_ml"][0][1] > 5.0 and r["volume_r"] is None  # r needs >= 3
@@ -199,7 +201,7 @@ def test_rows_are_in_distribution_only_for_the_styles_the_weights_were_trained_o
     assert gen.trained_styles({}) is None and gen.trained_styles({"training": {"data": {"recipe": "my CTs"}}}) is None
     groups = {s: gen._style_group(s, gen.trained_styles(v2_only)) for s in gen.STYLE_ROWS}
     assert groups == {"v2": "in-distribution", "v3": "unseen style", "v4": "unseen style", "v5": "unseen style",
-                      "v6": "unseen style", "heldout": "held-out"}
+                      "v6": "unseen style", "v7": "unseen style", "heldout": "held-out"}
     assert gen._style_group("v3", None) == "in-distribution"
 
 

@@ -48,7 +48,7 @@ from .phantom_v5 import PhantomV5
 from .phantom_v6 import PhantomV6
 
 SEED_BASE = {"v2": 500000, "v3": 510000, "v4": 520000, "v5": 530000, "v6": 540000, "v7": 570000, "heldout": 900000}
-STYLE_ROWS = ("v2", "v3", "v4", "v5", "v6", "heldout")
+STYLE_ROWS = ("v2", "v3", "v4", "v5", "v6", "v7", "heldout")
 BASE_SLICE_MM = 2.5
 BASE_Z_EXTENT_MM = 160.0
 CONTRAST_CENTRE_HU = 40.0
