@@ -33,9 +33,10 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         card = json.loads((args.run / "weights" / "model.json").read_text())
-        styles = json.loads((args.results / "styles" / "generalisation.json").read_text())
+        parts = sorted(args.results.rglob("generalisation.json"))  # styles/ first where it exists
+        styles = json.loads(next((p for p in parts if p.parent.name == "styles"), parts[0]).read_text())
         log = list(csv.DictReader(open(args.run / "log.csv", newline="")))
-    except (OSError, ValueError) as exc:
+    except (OSError, ValueError, IndexError) as exc:
         raise SystemExit(f"cannot read the candidate's run or results: {exc}") from None
     seconds = sum(json.loads(f.read_text()).get("seconds", 0) for f in args.results.rglob("generalisation.json"))
     doc = {"what": args.what,
@@ -44,6 +45,9 @@ def main(argv=None) -> int:
            **{k: styles[k] for k in SETTINGS if k in styles}, "seconds": round(seconds, 1),
            "rows": read_results(args.results)["rows"],
            "card_excerpt": {k: card[k] for k in CARD_KEYS if k in card}, "training_log": log}
+    sizes = sorted({r["n"] for r in doc["rows"]})
+    if len(sizes) > 1:  # e.g. style rows on 16 seeds, perturbations on 8: each row carries its own n
+        doc["n_per_row"] = sizes
     out = args.docs / f"generalisation_{card['version']}_{args.name}_candidate.json"
     out.write_text(json.dumps(doc, indent=1) + "\n")
     print(f"wrote {out} ({len(doc['rows'])} rows)")
