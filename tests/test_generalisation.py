@@ -249,13 +249,21 @@ def test_paired_comparison_of_two_candidates(tmp_path):
     assert rows["heldout"]["difference"] == pytest.approx(0.2) and rows["heldout"]["candidate"] == pytest.approx(0.7)
     table = gen.comparison_table(list(rows.values()), "0.3.0", "v9a")
     assert "| heldout | 2 | 0.500 | 0.700 | +0.200 (0.100) | 2/2 |" in table
+    # A row re-measured on more seeds (16 against 8) is paired on the seeds both have, means included.
+    _write(tmp_path / "more", [_row("v4", [1, 2, 3, 4], [0.7, 0.7, 0.4, 0.0])])
+    (more,) = gen.paired_comparison(gen.read_results(tmp_path / "base"), gen.read_results(tmp_path / "more"))
+    assert more["n"] == 3 and more["candidate"] == pytest.approx(0.6) and more["difference"] == pytest.approx(0.0, abs=1e-12)
+    (back,) = gen.paired_comparison(gen.read_results(tmp_path / "more"), gen.read_results(tmp_path / "base"))
+    assert back["n"] == 3 and back["base"] == pytest.approx(0.6) and back["candidate"] == pytest.approx(0.6)
 
 
 def test_paired_comparison_refuses_unpaired_or_conflicting_rows(tmp_path):
     _write(tmp_path / "a", [_row("v4", [1, 2], [0.6, 0.7])])
     _write(tmp_path / "b", [_row("v4", [1, 3], [0.6, 0.7])])
-    with pytest.raises(ValueError, match="other seeds"):
-        gen.paired_comparison(gen.read_results(tmp_path / "a"), gen.read_results(tmp_path / "b"))
+    _write(tmp_path / "longer", [_row("v4", [2, 1, 3], [0.6, 0.7, 0.1])])  # more seeds, but not the same first ones
+    for other in ("b", "longer"):
+        with pytest.raises(ValueError, match="other seeds"):
+            gen.paired_comparison(gen.read_results(tmp_path / "a"), gen.read_results(tmp_path / other))
     _write(tmp_path / "c" / "x", [_row("v4", [1, 2], [0.6, 0.7])])
     _write(tmp_path / "c" / "y", [_row("v4", [1, 2], [0.6, 0.9])])
     with pytest.raises(ValueError, match="measured twice"):

@@ -510,7 +510,9 @@ def paired_comparison(base: dict, candidate: dict) -> list[dict]:
 
     Rows are paired by seed (every candidate of issue 11 is measured on the same seeds), so the
     difference's standard error is that of the per-phantom differences, far smaller than the spread of
-    either row. Rows measured on different seeds are refused: their difference would not be paired.
+    either row. A row measured on more phantoms on one side (16 seeds against 8: the seeds of a row are
+    always its style's first n) is compared on the seeds both have; rows on other seeds are refused:
+    their difference would not be paired.
     """
     theirs = {r["row"]: r for r in candidate["rows"]}
     out = []
@@ -518,12 +520,13 @@ def paired_comparison(base: dict, candidate: dict) -> list[dict]:
         r = theirs.get(b["row"])
         if r is None:
             continue
-        if list(b["seeds"]) != list(r["seeds"]):
+        n = min(len(b["seeds"]), len(r["seeds"]))
+        if n == 0 or list(b["seeds"])[:n] != list(r["seeds"])[:n]:
             raise ValueError(f"Row '{r['row']}' was measured on other seeds in the two evaluations: not a paired comparison.")
-        diff = np.asarray(r["dice"], float) - np.asarray(b["dice"], float)
+        diff = np.asarray(r["dice"][:n], float) - np.asarray(b["dice"][:n], float)
         se = float(diff.std(ddof=1) / np.sqrt(len(diff))) if len(diff) > 1 else float("nan")
-        out.append({"row": r["row"], "group": r["group"], "n": len(diff), "base": float(np.mean(b["dice"])),
-                    "candidate": float(np.mean(r["dice"])), "difference": float(diff.mean()), "se": se,
+        out.append({"row": r["row"], "group": r["group"], "n": len(diff), "base": float(np.mean(b["dice"][:n])),
+                    "candidate": float(np.mean(r["dice"][:n])), "difference": float(diff.mean()), "se": se,
                     "better": int((diff > 0).sum())})
     return out
 
