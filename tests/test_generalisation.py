@@ -268,6 +268,14 @@ def test_paired_comparison_refuses_unpaired_or_conflicting_rows(tmp_path):
     _write(tmp_path / "c" / "y", [_row("v4", [1, 2], [0.6, 0.9])])
     with pytest.raises(ValueError, match="measured twice"):
         gen.read_results(tmp_path / "c")
+    # The same row on 4 seeds and again on its first 2 (the style rows and the held-out ablation): the longer is kept.
+    _write(tmp_path / "d" / "styles", [_row("heldout", [1, 2, 3, 4], [0.6, 0.7, 0.2, 0.3])])
+    _write(tmp_path / "d" / "ablation", [_row("heldout", [1, 2], [0.6, 0.7])])
+    assert gen.read_results(tmp_path / "d")["rows"] == [_row("heldout", [1, 2, 3, 4], [0.6, 0.7, 0.2, 0.3])]
+    _write(tmp_path / "e" / "styles", [_row("heldout", [1, 2, 3, 4], [0.6, 0.7, 0.2, 0.3])])
+    _write(tmp_path / "e" / "ablation", [_row("heldout", [1, 2], [0.6, 0.75])])  # the same seeds scored otherwise
+    with pytest.raises(ValueError, match="measured twice"):
+        gen.read_results(tmp_path / "e")
     (tmp_path / "empty").mkdir()
     with pytest.raises(ValueError, match="No generalisation.json"):
         gen.read_results(tmp_path / "empty")

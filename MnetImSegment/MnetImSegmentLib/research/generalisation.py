@@ -484,7 +484,8 @@ def read_results(path) -> dict:
 
     A folder is the output of ``scripts/evaluate_candidate.sh`` (styles, perturbations, ablation in
     sub-folders): every ``generalisation.json`` under it is read and their rows are merged. A row that
-    two of them measure differently is refused, not silently overwritten.
+    two of them measure on the same first seeds alike is kept with the more seeds; one they measure
+    differently is refused, not silently overwritten.
     """
     path = Path(path)
     if not path.exists():
@@ -499,8 +500,13 @@ def read_results(path) -> dict:
                                                    for r in loaded.get("rows") or [None]):
             raise ValueError(f"'{f}' is not a generalisation evaluation (rows with row, seeds and dice).")
         for r in loaded["rows"]:
-            if r["row"] in rows and (rows[r["row"]]["seeds"], rows[r["row"]]["dice"]) != (r["seeds"], r["dice"]):
-                raise ValueError(f"Row '{r['row']}' is measured twice, differently, under '{path}'.")
+            seen = rows.get(r["row"])
+            if seen is not None:
+                short, long_ = sorted((seen, r), key=lambda x: len(x["seeds"]))
+                n = len(short["seeds"])
+                if (list(long_["seeds"][:n]), list(long_["dice"][:n])) != (list(short["seeds"]), list(short["dice"])):
+                    raise ValueError(f"Row '{r['row']}' is measured twice, differently, under '{path}'.")
+                r = long_  # the same phantoms, and more of them (the held-out row on 16 seeds and again on 8)
             rows[r["row"]] = r
     return {"source": str(path), "rows": list(rows.values())}
 
