@@ -45,7 +45,7 @@ def main(argv=None) -> int:
            **{k: styles[k] for k in SETTINGS if k in styles}, "seconds": round(seconds, 1),
            "rows": read_results(args.results)["rows"],
            "card_excerpt": {k: card[k] for k in CARD_KEYS if k in card}, "training_log": log}
-    sizes = sorted({r["n"] for r in doc["rows"]})
+    sizes = sorted({len(r["seeds"]) for r in doc["rows"]})
     if len(sizes) > 1:  # e.g. style rows on 16 seeds, perturbations on 8: each row carries its own n
         doc["n_per_row"] = sizes
     out = args.docs / f"generalisation_{card['version']}_{args.name}_candidate.json"

@@ -303,3 +303,32 @@ def test_compare_candidates_script(tmp_path, capsys):
     assert capsys.readouterr().err.strip() == "error: the two evaluations share no row."
     assert script.main([str(tmp_path / "a"), str(tmp_path / "missing")]) == 2
     assert capsys.readouterr().err.strip() == f"error: '{tmp_path / 'missing'}' does not exist."
+
+
+def test_candidate_json_script_keeps_a_candidates_rows_card_and_log(tmp_path, capsys):
+    import importlib.util
+    from pathlib import Path
+
+    spec = importlib.util.spec_from_file_location("candidate_json",
+                                                  Path(__file__).parents[1] / "scripts" / "candidate_json.py")
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    run, results, docs = tmp_path / "run", tmp_path / "gen", tmp_path / "docs"
+    (run / "weights").mkdir(parents=True)
+    docs.mkdir()
+    card = {"name": "m", "version": "9.9.9", "threshold": 0.5, "training": {"data": {"styles": {"v4": 3, "v2": 1}}}}
+    (run / "weights" / "model.json").write_text(json.dumps(card))
+    (run / "log.csv").write_text("epoch,val_dice\n1,0.5\n2,0.6\n")
+    _write(results / "styles", [_row("v4", list(range(16)), [0.5] * 16)])
+    (results / "styles" / "generalisation.json").write_text(json.dumps(
+        {"n_per_row": 16, "matrix": 256, "rows": [_row("v4", list(range(16)), [0.5] * 16)]}))
+    _write(results / "perturbations", [_row("hu+40", list(range(8)), [0.4] * 8)])
+    assert script.main(["c1", str(run), str(results), "what it was", "--docs", str(docs)]) == 0
+    doc = json.loads((docs / "generalisation_9.9.9_c1_candidate.json").read_text())
+    assert doc["what"] == "what it was" and doc["weights"]["trained_styles"] == ["v2", "v4"]
+    assert doc["n_per_row"] == [8, 16] and doc["matrix"] == 256  # rows of two sizes: each keeps its own n
+    assert {r["row"] for r in doc["rows"]} == {"v4", "hu+40"} and doc["card_excerpt"]["threshold"] == 0.5
+    assert doc["training_log"] == [{"epoch": "1", "val_dice": "0.5"}, {"epoch": "2", "val_dice": "0.6"}]
+    with pytest.raises(SystemExit, match="cannot read the candidate's run or results"):
+        script.main(["c2", str(tmp_path / "nothing"), str(results), "x", "--docs", str(docs)])
+    assert sorted(p.name for p in docs.iterdir()) == ["generalisation_9.9.9_c1_candidate.json"]
