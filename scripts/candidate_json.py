@@ -17,6 +17,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
 
+from MnetImSegmentLib.core.files import write_text  # noqa: E402
 from MnetImSegmentLib.research.generalisation import read_results  # noqa: E402
 
 SETTINGS = ("n_per_row", "matrix", "slice_mm", "z_extent_mm", "perturb_style", "seed_base", "device")
@@ -33,23 +34,25 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     try:
         card = json.loads((args.run / "weights" / "model.json").read_text())
-        parts = sorted(args.results.rglob("generalisation.json"))  # styles/ first where it exists
-        styles = json.loads(next((p for p in parts if p.parent.name == "styles"), parts[0]).read_text())
-        log = list(csv.DictReader(open(args.run / "log.csv", newline="")))
-    except (OSError, ValueError, IndexError) as exc:
-        raise SystemExit(f"cannot read the candidate's run or results: {exc}") from None
-    seconds = sum(json.loads(f.read_text()).get("seconds", 0) for f in args.results.rglob("generalisation.json"))
+        trained = sorted(card["training"]["data"].get("styles", {}))
+        parts = {f: json.loads(f.read_text()) for f in sorted(args.results.rglob("generalisation.json"))}
+        settings = next((d for f, d in parts.items() if f.parent.name == "styles"), next(iter(parts.values())))
+        rows = read_results(args.results)["rows"]
+        with open(args.run / "log.csv", newline="") as f:
+            log = list(csv.DictReader(f))
+    except (OSError, ValueError, KeyError, TypeError, StopIteration) as exc:
+        raise SystemExit(f"cannot read the candidate's run or results: {exc!r}") from None
     doc = {"what": args.what,
            "weights": {"name": card["name"], "version": card["version"], "folder": str(args.run / "weights"),
-                       "trained_styles": sorted(card["training"]["data"].get("styles", {}))},
-           **{k: styles[k] for k in SETTINGS if k in styles}, "seconds": round(seconds, 1),
-           "rows": read_results(args.results)["rows"],
+                       "trained_styles": trained},
+           **{k: settings[k] for k in SETTINGS if k in settings},
+           "seconds": round(sum(d.get("seconds", 0) for d in parts.values()), 1), "rows": rows,
            "card_excerpt": {k: card[k] for k in CARD_KEYS if k in card}, "training_log": log}
     sizes = sorted({len(r["seeds"]) for r in doc["rows"]})
     if len(sizes) > 1:  # e.g. style rows on 16 seeds, perturbations on 8: each row carries its own n
         doc["n_per_row"] = sizes
     out = args.docs / f"generalisation_{card['version']}_{args.name}_candidate.json"
-    out.write_text(json.dumps(doc, indent=1) + "\n")
+    write_text(out, json.dumps(doc, indent=1) + "\n", overwrite=True)  # read back before it is reported
     print(f"wrote {out} ({len(doc['rows'])} rows)")
     return 0
 

@@ -331,4 +331,9 @@ def test_candidate_json_script_keeps_a_candidates_rows_card_and_log(tmp_path, ca
     assert doc["training_log"] == [{"epoch": "1", "val_dice": "0.5"}, {"epoch": "2", "val_dice": "0.6"}]
     with pytest.raises(SystemExit, match="cannot read the candidate's run or results"):
         script.main(["c2", str(tmp_path / "nothing"), str(results), "x", "--docs", str(docs)])
+    (run / "weights" / "model.json").write_text(json.dumps({"name": "m", "version": "9.9.8"}))  # no training entry
+    with pytest.raises(SystemExit, match="cannot read the candidate's run or results"):
+        script.main(["c3", str(run), str(results), "x", "--docs", str(docs)])
+    with pytest.raises(SystemExit, match="cannot read the candidate's run or results"):
+        script.main(["c4", str(run), str(tmp_path / "no results"), "x", "--docs", str(docs)])
     assert sorted(p.name for p in docs.iterdir()) == ["generalisation_9.9.9_c1_candidate.json"]
