@@ -117,6 +117,40 @@ def test_air_channel_gives_the_same_physical_answer_on_other_grids(direction, sl
     assert _angle(a.axis_lps, b.axis_lps) <= 5.0
 
 
+def test_tandem_wins_a_tie_with_the_ovoid_stems_beside_it(monkeypatch):
+    """A 1-pixel blur (a soft reconstruction kernel) of a plastic ring/ovoid applicator: the tandem
+    and both ovoid stems, parallel to it 17-20 mm to each side, all pass every test (score 1.0).
+    The ovoids are centred on the tandem only, so it must win the tie; the longest piece, the old
+    tie-break, is a stem, with the os 75 mm too low (v2 phantom 500015 of the perturbation table)."""
+    from MnetImSegmentLib.research import generalisation as gen
+    from MnetImSegmentLib.research.localiser_survey import errors as fit_errors
+
+    base = gen.generate("v2", 500015, 256)
+    blurred = gen.perturb("blur 1px", "v2", 500015, 256, base)
+    assert not base.params["applicator_metal"]
+    fit = locate_applicator(blurred.ct)
+    _assert_on_tandem(fit, blurred.params)
+    assert sum(" score 1.00 " in r for r in fit.reasons) >= 1  # a rival tied with it: this case measures the tie
+    monkeypatch.setattr(applicator_module, "_choose", lambda cands: max(cands, key=lambda c: (c.score, c.length), default=None))
+    longest = locate_applicator(blurred.ct)
+    assert longest.found and fit_errors(longest, blurred.params)[0] > 3 * OS_TOL_MM
+
+
+@pytest.mark.parametrize("shift,tilt_deg,same", [((3.0, 0, 0), 0, True), ((2.0, -9.0, -18.0), 4, True),
+                                                  ((18.0, 0, 0), 0, False), ((0, 0, 0), 30, False)])
+def test_same_tube(shift, tilt_deg, same):
+    """Two fits of one tube (its wall and its air channel, an os read higher or lower along it) against
+    a parallel tube 18 mm aside (an ovoid stem) or a crossing one."""
+    def cand(os_, axis):
+        axis = np.asarray(axis, float) / np.linalg.norm(axis)
+        return applicator_module._Candidate("plastic", 1.0, np.asarray(os_, float), np.asarray(os_, float) + 60 * axis,
+                                            axis, 60.0, {"symmetry": 0.5, "ring_ovoids": 1.0}, "")
+    t = np.radians(tilt_deg)
+    a = cand((0, 0, 0), (0, 0.5, 1))
+    b = cand(shift, (np.sin(t), 0.5 * np.cos(t), np.cos(t)))
+    assert applicator_module._same_tube(a, b) is same
+
+
 def test_ovoids_behind_the_tandem_count_as_its_ovoids():
     """The real structure set puts both ovoids ~16 mm behind the tandem: still the tandem's ovoids
     (full confidence), where balance around the line alone said no (0.6)."""

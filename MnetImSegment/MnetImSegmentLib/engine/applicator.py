@@ -654,6 +654,41 @@ def _central_box(work: _Grid, body: np.ndarray, stats: _BodyStats):
     return tuple(slice(a, b) for a, b in zip(lo, hi))
 
 
+SAME_TUBE_MM = 8.0  # two fits whose lines are this close (and parallel) are one tube: its wall and its channel
+SAME_TUBE_DEG = 15.0
+
+
+def _same_tube(a: _Candidate, b: _Candidate) -> bool:
+    """Whether two candidates are fits of one tube (parallel, b's os and tip within ``SAME_TUBE_MM`` of a's line)."""
+    if float(np.degrees(np.arccos(np.clip(abs(a.axis @ b.axis), -1.0, 1.0)))) > SAME_TUBE_DEG:
+        return False
+    off = [p - a.os - ((p - a.os) @ a.axis) * a.axis for p in (b.os, b.tip)]
+    return max(float(np.linalg.norm(o)) for o in off) <= SAME_TUBE_MM
+
+
+def _ring_centred(cand: _Candidate) -> float:
+    return cand.factors["symmetry"] if cand.factors["ring_ovoids"] == 1.0 else 0.0
+
+
+def _choose(cands: list) -> "_Candidate | None":
+    """The tandem among the candidates: the best score, then the longest; but a rival tube that ties
+    on score and has its ring/ovoids better centred on it wins.
+
+    Several tubes can pass every test at once: the tandem and, running parallel to it 15-20 mm to
+    each side, the stems of the ovoids or interstitial needles. Their scores tie at 1.0, and the
+    longest used to win: a 1-pixel blur of a plastic applicator (a soft reconstruction kernel) made an
+    ovoid stem 80 mm long against the tandem's 50 and put the os 75 mm too low (v2 phantom 500015,
+    session 17). The ring or ovoids surround the tandem and lie to one side of a stem or needle,
+    which is what the symmetry measures. Two fits of one tube (a plastic tandem's wall and its air
+    channel) are not rivals: between them the longer stays, as before.
+    """
+    best = max(cands, key=lambda c: (c.score, c.length), default=None)
+    if best is None:
+        return None
+    rivals = [c for c in cands if c is not best and c.score >= best.score - 1e-3 and not _same_tube(best, c)]
+    return max([best] + rivals, key=lambda c: (_ring_centred(c), c is best, c.length))
+
+
 def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> ApplicatorFit:
     """Find the intrauterine applicator's tandem and the cervical os (see the module docstring).
 
@@ -674,11 +709,11 @@ def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> Ap
     r_in = max(6.0, 3.5 + half_diag)
     reasons: list[str] = []
     cands = _metal_candidates(volume, work, body, stats, r_in)
-    best = max(cands, key=lambda c: (c.score, c.length), default=None)
+    best = _choose(cands)
     if best is None or best.score < TRUST:
         plastic, _ = _plastic_candidates(work, body, stats, r_in)
         cands += plastic
-        best = max(cands, key=lambda c: (c.score, c.length), default=None)
+        best = _choose(cands)
     if not cands:
         reasons.append("no metal object and no thin bright tube inside the body")
     for cand in sorted(cands, key=lambda c: -c.score)[:6]:
