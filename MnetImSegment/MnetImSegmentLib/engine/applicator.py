@@ -38,7 +38,9 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    needles run beside the tandem as long and as straight), a symmetric ring/ovoid association,
    tandem going on >= 25 mm above the os), each 1 inside the clinical range and falling linearly to
    0 outside it, so that >= 0.5 means all criteria are met or one is marginally off (a tandem with
-   no ring/ovoids seen scores 0.6). Rejected candidates leave a human-readable reason.
+   no ring/ovoids seen scores 0.6). Rejected candidates leave a human-readable reason;
+7. choose the best score, then the longest; a separate tube that ties with it (an ovoid stem or a
+   needle parallel to the tandem) wins only if the ring/ovoids are better centred on it.
 
 Inference path: numpy + SimpleITK only; 0.12 s (metal) / 0.29 s (plastic) on a 512 x 512 x 120 CT
 on one core (``tests/test_applicator.py`` measures it).
