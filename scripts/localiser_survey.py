@@ -3,6 +3,7 @@
 Usage::
 
     python scripts/localiser_survey.py -o out/localiser --styles v2 v3 v4 v5 v6 heldout --first 0 --count 40
+    python scripts/localiser_survey.py -o out/localiser_blur --styles v2 v3 --count 24 --perturbation "blur 1px"
 
 Writes ``localiser_survey.json`` (every miss with its os and axis error) and ``localiser_survey.md``.
 The work is in ``MnetImSegmentLib.research.localiser_survey``.
@@ -18,6 +19,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MnetImSegment"))
 
 from MnetImSegmentLib.research import localiser_survey as ls  # noqa: E402
+from MnetImSegmentLib.research.generalisation import PERTURBATIONS  # noqa: E402
 from MnetImSegmentLib.research.phantom_styles import STYLES  # noqa: E402
 
 
@@ -28,8 +30,11 @@ def main(argv=None) -> int:
     ap.add_argument("--first", type=int, default=0, help="first seed offset (the evaluation rows use 0-7)")
     ap.add_argument("--count", type=int, default=16, help="phantoms per style")
     ap.add_argument("--matrix", type=int, default=256)
+    ap.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
+                    help="apply this perturbation of the generalisation table to every phantom")
     args = ap.parse_args(argv)
-    results = ls.survey(args.styles, args.first, args.count, args.matrix, log=lambda s: print(s, flush=True))
+    results = ls.survey(args.styles, args.first, args.count, args.matrix, log=lambda s: print(s, flush=True),
+                        perturbation=args.perturbation)
     args.out.mkdir(parents=True, exist_ok=True)
     (args.out / "localiser_survey.json").write_text(json.dumps(results, indent=1))
     table = ls.markdown_table(results)

@@ -30,3 +30,28 @@ def test_survey_counts_hits_and_keeps_the_misses():
     table = ls.markdown_table(results)
     hits = sum(r["on_tandem"] for r in rows.values())
     assert f"| all | {hits}/2 |" in table
+
+
+def test_survey_of_perturbed_phantoms_locates_on_the_perturbed_ct(monkeypatch):
+    """``perturbation`` runs the localiser on the perturbation table's CT of each seed, not the plain one."""
+    import pytest
+
+    from MnetImSegmentLib.research import generalisation as gen
+
+    seen = []
+    real = ls.locate_applicator
+
+    def spy(ct):
+        seen.append(ct.array.copy())
+        return real(ct)
+
+    monkeypatch.setattr(ls, "locate_applicator", spy)
+    results = ls.survey(["v2"], first=1, count=1, matrix=128, perturbation="blur 1px")
+    assert results["perturbation"] == "blur 1px" and results["rows"][0]["seeds"] == [500001]
+    plain = gen.generate("v2", 500001, 128)
+    blurred = gen.perturb("blur 1px", "v2", 500001, 128, plain)
+    assert len(seen) == 1 and np.array_equal(seen[0], blurred.ct.array)
+    assert not np.array_equal(seen[0], plain.ct.array)
+    assert ls.survey(["v2"], count=0)["perturbation"] is None
+    with pytest.raises(ValueError, match="unknown perturbation 'sharpen'"):
+        ls.survey(["v2"], count=1, perturbation="sharpen")

@@ -19,7 +19,7 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..engine.applicator import locate_applicator
-from .generalisation import SEED_BASE, generate
+from .generalisation import PERTURBATIONS, SEED_BASE, generate, perturb
 
 OS_TOL_MM, AXIS_TOL_DEG = 10.0, 15.0
 
@@ -60,8 +60,15 @@ class StyleRow:
 
 
 def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
-           log: Optional[Callable[[str], None]] = None) -> dict:
-    """The localiser on ``count`` phantoms per style (seeds ``SEED_BASE[style] + first ...``)."""
+           log: Optional[Callable[[str], None]] = None, perturbation: Optional[str] = None) -> dict:
+    """The localiser on ``count`` phantoms per style (seeds ``SEED_BASE[style] + first ...``).
+
+    ``perturbation``: one of :data:`.generalisation.PERTURBATIONS`, applied to every phantom as the
+    perturbation table does (e.g. ``"blur 1px"``, a soft reconstruction kernel), so that the same
+    seeds can be compared with and without it.
+    """
+    if perturbation is not None and perturbation not in PERTURBATIONS:
+        raise ValueError(f"unknown perturbation '{perturbation}': one of {', '.join(PERTURBATIONS)}")
     log = log or (lambda s: None)
     rows = []
     for style in styles:
@@ -69,6 +76,8 @@ def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
         for i in range(first, first + count):
             seed = SEED_BASE[style] + i
             ph = generate(style, seed, matrix)
+            if perturbation is not None:
+                ph = perturb(perturbation, style, seed, matrix, ph)
             fit = locate_applicator(ph.ct)
             os_err, angle = errors(fit, ph.params)
             ok = on_tandem(fit, ph.params)
@@ -83,7 +92,7 @@ def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
                 row.misses.append(what)
             log(f"{style} seed {seed}: {'on the tandem' if ok else 'MISSED'} {what}")
         rows.append(row)
-    return {"first_seed_offset": first, "per_style": count, "matrix": matrix,
+    return {"first_seed_offset": first, "per_style": count, "matrix": matrix, "perturbation": perturbation,
             "tolerance": {"os_mm": OS_TOL_MM, "axis_deg": AXIS_TOL_DEG}, "rows": [r.summary() for r in rows]}
 
 
