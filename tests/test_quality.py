@@ -294,3 +294,19 @@ def test_demo_weights_report_their_atlas_agreement_and_a_stricter_card_warns(dem
     assert r2.quality["atlas_agreement"] == agreement and r2.quality["status"] != "green"
     assert any(w.startswith("the CTV is unlike the usual CTV around this applicator") for w in r2.warnings)
     assert Segmenter(tiny_weights, device="cpu").segment(small_phantom.ct, enforce_scope=False).quality["atlas_agreement"] is None
+
+
+def test_an_applicator_seen_only_by_its_faint_contrast_is_a_warning(tiny_weights, small_phantom):
+    """A plastic tandem under a soft kernel (v2 500004 blurred by 1 px) is found only by the
+    localiser's contrast-relative search: the result says so, so the ROI gets a look; a sharp CT
+    does not get the warning."""
+    from MnetImSegmentLib.research import generalisation as gen
+
+    blurred = gen.perturb("blur 1px", "v2", 500004, 256)
+    seg = Segmenter(tiny_weights, device="cpu")
+    r = seg.segment(blurred.ct)
+    assert r.quality["scope"]["applicator_found"]
+    assert any(w.startswith("the applicator was seen only by its faint contrast") for w in r.warnings), r.warnings
+    assert r.quality["status"] != "green"
+    sharp = seg.segment(small_phantom.ct)
+    assert not any("faint contrast" in w for w in sharp.warnings)

@@ -19,7 +19,14 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    plastic tube 100-900 HU, 80 HU over soft tissue, that a ~4.5 mm disk opening removes, so thick
    bone, bladder and bowel do not qualify) in the central part of the body, and thin dark lines
    there (a plastic tandem's air-filled source channel: the one sign of a tandem whose wall is as
-   dense as the uterus around it);
+   dense as the uterus around it); when still nothing is trusted, the same two searches relative to
+   the tissue around them (a soft reconstruction kernel leaves a plastic tandem's thin wall only
+   +20-40 HU over the uterus and its air channel at -80..-150 HU, so both fixed thresholds lose
+   it): a tube >= 50 HU over what a ~4.5 mm opening leaves, and a dark dot >= 70 HU under the
+   tissue 4 mm away in every in-plane direction (a fat plane, dark along its own line, is no dot).
+   Anatomy has such faint tubes too (rectal and vaginal walls), so a candidate of this search is
+   trusted only with its ring/ovoids around it, themselves read the same way (>= 80 HU over what a
+   ~12 mm opening leaves);
 4. fit each candidate as a tube grown down from its top (above the os only the tandem exists, so a
    tandem merged with an ovoid, a ring or a handle by blooming still gives the tandem's line; the
    growth stops where the cross-section turns thick: the ring/ovoid level); collinear pieces are
@@ -38,12 +45,14 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    needles run beside the tandem as long and as straight), a symmetric ring/ovoid association,
    tandem going on >= 25 mm above the os), each 1 inside the clinical range and falling linearly to
    0 outside it, so that >= 0.5 means all criteria are met or one is marginally off (a tandem with
-   no ring/ovoids seen scores 0.6). Rejected candidates leave a human-readable reason;
+   no ring/ovoids seen scores 0.6; 0.3 from the contrast-relative search). Rejected candidates
+   leave a human-readable reason;
 7. choose the best score, then the longest; a separate tube that ties with it (an ovoid stem or a
    needle parallel to the tandem) wins only if the ring/ovoids are better centred on it.
 
 Inference path: numpy + SimpleITK only; 0.12 s (metal) / 0.29 s (plastic) on a 512 x 512 x 120 CT
-on one core (``tests/test_applicator.py`` measures it).
+on one core (``tests/test_applicator.py`` measures it); the contrast-relative search, run only when
+nothing else is trusted, adds 0.07-0.12 s there (measured with and without an applicator).
 """
 
 from __future__ import annotations
@@ -59,6 +68,15 @@ BODY_HU = -400.0
 PLASTIC_MAX_HU = 900.0
 CHANNEL_BELOW_SOFT_HU = 300.0  # the air channel of a plastic tandem, partial volume included, under soft tissue
 PLASTIC_ABOVE_SOFT_HU = 80.0  # a plastic tube (150-450 HU) over the patient's soft-tissue level
+# Contrast-relative search (soft kernels). Measured on 1-px-blurred phantoms (session 18): a plastic
+# wall keeps +20-60 HU over the tissue next to it, the channel -40..-160 HU; phantom noise after the
+# blur stays under ~20 HU in 99.9 % of the central box. The tandem was found as often anywhere in
+# 35-60 (wall) x 50-90 (channel); these are the middle.
+RELATIVE_WALL_HU = 50.0  # white top-hat (in-plane ~4.5 mm opening) of a thin plastic wall
+RELATIVE_CHANNEL_HU = 70.0  # a dark dot: this much under the tissue DOT_RADIUS_MM away in every in-plane direction
+RELATIVE_MATERIAL_HU = 80.0  # ring/ovoids: white top-hat (~12 mm opening); 80 kept the os on any grid (50: 3 fewer found)
+DOT_RADIUS_MM = 4.0
+ALONE_RELATIVE = 0.3  # "ring_ovoids" factor of a contrast-relative tube with no ring/ovoids: never trusted
 WORK_MM = 2.4  # working-grid spacing target (strided copy)
 BODY_MM = 5.0  # body-mask grid spacing target
 BIN_MM = 2.0
@@ -106,13 +124,16 @@ class ApplicatorFit:
     length_mm: float
     confidence: float
     reasons: tuple[str, ...] = field(default_factory=tuple)
+    contrast_relative: bool = False  # seen only relative to the tissue around it (step 3): worth a look
+
 
     def to_dict(self) -> dict:
         def r(v):
             return None if v is None else [round(float(x), 3) for x in v]
         return {"found": self.found, "kind": self.kind, "os_lps_mm": r(self.os_lps), "tip_lps_mm": r(self.tip_lps),
                 "axis_lps": r(self.axis_lps), "length_mm": round(float(self.length_mm), 1),
-                "confidence": round(float(self.confidence), 3), "reasons": list(self.reasons)}
+                "confidence": round(float(self.confidence), 3), "reasons": list(self.reasons),
+                "contrast_relative": self.contrast_relative}
 
 
 @dataclass
@@ -135,6 +156,7 @@ class _Candidate:
     length: float
     factors: dict
     where: str
+    relative: bool = False  # found by the contrast-relative search
 
 
 # ----------------------------------------------------------------------------------------------
@@ -473,8 +495,9 @@ def _symmetry(radial: np.ndarray) -> float:
 
 
 def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_area: float,
-           stats: _BodyStats, channel: bool = False) -> _Candidate:
-    """``channel``: ``fit`` is a plastic tandem's air channel (thin by nature: no needle test)."""
+           stats: _BodyStats, channel: bool = False, relative: bool = False) -> _Candidate:
+    """``channel``: ``fit`` is a plastic tandem's air channel (thin by nature: no needle test).
+    ``relative``: found by the contrast-relative search (trusted only with its ring/ovoids)."""
     c, e = fit["c"], fit["e"]
     t_os, symmetry, assoc_ml = _os_from_material(fit, material, voxel_ml)
     assoc = t_os is not None and symmetry >= 0.3
@@ -501,7 +524,7 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
         # tandem with its ring/ovoids (1.0) is still trusted, while a needle (no ring/ovoids
         # centred on it: 0.6) is not, and the plastic search runs when the needles are the metal.
         "needle": 1.0 if channel else 0.5 + 0.5 * _ramp(area, *NEEDLE_AREA_MM2),
-        "ring_ovoids": 1.0 if assoc else 0.6,
+        "ring_ovoids": 1.0 if assoc else (ALONE_RELATIVE if relative else 0.6),
         # The tandem goes on above the os into the uterus (a piece that stops at the ring is its
         # vaginal part or a handle).
         "intrauterine": _ramp(fit["hi"] - t_os, 10.0, 25.0),
@@ -510,7 +533,7 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
     where = (f"{kind} object {fit['hi'] - fit['lo']:.0f} mm long (thin for {fit['thin_mm']:.0f} mm), "
              f"{angle:.0f} deg from S, {lateral:.0f} mm from the midline, {100 * ap:.0f} % front-to-back")
     return _Candidate(kind, score, os_pt, tip, e, float(fit["hi"] - t_os),
-                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml), where)
+                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml), where, relative)
 
 
 _WHY = {
@@ -559,7 +582,10 @@ def _metal_candidates(volume: Volume, work: _Grid, body: np.ndarray, stats: _Bod
     return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats) for fit, _ in _fits(sets, r_in)]
 
 
-def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: float):
+def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: float, relative: bool = False):
+    """Plastic tandem candidates: thin bright tubes and thin dark lines (the air channel) in the
+    central part of the body, at fixed thresholds over the soft-tissue level or, with ``relative``,
+    at thresholds over the tissue right around them (see the module docstring, step 3)."""
     import SimpleITK as sitk
 
     arr = work.array
@@ -575,11 +601,17 @@ def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: 
     bright = (sub >= lo_hu) & (sub <= PLASTIC_MAX_HU) & body[box]
     sp_in = _inplane_spacing(work)
     rad = _inplane_radius(work, max(1, int(round(4.5 / sp_in))))
-    opened = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(
-        sitk.GetImageFromArray(bright.astype(np.uint8)), rad, sitk.sitkBall)) > 0
-    # Minus a one-voxel rim around thick things: the opening leaves crescents on their edges.
-    thick = sitk.BinaryDilate(sitk.GetImageFromArray(opened.astype(np.uint8)), _inplane_radius(work, 1), sitk.sitkBall)
-    thin = bright & (sitk.GetArrayViewFromImage(thick) == 0)
+    if relative:
+        # What a ~4.5 mm grey opening removes is brighter than the tissue around it and thinner than
+        # the disk: the grey-level twin of the binary opening below, with no fixed HU level.
+        tophat = sitk.GetArrayFromImage(sitk.WhiteTopHat(sitk.GetImageFromArray(sub.astype(np.float32)), rad, sitk.sitkBall))
+        thin = (tophat >= RELATIVE_WALL_HU) & (sub <= PLASTIC_MAX_HU) & body[box]
+    else:
+        opened = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(
+            sitk.GetImageFromArray(bright.astype(np.uint8)), rad, sitk.sitkBall)) > 0
+        # Minus a one-voxel rim around thick things: the opening leaves crescents on their edges.
+        thick = sitk.BinaryDilate(sitk.GetImageFromArray(opened.astype(np.uint8)), _inplane_radius(work, 1), sitk.sitkBall)
+        thin = bright & (sitk.GetArrayViewFromImage(thick) == 0)
     voxel_ml = float(np.prod(work.geometry.spacing)) / 1000.0
     comps = _components(thin, max(4, int(0.1 / voxel_ml)))
     offset = np.array([s.start for s in box])
@@ -591,14 +623,24 @@ def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: 
         if ax != work.slice_np_axis:
             half[ax] = slice(None, None, 2)
     rad_big = _inplane_radius(work, max(2, int(round(12.0 / (2 * sp_in)))))
-    big_half = sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(
-        sitk.GetImageFromArray(np.ascontiguousarray(bright[tuple(half)]).astype(np.uint8)), rad_big, sitk.sitkBall)) > 0
-    big = big_half
-    for ax in range(3):
-        if ax != work.slice_np_axis:
-            big = np.repeat(big, 2, axis=ax)
-    big = big[: bright.shape[0], : bright.shape[1], : bright.shape[2]]
-    mat_idx = np.argwhere(bright & ~big)
+
+    def full_size(half_array):
+        for ax in range(3):
+            if ax != work.slice_np_axis:
+                half_array = np.repeat(half_array, 2, axis=ax)
+        return half_array[: bright.shape[0], : bright.shape[1], : bright.shape[2]]
+
+    if relative:
+        # The grey-level twin again: a soft kernel also lowers a ring's edges under the fixed level,
+        # which moved the os by 15 mm with a half-voxel shift of the grid (v2 500004).
+        tophat_big = full_size(sitk.GetArrayFromImage(sitk.WhiteTopHat(
+            sitk.GetImageFromArray(np.ascontiguousarray(sub[tuple(half)]).astype(np.float32)), rad_big, sitk.sitkBall)))
+        mat_mask = (tophat_big >= RELATIVE_MATERIAL_HU) & (sub <= PLASTIC_MAX_HU) & body[box]
+    else:
+        big = full_size(sitk.GetArrayFromImage(sitk.BinaryMorphologicalOpening(
+            sitk.GetImageFromArray(np.ascontiguousarray(bright[tuple(half)]).astype(np.uint8)), rad_big, sitk.sitkBall)) > 0)
+        mat_mask = bright & ~big
+    mat_idx = np.argwhere(mat_mask)
     mat_hu = sub[tuple(mat_idx.T)].astype(float)
     material = _points(work.geometry, mat_idx + offset)
     cell_area = voxel_ml * 1000.0 / BIN_MM
@@ -608,32 +650,55 @@ def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: 
     out = []
     # The source channel: a plastic tandem whose wall is as dense as the uterus around it (an
     # enhancing uterus, a low-density plastic) still shows its air-filled channel, a thin dark line.
-    for fit, _ in _fits(_channel_sets(work, sub, body[box], ref, offset), r_in):
-        out.append(_score("plastic", fit, material, voxel_ml, cell_area, stats, channel=True))
+    for fit, _ in _fits(_channel_sets(work, sub, body[box], ref, offset, relative), r_in):
+        out.append(_score("plastic", fit, material, voxel_ml, cell_area, stats, channel=True, relative=relative))
     for fit, pts in _fits(sets, r_in):
         comp_hu = pts[:, 3]
         # The plastic's HU: a high percentile, as partial volume with the channel and the tissue
         # around a thin tube lowers most of its voxels (the bulky ring/ovoids keep the full value).
         hu = float(np.percentile(comp_hu[fit["inl"]] if fit["inl"].any() else comp_hu, 90))
         same = np.abs(mat_hu - hu) <= max(80.0, 0.25 * (hu - ref))
-        out.append(_score("plastic", fit, material[same], voxel_ml, cell_area, stats))
+        out.append(_score("plastic", fit, material[same], voxel_ml, cell_area, stats, relative=relative))
     return out, lo_hu
 
 
-def _channel_sets(work: _Grid, sub: np.ndarray, body: np.ndarray, ref: float, offset: np.ndarray) -> list[np.ndarray]:
+def _channel_sets(work: _Grid, sub: np.ndarray, body: np.ndarray, ref: float, offset: np.ndarray,
+                  relative: bool = False) -> list[np.ndarray]:
     """Physical points of each thin dark line in the central box: air (well below fat) that a
-    ~3 mm in-plane opening removes, so rectal gas and air in the packing, being thick, do not count."""
+    ~3 mm in-plane opening removes, so rectal gas and air in the packing, being thick, do not count;
+    with ``relative``, dark dots (:func:`_dark_dot_contrast` >= ``RELATIVE_CHANNEL_HU``) instead."""
     import SimpleITK as sitk
 
-    dark = (sub <= min(ref - CHANNEL_BELOW_SOFT_HU, -250.0)) & body
-    sp_in = _inplane_spacing(work)
-    rad = _inplane_radius(work, max(1, int(round(3.0 / sp_in))))
-    thick = sitk.BinaryDilate(sitk.BinaryMorphologicalOpening(sitk.GetImageFromArray(dark.astype(np.uint8)), rad, sitk.sitkBall),
-                              _inplane_radius(work, 1), sitk.sitkBall)
-    thin = dark & (sitk.GetArrayViewFromImage(thick) == 0)
+    if relative:
+        thin = (_dark_dot_contrast(sub, work) >= RELATIVE_CHANNEL_HU) & body
+    else:
+        dark = (sub <= min(ref - CHANNEL_BELOW_SOFT_HU, -250.0)) & body
+        rad = _inplane_radius(work, max(1, int(round(3.0 / _inplane_spacing(work)))))
+        thick = sitk.BinaryDilate(sitk.BinaryMorphologicalOpening(sitk.GetImageFromArray(dark.astype(np.uint8)), rad, sitk.sitkBall),
+                                  _inplane_radius(work, 1), sitk.sitkBall)
+        thin = dark & (sitk.GetArrayViewFromImage(thick) == 0)
     voxel_ml = float(np.prod(work.geometry.spacing)) / 1000.0
     comps = sorted(_components(thin, max(4, int(0.05 / voxel_ml))), key=len, reverse=True)[:10]
     return [_points(work.geometry, c + offset) for c in comps]
+
+
+def _dark_dot_contrast(sub: np.ndarray, work: _Grid, radius_mm: float = DOT_RADIUS_MM) -> np.ndarray:
+    """How much darker each voxel is than the tissue ``radius_mm`` away in every in-plane direction
+    (the minimum over 8 directions): high on a thin dark line crossing the slice (a tandem's air
+    channel, up to ~60 deg from S), ~0 inside anything wider and along a dark sheet or an in-plane
+    line (a fat plane), which is dark in its own direction. Radii per in-plane axis in mm, so an
+    anisotropic pixel measures the same physical ring."""
+    ax = work.slice_np_axis
+    a = np.moveaxis(np.asarray(sub, np.float32), ax, 0)
+    sp = [work.geometry.spacing[2 - k] for k in range(3) if k != ax]  # in-plane numpy axes, in order
+    r = [max(1, int(round(radius_mm / s))) for s in sp]
+    d = [max(1, int(round(radius_mm / np.sqrt(2.0) / s))) for s in sp]
+    pad = np.pad(a, ((0, 0), (r[0], r[0]), (r[1], r[1])), mode="edge")
+    n1, n2 = a.shape[1], a.shape[2]
+    out = np.full(a.shape, np.inf, np.float32)
+    for dy, dx in ((r[0], 0), (-r[0], 0), (0, r[1]), (0, -r[1]), (d[0], d[1]), (d[0], -d[1]), (-d[0], d[1]), (-d[0], -d[1])):
+        np.minimum(out, pad[:, r[0] + dy: r[0] + dy + n1, r[1] + dx: r[1] + dx + n2] - a, out=out)
+    return np.moveaxis(out, 0, ax)
 
 
 def _central_box(work: _Grid, body: np.ndarray, stats: _BodyStats):
@@ -716,6 +781,10 @@ def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> Ap
         plastic, _ = _plastic_candidates(work, body, stats, r_in)
         cands += plastic
         best = _choose(cands)
+    if best is None or best.score < TRUST:
+        relative, _ = _plastic_candidates(work, body, stats, r_in, relative=True)
+        cands += relative
+        best = _choose(cands)
     if not cands:
         reasons.append("no metal object and no thin bright tube inside the body")
     for cand in sorted(cands, key=lambda c: -c.score)[:6]:
@@ -726,7 +795,7 @@ def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> Ap
     axis = best.tip - best.os
     axis = axis / max(np.linalg.norm(axis), 1e-9)
     return ApplicatorFit(best.score >= TRUST, best.kind, _t(best.os), _t(best.tip), _t(axis),
-                         float(np.linalg.norm(best.tip - best.os)), round(best.score, 4), tuple(reasons))
+                         float(np.linalg.norm(best.tip - best.os)), round(best.score, 4), tuple(reasons), best.relative)
 
 
 def _t(v) -> tuple[float, float, float]:
