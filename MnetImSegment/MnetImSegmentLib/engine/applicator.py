@@ -26,7 +26,8 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    tissue 4 mm away in every in-plane direction (a fat plane, dark along its own line, is no dot).
    Anatomy has such faint tubes too (rectal and vaginal walls), so a candidate of this search is
    trusted only with its ring/ovoids around it, themselves read the same way (>= 80 HU over what a
-   ~12 mm opening leaves);
+   ~12 mm opening leaves), and only when it passes every test of step 6 (at lower scores it was off
+   the tandem more often than on it: ``docs/generalisation.md``, session 18);
 4. fit each candidate as a tube grown down from its top (above the os only the tandem exists, so a
    tandem merged with an ovoid, a ring or a handle by blooming still gives the tandem's line; the
    growth stops where the cross-section turns thick: the ring/ovoid level); collinear pieces are
@@ -77,6 +78,7 @@ RELATIVE_CHANNEL_HU = 70.0  # a dark dot: this much under the tissue DOT_RADIUS_
 RELATIVE_MATERIAL_HU = 80.0  # ring/ovoids: white top-hat (~12 mm opening); 80 kept the os on any grid (50: 3 fewer found)
 DOT_RADIUS_MM = 4.0
 ALONE_RELATIVE = 0.3  # "ring_ovoids" factor of a contrast-relative tube with no ring/ovoids: never trusted
+RELATIVE_MIN_SCORE = 0.95  # a contrast-relative candidate under this is not trusted (capped at 0.45)
 WORK_MM = 2.4  # working-grid spacing target (strided copy)
 BODY_MM = 5.0  # body-mask grid spacing target
 BIN_MM = 2.0
@@ -530,6 +532,11 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
         "intrauterine": _ramp(fit["hi"] - t_os, 10.0, 25.0),
     }
     score = float(np.prod(list(f.values())))
+    if relative and score < RELATIVE_MIN_SCORE:
+        # Trusted only when it passes every test: of the blurred and sharp phantoms (v2-v7, seeds
+        # 0-31) this search took from "refused" to "trusted", those scoring 0.5-0.9 were off the
+        # tandem 12 times out of 19, those scoring 1.0 once out of 10 (12 mm off).
+        score = min(score, 0.45)
     where = (f"{kind} object {fit['hi'] - fit['lo']:.0f} mm long (thin for {fit['thin_mm']:.0f} mm), "
              f"{angle:.0f} deg from S, {lateral:.0f} mm from the midline, {100 * ap:.0f} % front-to-back")
     return _Candidate(kind, score, os_pt, tip, e, float(fit["hi"] - t_os),
