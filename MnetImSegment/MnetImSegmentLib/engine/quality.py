@@ -14,7 +14,8 @@ Two kinds of checks, both numpy + SimpleITK only (inference path):
   probabilities (0.2-0.8) in the CTV; for weights with a CTV atlas, the drawn CTV's agreement with
   that atlas on the applicator (an unusual CTV for this applicator is to be reviewed); and an
   applicator seen only by its contrast with the tissue around it (the localiser's last search,
-  for soft kernels), since the ROI then deserves a look.
+  for soft kernels) or a plastic one found with less than full confidence, since the ROI then
+  deserves a look.
 
 Every threshold is a field of :class:`QualitySpec`; the defaults were calibrated with
 ``scripts/calibrate_quality.py`` and a model card may override any of them under ``"quality"``.
@@ -62,6 +63,10 @@ class QualitySpec:
     max_lung_fraction: float = 0.08  # body voxels at -950..-600 HU: aerated lung (rectal gas is far less)
     min_body_width_mm: float = 220.0  # a pelvis is 280-450 mm wide; a head ~150-170 mm
     min_applicator_confidence: float = 0.5
+    # A plastic applicator trusted under this is a warning: on 384 phantoms (v2-v7, sharp and
+    # blurred; session 18) plastic fits at 0.5-0.95 were off the tandem 36 times of 55, at >= 0.95
+    # 8 of 64 (metal: 9 of 91 under 0.95, so no such warning for metal).
+    min_plastic_confidence: float = 0.95
     ctv_ml: tuple = (15.0, 250.0)
     max_tandem_distance_mm: float = 15.0  # from the os to the nearest CTV voxel
     min_tandem_enclosed: float = 0.4  # share of the tandem's first 20 mm above the os inside the CTV
@@ -324,6 +329,10 @@ def assess_result(segmenter, stack: np.ndarray, prob_roi: np.ndarray, roi_geomet
         # it puts the ROI on the tandem on most soft-kernel CTs it is trusted on, not all (one of 11 was 12 mm off).
         warnings.append("the applicator was seen only by its faint contrast with the tissue around it (a soft "
                         "reconstruction kernel?): check that the region of interest is on the tandem")
+    elif (scope.fit is not None and scope.fit.found and scope.fit.kind == "plastic"
+          and scope.fit.confidence < spec.min_plastic_confidence):
+        warnings.append(f"the plastic applicator was found with moderate confidence ({scope.fit.confidence:.2f} < "
+                        f"{spec.min_plastic_confidence:g}): check that the region of interest is on the tandem")
     voxel_ml = float(np.prod(mask.geometry.spacing)) / 1000.0
     ctv_ml = float(mask.array.sum()) * voxel_ml
     components = component_volumes_ml(prob_box >= threshold, voxel_ml) if prob_box is not None else []
