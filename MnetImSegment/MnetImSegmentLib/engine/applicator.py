@@ -128,7 +128,6 @@ class ApplicatorFit:
     reasons: tuple[str, ...] = field(default_factory=tuple)
     contrast_relative: bool = False  # seen only relative to the tissue around it (step 3): worth a look
 
-
     def to_dict(self) -> dict:
         def r(v):
             return None if v is None else [round(float(x), 3) for x in v]
@@ -499,7 +498,7 @@ def _symmetry(radial: np.ndarray) -> float:
 def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_area: float,
            stats: _BodyStats, channel: bool = False, relative: bool = False) -> _Candidate:
     """``channel``: ``fit`` is a plastic tandem's air channel (thin by nature: no needle test).
-    ``relative``: found by the contrast-relative search (trusted only with its ring/ovoids)."""
+    ``relative``: found by the contrast-relative search (trusted only at full score, ring/ovoids included)."""
     c, e = fit["c"], fit["e"]
     t_os, symmetry, assoc_ml = _os_from_material(fit, material, voxel_ml)
     assoc = t_os is not None and symmetry >= 0.3
