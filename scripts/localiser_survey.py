@@ -5,7 +5,9 @@ Usage::
     python scripts/localiser_survey.py -o out/localiser --styles v2 v3 v4 v5 v6 heldout --first 0 --count 40
     python scripts/localiser_survey.py -o out/localiser_blur --styles v2 v3 --count 24 --perturbation "blur 1px"
 
-Writes ``localiser_survey.json`` (every miss with its os and axis error) and ``localiser_survey.md``.
+Writes ``localiser_survey.json`` (every miss with its os and axis error, every fit's kind and
+confidence) and ``localiser_survey.md``: on the tandem per style, and what the product does with the
+fits (refused, or trusted on the tandem / elsewhere, by kind and full or partial confidence).
 The work is in ``MnetImSegmentLib.research.localiser_survey``.
 """
 

@@ -30,6 +30,22 @@ def test_survey_counts_hits_and_keeps_the_misses():
     table = ls.markdown_table(results)
     hits = sum(r["on_tandem"] for r in rows.values())
     assert f"| all | {hits}/2 |" in table
+    # The trust table: every phantom once, as refused or as a trusted fit on the tandem or elsewhere.
+    counts = ls.trust(results)
+    trusted = {k: v for k, v in counts.items() if k != "refused"}
+    assert counts["refused"] + sum(c["on_tandem"] + c["elsewhere"] for c in trusted.values()) == 2
+    assert sum(c["on_tandem"] for c in trusted.values()) == hits
+    kind, confidence, found = rows["v2"]["fits"][0]
+    assert found and kind == "metal" and trusted[f"metal, {'>=' if confidence >= 0.95 else '<'} 0.95"]["on_tandem"] >= 1
+    assert "| refused (no fit trusted) |" in table
+
+
+def test_trust_counts_a_confident_fit_elsewhere_apart_from_a_refusal():
+    row = {"seeds": [1, 2, 3, 4], "misses": [{"seed": 2}, {"seed": 3}],
+           "fits": [("plastic", 1.0, True), ("plastic", 0.6, True), ("none", 0.0, False), ("metal", 0.7, True)]}
+    assert ls.trust({"rows": [row]}) == {"refused": 1, "plastic, >= 0.95": {"on_tandem": 1, "elsewhere": 0},
+                                         "plastic, < 0.95": {"on_tandem": 0, "elsewhere": 1},
+                                         "metal, < 0.95": {"on_tandem": 1, "elsewhere": 0}}
 
 
 def test_survey_of_perturbed_phantoms_locates_on_the_perturbed_ct(monkeypatch):

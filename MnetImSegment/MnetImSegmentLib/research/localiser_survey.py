@@ -22,6 +22,7 @@ from ..engine.applicator import locate_applicator
 from .generalisation import PERTURBATIONS, SEED_BASE, generate, perturb
 
 OS_TOL_MM, AXIS_TOL_DEG = 10.0, 15.0
+FULL_CONFIDENCE = 0.95  # engine.quality.QualitySpec.min_plastic_confidence: under it a plastic fit is warned
 
 
 def truth(params: dict) -> tuple[np.ndarray, np.ndarray]:
@@ -52,11 +53,35 @@ class StyleRow:
     seeds: list = field(default_factory=list)
     on_tandem: list = field(default_factory=list)
     misses: list = field(default_factory=list)
+    fits: list = field(default_factory=list)  # (kind, confidence, found) of every phantom, for the trust table
 
     def summary(self) -> dict:
         n = len(self.seeds)
         return {"style": self.style, "n": n, "on_tandem": int(sum(self.on_tandem)),
-                "percent": round(100.0 * sum(self.on_tandem) / max(n, 1), 1), "seeds": self.seeds, "misses": self.misses}
+                "percent": round(100.0 * sum(self.on_tandem) / max(n, 1), 1), "seeds": self.seeds, "misses": self.misses,
+                "fits": self.fits}
+
+
+def trust(results: dict) -> dict:
+    """What the product does with each fit, over all rows: a fit under 0.5 is refused (out of scope);
+    a trusted one is on the tandem or elsewhere, counted by kind and by full (>= ``FULL_CONFIDENCE``)
+    or partial confidence. Being on the tandem is not enough: a confident fit elsewhere puts the ROI
+    in the wrong place, which is worse than a refusal (session 18)."""
+    out: dict = {"refused": 0}
+    for row in results["rows"]:
+        for (kind, confidence, found), ok in zip(row.get("fits", []), _hits(row)):
+            if not found:
+                out["refused"] += 1
+                continue
+            band = f"{kind}, {'>=' if confidence >= FULL_CONFIDENCE else '<'} {FULL_CONFIDENCE:g}"
+            cell = out.setdefault(band, {"on_tandem": 0, "elsewhere": 0})
+            cell["on_tandem" if ok else "elsewhere"] += 1
+    return out
+
+
+def _hits(row: dict) -> list:
+    missed = {m["seed"] for m in row["misses"]}
+    return [seed not in missed for seed in row["seeds"]]
 
 
 def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
@@ -83,6 +108,7 @@ def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
             ok = on_tandem(fit, ph.params)
             row.seeds.append(seed)
             row.on_tandem.append(ok)
+            row.fits.append((fit.kind, round(float(fit.confidence), 3), bool(fit.found)))
             p = ph.params
             what = {"seed": seed, "applicator": p.get("applicator"), "material": p.get("applicator_material"),
                     "needles": p.get("needles"), "needle_material": p.get("needle_material") or None,
@@ -103,4 +129,8 @@ def markdown_table(results: dict) -> str:
         lines.append(f"| {r['style']} | {r['on_tandem']}/{r['n']} | {r['percent']:.0f} |")
         total, hits = total + r["n"], hits + r["on_tandem"]
     lines.append(f"| all | {hits}/{total} | {100.0 * hits / max(total, 1):.0f} |")
+    counts = trust(results)
+    lines += ["", "| trusted fit (confidence >= 0.5) | on the tandem | elsewhere |", "|---|---:|---:|"]
+    lines += [f"| {band} | {c['on_tandem']} | {c['elsewhere']} |" for band, c in sorted(counts.items()) if band != "refused"]
+    lines.append(f"| refused (no fit trusted) | {counts['refused']} | |")
     return "\n".join(lines)
