@@ -19,10 +19,11 @@ from typing import Callable, Optional
 import numpy as np
 
 from ..engine.applicator import locate_applicator
+from ..engine.quality import QualitySpec
 from .generalisation import PERTURBATIONS, SEED_BASE, generate, perturb
 
 OS_TOL_MM, AXIS_TOL_DEG = 10.0, 15.0
-FULL_CONFIDENCE = 0.95  # engine.quality.QualitySpec.min_plastic_confidence: under it a plastic fit is warned
+FULL_CONFIDENCE = QualitySpec().min_plastic_confidence  # under it a plastic fit is warned
 
 
 def truth(params: dict) -> tuple[np.ndarray, np.ndarray]:
