@@ -175,6 +175,18 @@ def test_soft_kernel_plastic_tandem_is_found_by_its_contrast(style, seed, monkey
     assert not on_tandem(locate_applicator(blurred.ct), blurred.params)
 
 
+def test_soft_kernel_candidate_under_full_score_is_not_trusted(monkeypatch):
+    """Blurred v5 530018: the contrast-relative search's best tube scores 0.8 (one test marginal).
+    Such candidates were off the tandem 12 times of 19 (session 18), so it is not trusted; the same
+    CT with the full-score rule relaxed would be."""
+    _, blurred = _soft_kernel("v5", 530018)
+    fit = locate_applicator(blurred.ct)
+    assert not fit.found and fit.confidence <= 0.45, fit.to_dict()
+    monkeypatch.setattr(applicator_module, "RELATIVE_MIN_SCORE", 0.5)
+    relaxed = locate_applicator(blurred.ct)
+    assert relaxed.found and relaxed.contrast_relative and relaxed.confidence < 0.95, relaxed.to_dict()
+
+
 def test_soft_kernel_tandem_gives_the_same_physical_answer_on_an_oblique_anisotropic_grid():
     """The blurred v2 500004 (1.3 mm pixels, 2.5 mm slices) resampled onto an oblique, flipped grid
     with anisotropic pixels (1.1 x 1.5 mm, 2 mm slices): the in-plane top-hat and dark-dot radii are
