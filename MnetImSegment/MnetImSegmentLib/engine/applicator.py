@@ -90,6 +90,10 @@ LATERAL_BAND_MM = (5.0, 35.0)
 OVOIDS_BEHIND_MM = (20.0, 30.0)  # ovoids' centre behind the tandem: 16 mm in a real structure set; fine to 20, none past 30
 NEEDLE_AREA_MM2 = (6.0, 12.0)  # cross-section per mm: needles (1.2-2 mm) 2-6, tandems (5-7 mm) 17-40 measured
 TRUST = 0.5
+# A metal tube's cross-section at half its own peak (what a soft kernel keeps): tandems 17-43 mm^2
+# (blurred: 5th percentile 20), needles mostly 2-6 (session 19, 480 phantoms sharp and blurred).
+HALF_PEAK_AREA_MM2 = (12.0, 17.0)
+HALF_PEAK_BASE_HU = 40.0  # soft tissue: the level the half peak is taken over
 S_AXIS = np.array([0.0, 0.0, 1.0])
 
 
@@ -496,7 +500,7 @@ def _symmetry(radial: np.ndarray) -> float:
 
 
 def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_area: float,
-           stats: _BodyStats, channel: bool = False, relative: bool = False) -> _Candidate:
+           stats: _BodyStats, channel: bool = False, relative: bool = False, half_peak_area: float = 0.0) -> _Candidate:
     """``channel``: ``fit`` is a plastic tandem's air channel (thin by nature: no needle test).
     ``relative``: found by the contrast-relative search (trusted only at full score, ring/ovoids included)."""
     c, e = fit["c"], fit["e"]
@@ -524,7 +528,10 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
         # plastic: its thinness is what tells it apart. Only halves the score, so that a thin
         # tandem with its ring/ovoids (1.0) is still trusted, while a needle (no ring/ovoids
         # centred on it: 0.6) is not, and the plastic search runs when the needles are the metal.
-        "needle": 1.0 if channel else 0.5 + 0.5 * _ramp(area, *NEEDLE_AREA_MM2),
+        # A metal tube is also measured at half its own peak, which a soft kernel keeps (it thins
+        # the >= 2000 HU core of a tandem to a needle's).
+        "needle": 1.0 if channel else 0.5 + 0.5 * max(_ramp(area, *NEEDLE_AREA_MM2),
+                                                      _ramp(half_peak_area, *HALF_PEAK_AREA_MM2)),
         "ring_ovoids": 1.0 if assoc else (ALONE_RELATIVE if relative else 0.6),
         # The tandem goes on above the os into the uterus (a piece that stops at the ring is its
         # vaginal part or a handle).
@@ -539,7 +546,7 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
     where = (f"{kind} object {fit['hi'] - fit['lo']:.0f} mm long (thin for {fit['thin_mm']:.0f} mm), "
              f"{angle:.0f} deg from S, {lateral:.0f} mm from the midline, {100 * ap:.0f} % front-to-back")
     return _Candidate(kind, score, os_pt, tip, e, float(fit["hi"] - t_os),
-                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml), where, relative)
+                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml, area=area, half_peak_area=half_peak_area), where, relative)
 
 
 _WHY = {
@@ -585,7 +592,46 @@ def _metal_candidates(volume: Volume, work: _Grid, body: np.ndarray, stats: _Bod
     pts = _points(volume.geometry, full_idx)
     voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
     sets = [pts[lab == k] for k in keep]
-    return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats) for fit, _ in _fits(sets, r_in)]
+    return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats, half_peak_area=_half_peak_area(volume, fit, r_in))
+            for fit, _ in _fits(sets, r_in)]
+
+
+def _half_peak_area(volume: Volume, fit: dict, r_in: float) -> float:
+    """Cross-section (mm^2) of a metal tube at half its own peak over soft tissue (median over its
+    thin bins), read on the full-resolution image around the fitted line.
+
+    A soft reconstruction kernel lowers a 5-7 mm steel or titanium tandem's core under the 2000 HU
+    metal level, so its >= 2000 HU cross-section shrinks to a needle's (the needle test then halved
+    a blurred tandem's score and an ovoid stem won: v2 500003 and 500021, session 19); the width at
+    half its peak is what a blur keeps, and a 1-2 mm needle stays under the needle limit."""
+    bins = fit["thin_bins"]
+    if len(bins) < 2:
+        return 0.0
+    c, e, g = fit["c"], fit["e"], volume.geometry
+    ends = np.array([c + (bins.min() - BIN_MM) * e, c + (bins.max() + BIN_MM) * e])
+    idx = g.physical_to_index(ends)  # (i, j, k); an index step is at least one spacing long, whatever the direction
+    pad = r_in / np.asarray(g.spacing) + 1.0
+    shape = np.array(volume.shape[::-1])
+    lo = np.clip(np.floor(idx.min(0) - pad).astype(int), 0, shape)
+    hi = np.clip(np.ceil(idx.max(0) + pad).astype(int) + 1, 0, shape)
+    sub = volume.array[lo[2]:hi[2], lo[1]:hi[1], lo[0]:hi[0]]
+    flat = np.flatnonzero(sub >= 0.5 * (METAL_HU + HALF_PEAK_BASE_HU))  # a metal tube's half peak is never under this
+    if not len(flat):
+        return 0.0
+    zyx = np.stack(np.unravel_index(flat, sub.shape), 1) + lo[::-1]
+    hu = sub.ravel()[flat]
+    rel = _points(g, zyx) - c
+    t = rel @ e
+    near = np.linalg.norm(rel - t[:, None] * e, axis=1) <= r_in
+    k = np.floor(t[near] / BIN_MM)
+    hu = hu[near]
+    areas = []
+    vox_mm3 = float(np.prod(g.spacing))
+    for b in np.floor(bins / BIN_MM):
+        h = hu[k == b]
+        if len(h):
+            areas.append(np.count_nonzero(h >= 0.5 * (h.max() + HALF_PEAK_BASE_HU)) * vox_mm3 / BIN_MM)
+    return float(np.median(areas)) if areas else 0.0
 
 
 def _plastic_candidates(work: _Grid, body: np.ndarray, stats: _BodyStats, r_in: float, relative: bool = False):
@@ -762,6 +808,18 @@ def _choose(cands: list) -> "_Candidate | None":
     return max([best] + rivals, key=lambda c: (_ring_centred(c), c is best, c.length))
 
 
+def _relative_search_needed(best: "_Candidate | None") -> bool:
+    """Whether to run the contrast-relative search: nothing is trusted yet, or only a plastic fit
+    under full score.
+
+    A trusted plastic fit under full score (typically a tube with no ring/ovoids seen, 0.6) was off
+    the tandem 36 times of 55 (blurred: 23 of 28; v2-v7, seeds 0-31), and being trusted it kept the
+    relative search, which sees a blurred plastic tandem and its ring, from running. Its candidates replace such a fit only
+    at full score. After a metal fit it is not run: there it relabelled 25 right metal fits as
+    plastic and broke two (session 19)."""
+    return best is None or best.score < TRUST or (best.kind == "plastic" and best.score < RELATIVE_MIN_SCORE)
+
+
 def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> ApplicatorFit:
     """Find the intrauterine applicator's tandem and the cervical os (see the module docstring).
 
@@ -787,10 +845,12 @@ def locate_applicator(volume: Volume, body_mask: np.ndarray | None = None) -> Ap
         plastic, _ = _plastic_candidates(work, body, stats, r_in)
         cands += plastic
         best = _choose(cands)
-    if best is None or best.score < TRUST:
+    if _relative_search_needed(best):
         relative, _ = _plastic_candidates(work, body, stats, r_in, relative=True)
         cands += relative
-        best = _choose(cands)
+        before, best = best, _choose(cands)
+        if before is not None and before.score >= TRUST and best.relative and _same_tube(before, best):
+            best = before  # the same tube, confirmed: its os from the fixed-threshold search was the closer one
     if not cands:
         reasons.append("no metal object and no thin bright tube inside the body")
     for cand in sorted(cands, key=lambda c: -c.score)[:6]:
