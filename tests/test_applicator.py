@@ -204,6 +204,21 @@ def test_soft_kernel_tandem_gives_the_same_physical_answer_on_an_oblique_anisotr
     assert _angle(a.axis_lps, b.axis_lps) <= 5.0
 
 
+# Small grids centred on the origin: identity, oblique + flipped + anisotropic, flipped + anisotropic.
+SMALL_GRIDS = [(np.eye(3), (1.0, 1.0, 2.5)),
+               (rotation_matrix(7, -5, 20) @ np.diag([-1.0, 1.0, -1.0]), (0.8, 1.3, 2.0)),
+               (np.diag([1.0, -1.0, -1.0]), (1.4, 0.9, 3.0))]
+
+
+def _centred_grid(direction, spacing, size_xyz):
+    """The grid (``size_xyz`` voxels) centred on the origin, and the physical point of every voxel in numpy order."""
+    spacing = np.asarray(spacing)
+    origin = -np.asarray(direction) @ (spacing * (np.asarray(size_xyz) - 1) / 2)
+    geom = Geometry(tuple(spacing), tuple(origin), tuple(np.asarray(direction).ravel()))
+    k = np.stack(np.meshgrid(*[np.arange(n) for n in np.asarray(size_xyz)[::-1]], indexing="ij"), -1).reshape(-1, 3)
+    return geom, geom.index_to_physical(k[:, ::-1].astype(float))
+
+
 # A soft kernel thins a steel/titanium tandem's >= 2000 HU core to a needle's, so the needle test
 # halved its score and an ovoid stem beside it won (os 22 and 58 mm off); at half its own peak it
 # keeps its width (session 19: blurred 142 -> 151/192 on the tandem with the search below).
@@ -238,20 +253,13 @@ def test_soft_kernel_metal_tandem_gives_the_same_physical_answer_on_an_oblique_a
     assert _angle(a.axis_lps, b.axis_lps) <= 5.0
 
 
-@pytest.mark.parametrize("direction,spacing", [
-    (np.eye(3), (1.0, 1.0, 2.5)),
-    (rotation_matrix(7, -5, 20) @ np.diag([-1.0, 1.0, -1.0]), (0.8, 1.3, 2.0)),  # oblique, flipped, anisotropic
-    (np.diag([1.0, -1.0, -1.0]), (1.4, 0.9, 3.0))])
+@pytest.mark.parametrize("direction,spacing", SMALL_GRIDS)
 def test_half_peak_area_of_a_blurred_tandem_and_a_needle(direction, spacing):
     """A 6 mm metal tube and a 1.6 mm needle, both with soft edges (a logistic edge 0.6 mm wide, about
     a 1 mm Gaussian blur), 25 deg from S: at half its own peak the tube measures its own
     cross-section (pi 3^2 = 28 mm^2) on every grid, the needle stays under the half-peak needle limit."""
-    spacing = np.asarray(spacing)
     size = np.array([72, 72, 40])
-    origin = -np.asarray(direction) @ (spacing * (size - 1) / 2)
-    geom = Geometry(tuple(spacing), tuple(origin), tuple(np.asarray(direction).ravel()))
-    k = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1).reshape(-1, 3)
-    p = geom.index_to_physical(k[:, ::-1].astype(float))
+    geom, p = _centred_grid(direction, spacing, size)
     axis = np.array([np.sin(np.radians(25.0)), 0.0, np.cos(np.radians(25.0))])
     fit = dict(c=np.zeros(3), e=axis, thin_bins=np.arange(-14.0, 14.0, 2.0) + 1.0)
     for radius, lo, hi in ((3.0, 0.8 * np.pi * 9, 1.2 * np.pi * 9), (0.8, 0.0, applicator_module.HALF_PEAK_AREA_MM2[0])):
@@ -259,6 +267,35 @@ def test_half_peak_area_of_a_blurred_tandem_and_a_needle(direction, spacing):
         hu = 40.0 + 2960.0 / (1.0 + np.exp((dist - radius) / 0.6))
         vol = Volume(hu.reshape(tuple(size[::-1])).astype(np.float32), geom)
         assert lo <= applicator_module._half_peak_area(vol, fit, 6.0) <= hi, radius
+
+
+def test_steeply_anteverted_metal_tandem_is_fitted_along_its_uterine_part(monkeypatch):
+    """v3 510013: a steel tandem anteverted 60 deg from S above a vertical vaginal part. Its top, read
+    by the PCA of its points, leaned past the 75 deg start limit, and the vaginal part was fitted
+    instead (os 13 mm, axis 58 deg off); through the per-level centroids it is fitted along its
+    uterine part."""
+    sharp, _ = _soft_kernel("v3", 510013)
+    fit = locate_applicator(sharp.ct)
+    _assert_on_tandem_v3(fit, sharp.params)
+    assert fit.kind == "metal" and fit.confidence >= 0.9, fit.to_dict()
+    monkeypatch.setattr(applicator_module, "_level_centroid_line", applicator_module._pca)
+    assert not on_tandem(locate_applicator(sharp.ct), sharp.params)
+
+
+@pytest.mark.parametrize("direction,spacing", SMALL_GRIDS)
+def test_level_centroid_line_of_a_tilted_tube_top(direction, spacing):
+    """The top 16 mm (in S) of a tube 60 deg from S, 10 mm wide (a 6-7 mm steel tandem bloomed), as
+    voxel centres of the grid: the line through the per-level centroids is the tube's axis; the PCA
+    of the points leans towards the level."""
+    size = np.array([96, 96, 40])
+    geom, p = _centred_grid(direction, spacing, size)
+    axis = np.array([0.0, np.sin(np.radians(60.0)), np.cos(np.radians(60.0))])
+    t = p @ axis
+    pts = p[(np.linalg.norm(p - np.outer(t, axis), axis=1) <= 5.0) & (p[:, 2] >= 0.0) & (p[:, 2] <= 16.0)]
+    _, e = applicator_module._level_centroid_line(pts)
+    assert _angle(e, axis) <= 3.0, e
+    _, e_pca = applicator_module._pca(pts)
+    assert _angle(e_pca, axis) > 5.0  # what the old start measured: the case for the centroids
 
 
 # A plastic fit under full score (a tube with no ring/ovoids seen: 0.6) is trusted, and kept the
@@ -302,20 +339,13 @@ def test_a_tube_the_relative_search_confirms_keeps_its_fixed_threshold_fit(monke
     assert np.linalg.norm(rel.os - np.asarray(fit.os_lps)) > 2.0  # a different os was on offer, and turned down
 
 
-@pytest.mark.parametrize("direction,spacing", [
-    (np.eye(3), (1.0, 1.0, 2.5)),
-    (rotation_matrix(7, -5, 20) @ np.diag([-1.0, 1.0, -1.0]), (0.8, 1.3, 2.0)),  # oblique, flipped, anisotropic
-    (np.diag([1.0, -1.0, -1.0]), (1.4, 0.9, 3.0))])
+@pytest.mark.parametrize("direction,spacing", SMALL_GRIDS)
 def test_dark_dot_contrast_sees_a_thin_dark_tube_and_not_a_fat_plane(direction, spacing):
     """Tissue at 60 HU holding a 3 mm dark tube (-100 HU, 30 deg from S: an air channel after a soft
     kernel) and a 3 mm dark sheet (a fat plane, -100 HU): the tube is a dark dot on every grid, the
     sheet, dark along its own line, is not."""
-    spacing = np.asarray(spacing)
     size = np.array([64, 64, 24])
-    origin = -np.asarray(direction) @ (spacing * (size - 1) / 2)
-    geom = Geometry(tuple(spacing), tuple(origin), tuple(np.asarray(direction).ravel()))
-    k = np.stack(np.meshgrid(*[np.arange(n) for n in size[::-1]], indexing="ij"), -1).reshape(-1, 3)
-    p = geom.index_to_physical(k[:, ::-1].astype(float))
+    geom, p = _centred_grid(direction, spacing, size)
     axis = np.array([np.sin(np.radians(30.0)), 0.0, np.cos(np.radians(30.0))])
     tube = np.linalg.norm(p - np.outer(p @ axis, axis), axis=1) <= 1.5
     sheet = np.abs(p[:, 0] - 20.0) <= 1.5  # a plane x = 20 mm, 3 mm thick

@@ -19,10 +19,11 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    plastic tube 100-900 HU, 80 HU over soft tissue, that a ~4.5 mm disk opening removes, so thick
    bone, bladder and bowel do not qualify) in the central part of the body, and thin dark lines
    there (a plastic tandem's air-filled source channel: the one sign of a tandem whose wall is as
-   dense as the uterus around it); when still nothing is trusted, the same two searches relative to
-   the tissue around them (a soft reconstruction kernel leaves a plastic tandem's thin wall only
-   +20-40 HU over the uterus and its air channel at -80..-150 HU, so both fixed thresholds lose
-   it): a tube >= 50 HU over what a ~4.5 mm opening leaves, and a dark dot >= 70 HU under the
+   dense as the uterus around it); when still nothing is trusted, or only a plastic fit under full
+   score (a tube with no ring/ovoids seen: off the tandem more often than on it), the same two
+   searches relative to the tissue around them (a soft reconstruction kernel leaves a plastic
+   tandem's thin wall only +20-40 HU over the uterus and its air channel at -80..-150 HU, so both
+   fixed thresholds lose it): a tube >= 50 HU over what a ~4.5 mm opening leaves, and a dark dot >= 70 HU under the
    tissue 4 mm away in every in-plane direction (a fat plane, dark along its own line, is no dot).
    Anatomy has such faint tubes too (rectal and vaginal walls), so a candidate of this search is
    trusted only with its ring/ovoids around it, themselves read the same way (>= 80 HU over what a
@@ -30,7 +31,9 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    the tandem more often than on it: ``docs/generalisation.md``, session 18);
 4. fit each candidate as a tube grown down from its top (above the os only the tandem exists, so a
    tandem merged with an ovoid, a ring or a handle by blooming still gives the tandem's line; the
-   growth stops where the cross-section turns thick: the ring/ovoid level); collinear pieces are
+   growth stops where the cross-section turns thick: the ring/ovoid level; a metal top's line goes
+   through its per-level centroids, so that a tandem anteverted 60 deg does not read as lying
+   flat and its vertical vaginal part is not taken instead); collinear pieces are
    joined (a tandem lost in radio-opaque packing or a dark streak shows up in two pieces); its
    length is the longest run of 2 mm bins where the tube is thin (inliers within ~6 mm, few voxels
    in the 9 mm shell around them) -- a sphere or a thick stem has none;
@@ -43,17 +46,20 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    to ~20 mm behind the tandem), so that a needle beside the tandem does not own its ring;
 6. score = product of soft factors (thin length, angle from S, lateral offset from the body
    midline at the os, front-back position, cross-section area, not needle-thin (interstitial
-   needles run beside the tandem as long and as straight), a symmetric ring/ovoid association,
+   needles run beside the tandem as long and as straight; a metal tube is also measured at half its
+   own peak, which a soft kernel keeps), a symmetric ring/ovoid association,
    tandem going on >= 25 mm above the os), each 1 inside the clinical range and falling linearly to
    0 outside it, so that >= 0.5 means all criteria are met or one is marginally off (a tandem with
    no ring/ovoids seen scores 0.6; 0.3 from the contrast-relative search). Rejected candidates
    leave a human-readable reason;
 7. choose the best score, then the longest; a separate tube that ties with it (an ovoid stem or a
-   needle parallel to the tandem) wins only if the ring/ovoids are better centred on it.
+   needle parallel to the tandem) wins only if the ring/ovoids are better centred on it; a weak
+   plastic fit that the contrast-relative search confirms (the same tube) keeps its own os.
 
-Inference path: numpy + SimpleITK only; 0.12 s (metal) / 0.29 s (plastic) on a 512 x 512 x 120 CT
+Inference path: numpy + SimpleITK only; 0.13 s (metal) / 0.28 s (plastic) on a 512 x 512 x 120 CT
 on one core (``tests/test_applicator.py`` measures it); the contrast-relative search, run only when
-nothing else is trusted, adds 0.07-0.12 s there (measured with and without an applicator).
+nothing else is trusted or after a weak plastic fit, adds 0.07-0.12 s there (measured with and
+without an applicator).
 """
 
 from __future__ import annotations
@@ -299,11 +305,11 @@ def _ramp(x: float, lo0: float, lo1: float, hi1: float = np.inf, hi0: float = np
     return 1.0
 
 
-def _fit_tube(pts: np.ndarray, r_in: float):
+def _fit_tube(pts: np.ndarray, r_in: float, level_start: bool = False):
     """The tandem-like tube through ``pts``: first grown down from the top (above the os only the
     tandem exists, so a tandem merged with an ovoid, a ring or a handle still gives the tandem's
     line); if that finds no tube, the best of lines started from all of ``pts`` and its caudal part."""
-    grown = _grow_from_top(pts, r_in)
+    grown = _grow_from_top(pts, r_in, level_start=level_start)
     if grown is not None and grown["thin_mm"] >= 20.0:
         return grown
     z = pts[:, 2]
@@ -316,15 +322,35 @@ def _fit_tube(pts: np.ndarray, r_in: float):
     return max(fits, key=lambda f: (f["thin_mm"], -f["r_rms"]), default=None)
 
 
-def _grow_from_top(pts: np.ndarray, r_in: float, step_mm: float = 8.0):
-    """Fit a line to the top 16 mm of ``pts`` and extend it downwards slab by slab while the slab
-    holds a thin tube (its voxels near the line, few in the shell around it)."""
+def _level_centroid_line(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """Line through the centroids of ``pts`` per 2 mm level of S (PCA of the points themselves when
+    they span fewer than 3 levels).
+
+    The top of a steeply anteverted tandem, cut by a level of S, is a slanted cylinder with level
+    ends: the PCA of its points leans towards the level (a 60 deg tandem read as 70-80 deg, past the
+    75 deg limit of a cranio-caudal start, so the vertical vaginal part was fitted instead: v3
+    510013, 510032, v5 530024, session 19). The centroid of each level's cross-section lies on the
+    axis whatever the tilt. Used for metal, whose >= 2000 HU points are a solid tube; the plastic
+    searches' sparser point sets lost two tandems with it."""
+    k = np.floor(pts[:, 2] / BIN_MM).astype(int)
+    k -= k.min()
+    n = np.bincount(k)
+    if np.count_nonzero(n) < 3:
+        return _pca(pts)
+    cent = np.stack([np.bincount(k, weights=pts[:, a])[n > 0] / n[n > 0] for a in range(3)], 1)
+    return _pca(cent)
+
+
+def _grow_from_top(pts: np.ndarray, r_in: float, step_mm: float = 8.0, level_start: bool = False):
+    """Fit a line to the top 16 mm of ``pts`` (with ``level_start``, through its per-level centroids:
+    :func:`_level_centroid_line`) and extend it downwards slab by slab while the slab holds a thin
+    tube (its voxels near the line, few in the shell around it)."""
     z = pts[:, 2]
     top = z.max()
     sel = z >= top - 2 * step_mm
     if sel.sum() < 4:
         return None
-    c, e = _pca(pts[sel])
+    c, e = _level_centroid_line(pts[sel]) if level_start else _pca(pts[sel])
     if e[2] < np.cos(np.radians(75.0)):
         return None  # the top is not the end of a cranio-caudal tube
     depth = 2 * step_mm
@@ -344,11 +370,11 @@ def _grow_from_top(pts: np.ndarray, r_in: float, step_mm: float = 8.0):
     return _refine_tube(pts, pts[(z >= top - depth)], r_in, iterate=False, c_e=(c, e))
 
 
-def _fits(point_sets: list[np.ndarray], r_in: float) -> list[tuple[dict, np.ndarray]]:
+def _fits(point_sets: list[np.ndarray], r_in: float, level_start: bool = False) -> list[tuple[dict, np.ndarray]]:
     """Tube fits of each point set (rows x, y, z[, extra columns carried along]), with collinear
     pieces joined: a tandem that vanishes into packing or blooming around the os shows up as two
     pieces on one line, and must count as one."""
-    fits = [(f, p) for p in point_sets if (f := _fit_tube(p[:, :3], r_in)) is not None]
+    fits = [(f, p) for p in point_sets if (f := _fit_tube(p[:, :3], r_in, level_start)) is not None]
     merged = True
     while merged:
         merged = False
@@ -358,7 +384,7 @@ def _fits(point_sets: list[np.ndarray], r_in: float) -> list[tuple[dict, np.ndar
                 if a >= b or not _collinear(fits[a][0], fits[b][0], r_in):
                     continue
                 pts = np.concatenate([fits[a][1], fits[b][1]])
-                f = _fit_tube(pts[:, :3], r_in)
+                f = _fit_tube(pts[:, :3], r_in, level_start)
                 ea, eb = fits[a][0]["e"], fits[b][0]["e"]
                 if (f is None or f["thin_mm"] < 0.8 * max(fits[a][0]["thin_mm"], fits[b][0]["thin_mm"])
                         or min(abs(f["e"] @ ea), abs(f["e"] @ eb)) < np.cos(np.radians(10.0))):
@@ -593,7 +619,7 @@ def _metal_candidates(volume: Volume, work: _Grid, body: np.ndarray, stats: _Bod
     voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
     sets = [pts[lab == k] for k in keep]
     return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats, half_peak_area=_half_peak_area(volume, fit, r_in))
-            for fit, _ in _fits(sets, r_in)]
+            for fit, _ in _fits(sets, r_in, level_start=True)]
 
 
 def _half_peak_area(volume: Volume, fit: dict, r_in: float) -> float:
