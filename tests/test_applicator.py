@@ -15,7 +15,7 @@ from MnetImSegmentLib.research.phantom_styles import make_phantom_style
 from MnetImSegmentLib.engine.roi import RoiSpec, locate_roi
 from MnetImSegmentLib.core.volume import Geometry, Volume
 
-from MnetImSegmentLib.research.localiser_survey import AXIS_TOL_DEG, OS_TOL_MM, errors, on_tandem
+from MnetImSegmentLib.research.localiser_survey import AXIS_TOL_DEG, OS_TOL_MM, errors, on_tandem, truth
 
 
 def _phantom(seed, applicator, kinds=()):
@@ -280,6 +280,21 @@ def test_steeply_anteverted_metal_tandem_is_fitted_along_its_uterine_part(monkey
     assert fit.kind == "metal" and fit.confidence >= 0.9, fit.to_dict()
     monkeypatch.setattr(applicator_module, "_level_centroid_line", applicator_module._pca)
     assert not on_tandem(locate_applicator(sharp.ct), sharp.params)
+
+
+def test_steeply_anteverted_metal_tandem_on_an_oblique_flipped_anisotropic_grid():
+    """The same v3 510013 resampled onto an oblique, flipped grid with anisotropic pixels: the levels
+    are levels of physical S, so the same os and axis."""
+    sharp, _ = _soft_kernel("v3", 510013)
+    a = locate_applicator(sharp.ct)
+    d = rotation_matrix(-6, 8, -25) @ np.diag([1.0, -1.0, -1.0])
+    spacing, size = np.array([0.9, 1.4, 2.0]), np.array([330, 215, 90])
+    origin = np.asarray(truth(sharp.params)[0]) + np.array([0.0, 0.0, 15.0]) - d @ (spacing * (size - 1) / 2)
+    b = locate_applicator(_resample(sharp.ct, Geometry(spacing, origin, d.ravel()), size))
+    assert b.kind == "metal", b.to_dict()
+    _assert_on_tandem_v3(b, sharp.params)
+    assert np.linalg.norm(np.asarray(a.os_lps) - np.asarray(b.os_lps)) <= 4.5, (a.to_dict(), b.to_dict())
+    assert _angle(a.axis_lps, b.axis_lps) <= 5.0
 
 
 @pytest.mark.parametrize("direction,spacing", SMALL_GRIDS)
