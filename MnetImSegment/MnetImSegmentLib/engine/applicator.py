@@ -23,8 +23,9 @@ or a thick tube, bone is thick or lateral, the table lies outside the body. So w
    score (a tube with no ring/ovoids seen: off the tandem more often than on it), the same two
    searches relative to the tissue around them (a soft reconstruction kernel leaves a plastic
    tandem's thin wall only +20-40 HU over the uterus and its air channel at -80..-150 HU, so both
-   fixed thresholds lose it): a tube >= 50 HU over what a ~4.5 mm opening leaves, and a dark dot >= 70 HU under the
-   tissue 4 mm away in every in-plane direction (a fat plane, dark along its own line, is no dot).
+   fixed thresholds lose it): a tube >= 50 HU over what a ~4.5 mm opening leaves, and a dark dot
+   >= 70 HU under the tissue 4 mm away in every in-plane direction (a fat plane, dark along its
+   own line, is no dot).
    Anatomy has such faint tubes too (rectal and vaginal walls), so a candidate of this search is
    trusted only with its ring/ovoids around it, themselves read the same way (>= 80 HU over what a
    ~12 mm opening leaves), and only when it passes every test of step 6 (at lower scores it was off
@@ -330,8 +331,8 @@ def _level_centroid_line(pts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     ends: the PCA of its points leans towards the level (a 60 deg tandem read as 70-80 deg, past the
     75 deg limit of a cranio-caudal start, so the vertical vaginal part was fitted instead: v3
     510013, 510032, v5 530024, session 19). The centroid of each level's cross-section lies on the
-    axis whatever the tilt. Used for metal, whose >= 2000 HU points are a solid tube; the plastic
-    searches' sparser point sets lost two tandems with it."""
+    axis whatever the tilt. Used for metal, whose >= 2000 HU points are a solid tube; on the plastic
+    searches' sparser point sets it lost one tandem and trusted one fit 62 deg off."""
     k = np.floor(pts[:, 2] / BIN_MM).astype(int)
     k -= k.min()
     n = np.bincount(k)
@@ -572,7 +573,8 @@ def _score(kind: str, fit: dict, material: np.ndarray, voxel_ml: float, cell_are
     where = (f"{kind} object {fit['hi'] - fit['lo']:.0f} mm long (thin for {fit['thin_mm']:.0f} mm), "
              f"{angle:.0f} deg from S, {lateral:.0f} mm from the midline, {100 * ap:.0f} % front-to-back")
     return _Candidate(kind, score, os_pt, tip, e, float(fit["hi"] - t_os),
-                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml, area=area, half_peak_area=half_peak_area), where, relative)
+                      dict(f, symmetry=symmetry, assoc_ml=assoc_ml, area=area, half_peak_area=half_peak_area),
+                      where, relative)
 
 
 _WHY = {
@@ -618,7 +620,8 @@ def _metal_candidates(volume: Volume, work: _Grid, body: np.ndarray, stats: _Bod
     pts = _points(volume.geometry, full_idx)
     voxel_ml = float(np.prod(volume.geometry.spacing)) / 1000.0
     sets = [pts[lab == k] for k in keep]
-    return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats, half_peak_area=_half_peak_area(volume, fit, r_in))
+    return [_score("metal", fit, pts, voxel_ml, voxel_ml * 1000.0 / BIN_MM, stats,
+                   half_peak_area=_half_peak_area(volume, fit, r_in))
             for fit, _ in _fits(sets, r_in, level_start=True)]
 
 
@@ -840,9 +843,9 @@ def _relative_search_needed(best: "_Candidate | None") -> bool:
 
     A trusted plastic fit under full score (typically a tube with no ring/ovoids seen, 0.6) was off
     the tandem 36 times of 55 (blurred: 23 of 28; v2-v7, seeds 0-31), and being trusted it kept the
-    relative search, which sees a blurred plastic tandem and its ring, from running. Its candidates replace such a fit only
-    at full score. After a metal fit it is not run: there it relabelled 25 right metal fits as
-    plastic and broke two (session 19)."""
+    relative search, which sees a blurred plastic tandem and its ring, from running. Its candidates
+    replace such a fit only at full score. After a metal fit it is not run: there it relabelled
+    about 25 right metal fits as plastic, and fixed two and broke two (session 19)."""
     return best is None or best.score < TRUST or (best.kind == "plastic" and best.score < RELATIVE_MIN_SCORE)
 
 
