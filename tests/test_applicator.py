@@ -221,7 +221,7 @@ def _centred_grid(direction, spacing, size_xyz):
 
 # A soft kernel thins a steel/titanium tandem's >= 2000 HU core to a needle's, so the needle test
 # halved its score and an ovoid stem beside it won (os 22 and 58 mm off); at half its own peak it
-# keeps its width (session 19: blurred 142 -> 151/192 on the tandem with the search below).
+# keeps its width (session 19: blurred 142 -> 152/192 on the tandem with the other two changes below).
 SOFT_KERNEL_METAL_CASES = [("v2", 500003), ("v2", 500021)]
 
 
