@@ -4,10 +4,13 @@ Usage::
 
     python scripts/localiser_survey.py -o out/localiser --styles v2 v3 v4 v5 v6 heldout --first 0 --count 40
     python scripts/localiser_survey.py -o out/localiser_blur --styles v2 v3 --count 24 --perturbation "blur 1px"
+    python scripts/localiser_survey.py -o out/after --styles v2 v3 --count 24 --compare out/before/localiser_survey.json
 
 Writes ``localiser_survey.json`` (every miss with its os and axis error, every fit's kind and
 confidence) and ``localiser_survey.md``: on the tandem per style, and what the product does with the
 fits (refused, or trusted on the tandem / elsewhere, by kind and full or partial confidence).
+With ``--compare`` (a survey of the same phantoms by another version of the localiser), also
+``localiser_compare.md``: the status counts of both and every phantom whose fit changed.
 The work is in ``MnetImSegmentLib.research.localiser_survey``.
 """
 
@@ -34,7 +37,17 @@ def main(argv=None) -> int:
     ap.add_argument("--matrix", type=int, default=256)
     ap.add_argument("--perturbation", choices=PERTURBATIONS, default=None,
                     help="apply this perturbation of the generalisation table to every phantom")
+    ap.add_argument("--compare", type=Path, default=None, metavar="SURVEY_JSON",
+                    help="an earlier localiser_survey.json of the same phantoms: list every fit that changed")
     args = ap.parse_args(argv)
+    before = None
+    if args.compare is not None:
+        try:
+            before = json.loads(args.compare.read_text())
+            ls.compare(before, {"matrix": args.matrix, "perturbation": args.perturbation, "rows": []})
+        except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
+            print(f"error: cannot compare with {args.compare}: {e}", file=sys.stderr)
+            return 2
     results = ls.survey(args.styles, args.first, args.count, args.matrix, log=lambda s: print(s, flush=True),
                         perturbation=args.perturbation)
     args.out.mkdir(parents=True, exist_ok=True)
@@ -42,6 +55,11 @@ def main(argv=None) -> int:
     table = ls.markdown_table(results)
     (args.out / "localiser_survey.md").write_text(table + "\n")
     print(table)
+    if before is not None:
+        diff = ls.compare(before, results)
+        text = ls.compare_table(diff)
+        (args.out / "localiser_compare.md").write_text(text + "\n")
+        print(f"\nCompared with {args.compare}:\n{text}")
     return 0
 
 

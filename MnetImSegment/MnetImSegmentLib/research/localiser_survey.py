@@ -55,12 +55,13 @@ class StyleRow:
     on_tandem: list = field(default_factory=list)
     misses: list = field(default_factory=list)
     fits: list = field(default_factory=list)  # (kind, confidence, found) of every phantom, for the trust table
+    phantoms: list = field(default_factory=list)  # every phantom's fit (os in LPS mm) and errors, for :func:`compare`
 
     def summary(self) -> dict:
         n = len(self.seeds)
         return {"style": self.style, "n": n, "on_tandem": int(sum(self.on_tandem)),
                 "percent": round(100.0 * sum(self.on_tandem) / max(n, 1), 1), "seeds": self.seeds, "misses": self.misses,
-                "fits": self.fits}
+                "fits": self.fits, "phantoms": self.phantoms}
 
 
 def trust(results: dict) -> dict:
@@ -117,6 +118,8 @@ def survey(styles, first: int = 0, count: int = 8, matrix: int = 256,
                     "os_error_mm": round(os_err, 1), "axis_error_deg": round(angle, 1)}
             if not ok:
                 row.misses.append(what)
+            row.phantoms.append(dict(what, found=bool(fit.found), on_tandem=ok,
+                                     os_lps=None if fit.os_lps is None else [round(float(v), 1) for v in fit.os_lps]))
             log(f"{style} seed {seed}: {'on the tandem' if ok else 'MISSED'} {what}")
         rows.append(row)
     return {"first_seed_offset": first, "per_style": count, "matrix": matrix, "perturbation": perturbation,
@@ -134,4 +137,59 @@ def markdown_table(results: dict) -> str:
     lines += ["", "| trusted fit (confidence >= 0.5) | on the tandem | elsewhere |", "|---|---:|---:|"]
     lines += [f"| {band} | {c['on_tandem']} | {c['elsewhere']} |" for band, c in sorted(counts.items()) if band != "refused"]
     lines.append(f"| refused (no fit trusted) | {counts['refused']} | |")
+    return "\n".join(lines)
+
+
+def _status(ph: dict) -> str:
+    return "refused" if not ph["found"] else ("on the tandem" if ph["on_tandem"] else "elsewhere")
+
+
+def compare(before: dict, after: dict, moved_mm: float = 0.5) -> dict:
+    """Fit by fit, what changed between two surveys of the same phantoms (e.g. two versions of the
+    localiser): every phantom whose status (on the tandem / elsewhere / refused), kind or os (by more
+    than ``moved_mm``) changed, and the status counts of both on the phantoms they share.
+
+    Raises ``ValueError`` when the surveys are not comparable (other grid or perturbation) or one has
+    no per-phantom records (a survey written before session 19)."""
+    for key in ("matrix", "perturbation"):
+        if before.get(key) != after.get(key):
+            raise ValueError(f"the surveys differ in {key} ({before.get(key)} vs {after.get(key)}): not the same phantoms")
+
+    def records(results: dict, which: str) -> dict:
+        out = {}
+        for row in results["rows"]:
+            if "phantoms" not in row:
+                raise ValueError(f"the {which} survey has no per-phantom fits (written before session 19): run it again")
+            out.update({(row["style"], ph["seed"]): ph for ph in row["phantoms"]})
+        return out
+
+    a, b = records(before, "first"), records(after, "second")
+    shared = sorted(set(a) & set(b))
+    counts = {w: {s: 0 for s in ("on the tandem", "elsewhere", "refused")} for w in ("before", "after")}
+    changes = []
+    for key in shared:
+        x, y = a[key], b[key]
+        counts["before"][_status(x)] += 1
+        counts["after"][_status(y)] += 1
+        moved = (x["os_lps"] is None) != (y["os_lps"] is None) or (
+            x["os_lps"] is not None and float(np.linalg.norm(np.subtract(x["os_lps"], y["os_lps"]))) > moved_mm)
+        if _status(x) != _status(y) or x["found_kind"] != y["found_kind"] or moved:
+            changes.append({"style": key[0], "seed": key[1], "before": x, "after": y})
+    return {"n": len(shared), "counts": counts, "changes": changes}
+
+
+def compare_table(diff: dict) -> str:
+    """Markdown: the status counts before and after, then one line per changed phantom."""
+    c = diff["counts"]
+    lines = [f"| {diff['n']} phantoms | on the tandem | elsewhere | refused |", "|---|---:|---:|---:|"]
+    lines += [f"| {w} | {c[w]['on the tandem']} | {c[w]['elsewhere']} | {c[w]['refused']} |" for w in ("before", "after")]
+    lines += ["", "| style | seed | before | after |", "|---|---:|---|---|"]
+
+    def cell(ph):
+        err = "" if not ph["found"] else f", os {ph['os_error_mm']} mm, axis {ph['axis_error_deg']} deg"
+        return f"{_status(ph)}: {ph['found_kind']} {ph['confidence']}{err}"
+
+    lines += [f"| {ch['style']} | {ch['seed']} | {cell(ch['before'])} | {cell(ch['after'])} |" for ch in diff["changes"]]
+    if not diff["changes"]:
+        lines.append("| - | - | no fit changed | |")
     return "\n".join(lines)
