@@ -44,7 +44,7 @@ def main(argv=None) -> int:
     if args.compare is not None:
         try:
             before = json.loads(args.compare.read_text())
-            ls.compare(before, {"matrix": args.matrix, "perturbation": args.perturbation, "rows": []})
+            ls.check_comparable(before, args.matrix, args.perturbation)
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as e:
             print(f"error: cannot compare with {args.compare}: {e}", file=sys.stderr)
             return 2

@@ -144,26 +144,32 @@ def _status(ph: dict) -> str:
     return "refused" if not ph["found"] else ("on the tandem" if ph["on_tandem"] else "elsewhere")
 
 
+def _records(results: dict, which: str) -> dict:
+    out = {}
+    for row in results["rows"]:
+        if "phantoms" not in row:
+            raise ValueError(f"the {which} survey has no per-phantom fits (written before session 19): run it again")
+        out.update({(row["style"], ph["seed"]): ph for ph in row["phantoms"]})
+    return out
+
+
+def check_comparable(before: dict, matrix: int, perturbation: Optional[str]) -> None:
+    """Raise ``ValueError`` unless ``before`` is a survey of phantoms on this grid (``matrix``) with
+    this ``perturbation``, with per-phantom records (surveys written before session 19 have none)."""
+    for key, value in (("matrix", matrix), ("perturbation", perturbation)):
+        if before.get(key) != value:
+            raise ValueError(f"the surveys differ in {key} ({before.get(key)} vs {value}): not the same phantoms")
+    _records(before, "first")
+
+
 def compare(before: dict, after: dict, moved_mm: float = 0.5) -> dict:
     """Fit by fit, what changed between two surveys of the same phantoms (e.g. two versions of the
     localiser): every phantom whose status (on the tandem / elsewhere / refused), kind or os (by more
     than ``moved_mm``) changed, and the status counts of both on the phantoms they share.
 
-    Raises ``ValueError`` when the surveys are not comparable (other grid or perturbation) or one has
-    no per-phantom records (a survey written before session 19)."""
-    for key in ("matrix", "perturbation"):
-        if before.get(key) != after.get(key):
-            raise ValueError(f"the surveys differ in {key} ({before.get(key)} vs {after.get(key)}): not the same phantoms")
-
-    def records(results: dict, which: str) -> dict:
-        out = {}
-        for row in results["rows"]:
-            if "phantoms" not in row:
-                raise ValueError(f"the {which} survey has no per-phantom fits (written before session 19): run it again")
-            out.update({(row["style"], ph["seed"]): ph for ph in row["phantoms"]})
-        return out
-
-    a, b = records(before, "first"), records(after, "second")
+    Raises ``ValueError`` when the surveys are not comparable (:func:`check_comparable`)."""
+    check_comparable(before, after.get("matrix"), after.get("perturbation"))
+    a, b = _records(before, "first"), _records(after, "second")
     shared = sorted(set(a) & set(b))
     counts = {w: {s: 0 for s in ("on the tandem", "elsewhere", "refused")} for w in ("before", "after")}
     changes = []
