@@ -105,6 +105,9 @@ def test_demo_weights_are_marked_on_the_segment_and_in_the_description(scene, ti
     # The demo's description names its prior bias exactly when its card has one (0.3.0 had none, 0.3.1 has).
     assert ("prior bias" in weightsDescription(demo_card)) == bool(demo_card.config.get("prior_bias"))
     assert "prior bias" not in weightsDescription(read_card(tiny_weights))
+    # An ensemble says how many networks vote (the time it costs), a single network does not.
+    assert ("voting" in weightsDescription(demo_card)) == (demo_card.member_thresholds is not None)
+    assert "voting" not in weightsDescription(read_card(tiny_weights))
 
     # Any card whose intended use says so is marked, and the segment carries the tag (its name stays CTV).
     marked = tmp_path / "marked"

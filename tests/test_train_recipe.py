@@ -39,19 +39,35 @@ def test_dry_run_prints_every_stage_chained_to_its_parent(recipe, tmp_path, caps
     assert not any(tmp_path.iterdir())  # a dry run writes nothing
 
 
-def test_last_stage_is_the_shipped_cards_training(recipe, tmp_path, demo_weights):
-    """The recipe's final command trains what the shipped card says it was trained with."""
+def test_shipped_ensemble_members_are_the_recipes_stages(recipe, tmp_path, demo_weights):
+    """The shipped weights are the recipe's ensemble: each member trained as its stage's command says."""
     card = read_card(demo_weights).raw
-    recorded = card["training"]["config"]
-    argv = recipe.train_argv(tmp_path, recipe.STAGES[-1])
-    config = train_config_from_args(build_parser().parse_args(argv))
+    members, _, version = recipe.ENSEMBLE
+    assert card["version"] == version
+    entries = card["ensemble"]["members"]
+    assert len(entries) == len(members) and card["ensemble"]["member_thresholds"] == [e["threshold"] for e in entries]
+    stages = {stage[0]: stage for stage in recipe.STAGES}
     plain = lambda value: json.loads(json.dumps(value))  # noqa: E731  (tuples and lists compare alike)
-    for key in ("epochs", "windows_per_epoch", "lr", "lr_milestones", "style_weights", "augment", "max_minutes", "seed"):
-        assert plain(getattr(config, key)) == recorded[key], key
-    for key in ("ctv_camouflage", "fat_fill"):  # recorded only when on
-        assert getattr(config, key) == recorded.get(key, 0.0), key
-    assert plain(config.input) == recorded["input"] and plain(config.roi) == recorded["roi"]
-    assert card["version"] == recipe.STAGES[-1][3]
+    for name, entry in zip(members, entries):
+        recorded = entry["training"]["config"]
+        config = train_config_from_args(build_parser().parse_args(recipe.train_argv(tmp_path, stages[name])))
+        for key in ("epochs", "windows_per_epoch", "lr", "lr_milestones", "style_weights", "augment", "max_minutes",
+                    "seed"):
+            assert plain(getattr(config, key)) == recorded[key], (name, key)
+        for key in ("ctv_camouflage", "fat_fill"):  # recorded only when on
+            assert getattr(config, key) == recorded.get(key, 0.0), (name, key)
+        assert plain(config.input) == recorded["input"] and plain(config.roi) == recorded["roi"], name
+
+
+def test_dry_run_ends_with_the_ensemble_of_its_members(recipe, tmp_path, capsys):
+    assert recipe.main(["--root", str(tmp_path), "--dry-run"]) == 0
+    last = shlex.split(capsys.readouterr().out.splitlines()[-1])
+    assert last[:2] == ["mnetim", "ensemble"]
+    members = [str(tmp_path / f"run_{m}" / "weights") for m in recipe.ENSEMBLE[0]]
+    assert last[2:2 + len(members)] == members
+    assert last[last.index("--test-manifest") + 1] == str(tmp_path / recipe.ENSEMBLE[1] / "test.csv")
+    assert recipe.main(["--root", str(tmp_path), "--dry-run", "--until", "v12c"]) == 0
+    assert "mnetim ensemble" not in capsys.readouterr().out  # a partial replay stops at its stage
 
 
 def test_unknown_stage_is_refused_with_one_sentence(recipe):

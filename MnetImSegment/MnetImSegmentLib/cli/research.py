@@ -1,4 +1,5 @@
-"""``mnetim crossval`` and ``mnetim compare`` (train, predict, evaluate) and ``mnetim export`` (run -> weights).
+"""``mnetim crossval`` and ``mnetim compare`` (train, predict, evaluate), ``mnetim export`` (run -> weights) and
+``mnetim ensemble`` (weights folders -> one voting weights folder).
 
 The training options are those of ``mnetim train`` (:func:`.options.add_train_options`), so a command
 line that trains one model also runs an experiment.
@@ -13,7 +14,7 @@ from ..engine.weights import read_card
 from ..research.training.distributed import is_main_process
 from ..research.training.experiments import run_compare as compare_experiment
 from ..research.training.experiments import run_crossval as crossval_experiment
-from ..research.training.export import export_run
+from ..research.training.export import export_ensemble, export_run
 from .options import add_input_output, add_json, add_train_options, command_line, emit, train_config_from_args
 
 
@@ -61,6 +62,24 @@ def add_parser(subparsers) -> None:
     add_json(e)
     e.set_defaults(func=run_export)
 
+    n = subparsers.add_parser(
+        "ensemble", help="combine trained weights folders into one weights folder whose networks vote",
+        description="Write one weights folder holding every MEMBER network: at inference each member's logit is "
+                    "shifted by its own threshold and the mean is thresholded at 0.5, so each member votes with the "
+                    "boundary its validation chose. The members must share the architecture, its configuration and "
+                    "the input spec; with the atlas prior all use the first member's CTV atlas. Segmenting costs one "
+                    "network pass per member.")
+    n.add_argument("members", nargs="+", metavar="MEMBER", help="two or more weights folders")
+    n.add_argument("-o", "--output", required=True, help="new weights folder")
+    n.add_argument("--name", required=True, help="model name in the card")
+    n.add_argument("--version", required=True, help="version in the card")
+    n.add_argument("--intended-use", help="intended-use statement in the card (default: the first member's)")
+    n.add_argument("--test-manifest", help="CSV of scans no member was trained or validated on: measured through the "
+                                           "full pipeline into the card's test entry")
+    n.add_argument("--device", default="cpu", help="device for the test measurement: cpu, cuda or auto")
+    add_json(n)
+    n.set_defaults(func=run_ensemble)
+
 
 def _verbose(args) -> bool:
     """Print results only once in a torchrun job, and never with --json."""
@@ -107,4 +126,18 @@ def run_export(args) -> int:
     emit(args, {"output": str(folder), "name": card["name"], "version": card["version"],
                 "architecture": card["architecture"], "threshold": card["threshold"]},
          f"{card['name']} {card['version']} ({card['architecture']}, threshold {card['threshold']}) -> {folder}")
+    return 0
+
+
+def run_ensemble(args) -> int:
+    """``mnetim ensemble``: see :func:`~..research.training.export.export_ensemble`."""
+    folder = export_ensemble(args.members, args.output, name=args.name, version=args.version,
+                             intended_use=args.intended_use, test_manifest=args.test_manifest,
+                             command=command_line(), device=args.device)
+    card = read_card(folder).raw
+    test = card.get("test", {}).get("volumetric_dice_mean")
+    emit(args, {"output": str(folder), "name": card["name"], "version": card["version"],
+                "members": len(card["ensemble"]["member_thresholds"]), "test_dice": test},
+         f"{card['name']} {card['version']} ({len(card['ensemble']['member_thresholds'])} x {card['architecture']}"
+         + (f", test Dice {test:.3f}" if test is not None else "") + f") -> {folder}")
     return 0

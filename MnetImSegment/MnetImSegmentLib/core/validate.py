@@ -280,6 +280,11 @@ CARD_SCHEMA: dict = {
             "extra": {"type": "any"},
         },
         "threshold": {"type": "number", "gt": 0.0, "lt": 1.0},
+        # Several networks of the card's configuration (models.ensemble; MAX_MEMBERS there).
+        "ensemble": {"type": "object", "required": ["member_thresholds"],
+                     "fields": {"member_thresholds": {"type": "list", "items": {"type": "number", "gt": 0.0, "lt": 1.0},
+                                                      "min_len": 2, "max_len": 8}},
+                     "extra": {"type": "any"}},
         "postprocessing": {"type": "object", "fields": {"largest_component": {"type": "bool"}},
                            "extra": {"type": "any"}},
         "intended_use": {"type": "str", "min_len": 1, "max_len": 4000, "text": True},

@@ -5,6 +5,10 @@ validates everything before a single tensor reaches the network: the card's sche
 architecture and its configuration, the SHA-256 of the tensor file, and every tensor's name and
 shape against the model the card describes.
 
+An ensemble card (``"ensemble": {"member_thresholds": [...], ...}``) describes several networks of the
+card's one architecture and configuration; their tensors are stored under ``members.<i>.`` and the
+model is a :class:`~MnetImSegmentLib.models.ensemble.OutputEnsemble`.
+
 Input-side tensors that are not network parameters (the CTV atlas of weights trained with
 ``--applicator-prior atlas``) live in the same file under the ``input_prior.`` prefix, so the card's
 single SHA-256 covers them too.
@@ -89,6 +93,12 @@ class ModelCard:
         return float(self.raw["threshold"])
 
     @property
+    def member_thresholds(self) -> Optional[list]:
+        """Each member's own threshold for an ensemble card (``"ensemble"``), else None."""
+        ensemble = self.raw.get("ensemble")
+        return None if ensemble is None else [float(t) for t in ensemble["member_thresholds"]]
+
+    @property
     def input_spec(self) -> InputSpec:
         return InputSpec.from_dict(self.raw["input"])
 
@@ -160,6 +170,11 @@ def load_weights(folder, device: str = "cpu"):
                            "input has no prior channel.")
     try:
         model = build_model(card.architecture, **card.config)
+        if card.member_thresholds is not None:  # several networks of this configuration, one vote each
+            from ..models.ensemble import OutputEnsemble
+
+            model = OutputEnsemble([model] + [build_model(card.architecture, **card.config)
+                                              for _ in card.member_thresholds[1:]], card.member_thresholds)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"The model card in '{folder}' describes no buildable model ({exc}).") from None
     try:

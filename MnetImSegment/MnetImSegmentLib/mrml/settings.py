@@ -116,8 +116,11 @@ METAL_REDUCTION_NAMES = {"linear": "LI-MAR", "normalised": "NMAR"}
 
 def weightsDescription(card: ModelCard) -> str:
     """One line naming the model (name + version) for the GUI, with what its input adds to the paper's (a
-    physicist must see that a model reduces metal artefacts); the demo weights clearly marked."""
-    text = f"{card.label} ({card.architecture}), threshold {card.threshold:.2f}"
+    physicist must see that a model reduces metal artefacts, or that it runs several networks: an
+    ensemble costs one network pass per member); the demo weights clearly marked."""
+    members = card.member_thresholds
+    kind = card.architecture if members is None else f"{len(members)} x {card.architecture} voting"
+    text = f"{card.label} ({kind}), threshold {card.threshold:.2f}"
     spec = card.input_spec
     extras = ([f"{spec.applicator_prior} prior channel"] if spec.applicator_prior != "none" else []) + \
         ([f"{METAL_REDUCTION_NAMES[spec.metal_reduction]} metal-artefact reduction"] if spec.metal_reduction != "none" else [])

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import datetime as _dt
 import json
+import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -314,3 +315,117 @@ def _epochs_logged(run_dir: Path) -> int:
 
     log = run_dir / "log.csv"
     return len(list(csv.DictReader(open(log, newline="")))) if log.is_file() else 0
+
+
+ENSEMBLE_COMBINATION = ("mean of the members' logits, each shifted by logit(its own threshold); threshold 0.5 on the "
+                        "sigmoid of the mean (models/ensemble.py)")
+# Card fields that describe one trained network, not the ensemble: they move under ensemble.members.
+_MEMBER_ONLY = ("training", "validation", "test", "generalisation", "exported_from", "threshold_selection",
+                "quality_calibration", "tensors_sha256", "format_version", "created", "software")
+
+
+def _member_entry(card: dict) -> dict:
+    """What the ensemble card keeps of one member: identity, threshold and how it was trained."""
+    entry = {k: card[k] for k in ("name", "version", "threshold", "tensors_sha256")}
+    for key in ("training", "validation", "exported_from"):
+        if key in card:
+            entry[key] = card[key]
+    if "test" in card:
+        entry["test"] = {k: v for k, v in card["test"].items() if k != "scans"}
+    return entry
+
+
+def _same_input(a: dict, b: dict) -> bool:
+    """Two cards' input specs agree apart from their CTV atlas (the ensemble feeds member 0's to all)."""
+    strip = lambda spec: {k: v for k, v in spec.items() if k != "ctv_atlas"}  # noqa: E731
+    return strip(a) == strip(b)
+
+
+def export_ensemble(member_folders, weights_dir, name: str, version: str, intended_use: Optional[str] = None,
+                    test_manifest=None, command: str = "", device: str = "cpu") -> Path:
+    """Combine trained weights folders into one ensemble weights folder (:class:`~...models.ensemble.OutputEnsemble`).
+
+    The members must share the architecture, its configuration and the input spec (window, HU window,
+    prior, metal reduction, ROI); with the ``"atlas"`` prior every member gets member 0's CTV atlas.
+    The card keeps member 0's quality thresholds and postprocessing; each member's identity, threshold
+    and training record go under ``ensemble.members``.
+
+    Args:
+        member_folders: Two or more weights folders (``mnetim train`` / ``mnetim export`` output).
+        weights_dir: New (or empty) folder for the ensemble.
+        name, version: Card fields of the ensemble.
+        intended_use: Default: member 0's statement.
+        test_manifest: Optional manifest of scans that **no member** was trained or validated on: the
+            ensemble is measured on them through the full pipeline, as ``mnetim train`` measures its test
+            split, and the card's ``test`` holds the result.
+        command: The command line, recorded as ``training.command``.
+        device: Device for the test measurement.
+
+    Returns:
+        ``weights_dir``, after checking that it loads.
+
+    Raises:
+        WeightsError: a member does not load, members differ in architecture/configuration/input, a
+            member is itself an ensemble, or ``weights_dir`` already holds files.
+        DatasetError: ``test_manifest`` is unreadable or empty.
+    """
+    from ...core.errors import WeightsError
+    from ...models.ensemble import MAX_MEMBERS, OutputEnsemble
+    from ..manifest import read_manifest
+
+    folders = [Path(f) for f in member_folders]
+    if not 2 <= len(folders) <= MAX_MEMBERS:
+        raise WeightsError(f"An ensemble needs 2 to {MAX_MEMBERS} weights folders, not {len(folders)}.")
+    loaded = [load_weights(f) for f in folders]
+    cards = [card.raw for _, card in loaded]
+    first = cards[0]
+    for folder, card in zip(folders, cards):
+        if "ensemble" in card:
+            raise WeightsError(f"'{folder}' is itself an ensemble; combine its members' folders instead.")
+        for key, same in (("architecture", card["architecture"] == first["architecture"]),
+                          ("config", card["config"] == first["config"]),
+                          ("input", _same_input(card["input"], first["input"]))):
+            if not same:
+                raise WeightsError(f"'{folder}' differs from '{folders[0]}' in its card's {key}: ensemble members must "
+                                   "take the same input through the same network configuration.")
+    weights_dir = Path(weights_dir)
+    if weights_dir.exists() and (not weights_dir.is_dir() or any(weights_dir.iterdir())):
+        raise WeightsError(f"'{weights_dir}' already exists and is not an empty folder; choose a new folder for the "
+                           "weights.")  # checked before the test scans are segmented, not after
+    weights_dir.parent.mkdir(parents=True, exist_ok=True)
+    records = None
+    if test_manifest is not None:
+        records = read_manifest(test_manifest)
+        if not records:
+            raise DatasetError(f"The test manifest '{test_manifest}' lists no scans.")
+    thresholds = [float(c["threshold"]) for c in cards]
+    model = OutputEnsemble([m for m, _ in loaded], thresholds).eval()
+    card = {k: v for k, v in first.items() if k not in _MEMBER_ONLY}
+    styles: dict = {}
+    for c in cards:
+        for style, count in ((c.get("training") or {}).get("data") or {}).get("styles", {}).items():
+            styles[style] = max(styles.get(style, 0), count)
+    card.update({
+        "name": name, "version": version, "threshold": 0.5,
+        "threshold_selection": "0.5, where the members' votes balance: " + ENSEMBLE_COMBINATION,
+        "intended_use": intended_use or first["intended_use"],
+        "ensemble": {"member_thresholds": thresholds, "combination": ENSEMBLE_COMBINATION,
+                     "ctv_atlas": "member 0's" if loaded[0][1].atlas is not None else "none",
+                     "members": [_member_entry(c) for c in cards]},
+        "training": {"command": command or "mnetim ensemble " + " ".join(str(f) for f in folders),
+                     "data": {"kind": f"an ensemble of {len(cards)} trained networks; see ensemble.members",
+                              **({"styles": styles} if styles else {})}},
+        "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
+        "software": f"MnetImSegment {__version__}",
+    })
+    atlas = loaded[0][1].atlas
+    if records is not None:
+        # As train_and_export: the numbers in the card are those of the saved file, read back.
+        with tempfile.TemporaryDirectory(prefix=".ensemble-", dir=weights_dir.parent) as tmp:
+            staging = save_weights(model, Path(tmp) / "weights", card, atlas=atlas)
+            rows = evaluate_scans(Segmenter(staging, device=device), records)
+        card["test"] = card_test_section(rows)
+        card["test"]["manifest"] = str(test_manifest)
+    save_weights(model, weights_dir, card, atlas=atlas)
+    load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
+    return weights_dir

@@ -263,6 +263,9 @@ class Trainer:
         from ...models import model_config  # torch
 
         card = read_card(cfg.init_weights)
+        if card.member_thresholds is not None:
+            raise WeightsError(f"'{cfg.init_weights}' is an ensemble of {len(card.member_thresholds)} networks; fine-tune "
+                               "one of its members' weights folders (mnetim ensemble combines them again).")
         spec = InputSpec.from_dict(cfg.input)
         plain = lambda d: json.loads(json.dumps(d))  # noqa: E731  (tuples and lists compare equal)
         mine = plain(model_config(cfg.model, in_channels=spec.channels, **cfg.model_overrides))
