@@ -132,3 +132,51 @@ def test_weights_validation(tmp_path, tiny_weights):
 def test_save_weights_refuses_non_empty_folder(tmp_path, tiny_weights):
     with pytest.raises(WeightsError, match="already holds"):
         make_weights(tiny_weights)
+
+
+def _blobs():
+    """Two boxes of 240 and 216 voxels and a 108-voxel one (under half the largest), apart, in a (20, 30, 40) map."""
+    prob = np.zeros((20, 30, 40), np.float32)
+    prob[2:7, 2:8, 2:10] = 0.9  # 240, the largest
+    prob[10:16, 12:18, 20:26] = 0.9  # 216
+    prob[15:18, 24:30, 32:38] = 0.9  # 108, under half the largest
+    return prob
+
+
+@pytest.mark.parametrize("anchor, kept", [
+    (None, (3, 3, 3)),
+    (np.array([[12, 14, 22], [13, 14, 22], [40, 0, 0]]), (12, 14, 22)),  # the second piece (a point outside: ignored)
+    (np.array([[16, 26, 34], [16, 26, 35]]), (3, 3, 3)),  # a sliver on the tandem does not replace the CTV
+    (np.array([[0, 29, 39]]), (3, 3, 3)),  # no anchor point in any piece: the largest
+    (np.array([[3, 3, 3], [12, 14, 22]]), (3, 3, 3)),  # a tie: the largest
+])
+def test_the_piece_around_the_tandem_is_kept(anchor, kept):
+    from MnetImSegmentLib.engine.inference import threshold_mask
+
+    mask = threshold_mask(_blobs(), 0.5, True, anchor=anchor)
+    assert mask[kept] == 1 and mask.sum() in (240, 216)
+    assert threshold_mask(_blobs(), 0.5, False, anchor=anchor).sum() == 240 + 216 + 108
+
+
+@pytest.mark.parametrize("direction", [np.eye(3), "oblique"])
+def test_tandem_anchor_points_are_on_the_tandem_in_any_grid(direction):
+    from types import SimpleNamespace
+
+    from MnetImSegmentLib.core.volume import Geometry
+    from MnetImSegmentLib.engine.inference import tandem_anchor
+    from MnetImSegmentLib.research.phantom import rotation_matrix
+
+    d = rotation_matrix(5, -8, 20) @ np.diag([-1.0, 1.0, -1.0]) if isinstance(direction, str) else direction
+    geometry = Geometry((0.7, 1.2, 3.0), (-40.0, 25.0, 90.0), d.ravel())
+    axis = np.array([0.0, -0.5, 1.0]) / np.linalg.norm([0.0, -0.5, 1.0])
+    os_ = geometry.index_to_physical(np.array([60.0, 40.0, 10.0]))
+    fit = SimpleNamespace(found=True, confidence=0.95, os_lps=tuple(os_), axis_lps=tuple(axis), length_mm=60.0)
+    box = (slice(4, 30), slice(10, 90), slice(20, 120))
+    idx = tandem_anchor(fit, geometry, box)
+    assert idx.shape == (11, 3)
+    back = geometry.index_to_physical((idx + [4, 10, 20])[:, ::-1].astype(float))
+    expected = os_ + np.outer(np.arange(0.0, 20.1, 2.0), axis)
+    assert np.all(np.abs(geometry.physical_to_index(back) - geometry.physical_to_index(expected)) <= 0.5 + 1e-6)
+    assert tandem_anchor(SimpleNamespace(found=False, confidence=0.95, os_lps=fit.os_lps), geometry, box) is None
+    weak = SimpleNamespace(found=True, confidence=0.6, os_lps=fit.os_lps, axis_lps=fit.axis_lps, length_mm=60.0)
+    assert tandem_anchor(weak, geometry, box) is None  # a weak fit's os may be far from the CTV

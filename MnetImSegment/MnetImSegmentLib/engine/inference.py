@@ -74,7 +74,10 @@ class SegmentationResult:
 
 # A piece near the applicator is kept over a larger one elsewhere only if it is at least this share of
 # the largest: a sliver on the tandem must not replace a plausible CTV (session 20, docs/generalisation.md).
-MIN_ANCHORED_SHARE = 0.25
+MIN_ANCHORED_SHARE = 0.5
+# ...and only after a full-score applicator fit: fits under it are off the tandem far more often
+# (docs/quality.md, the trust table); there the os may be 50 mm from the CTV, and its piece is not the CTV.
+MIN_ANCHOR_CONFIDENCE = 0.95
 
 
 def threshold_mask(probability: np.ndarray, threshold: float, largest_component: bool,
@@ -85,8 +88,8 @@ def threshold_mask(probability: np.ndarray, threshold: float, largest_component:
         probability: The map.
         threshold: Voxels at or above it are CTV.
         largest_component: Keep one component: the largest, or with ``anchor`` the one that holds most
-            anchor points among those at least ``MIN_ANCHORED_SHARE`` of the largest (ties, and no
-            anchor point inside any: the largest).
+            anchor points among those of at least ``MIN_ANCHORED_SHARE`` of the largest's size (ties,
+            and no anchor point inside any: the largest).
         anchor: (n, 3) integer (z, y, x) indices into ``probability`` (points the CTV must hold: the
             tandem just above the os); points outside the map are ignored.
 
@@ -118,8 +121,9 @@ def threshold_mask(probability: np.ndarray, threshold: float, largest_component:
 
 
 def tandem_anchor(fit, geometry, box) -> Optional[np.ndarray]:
-    """(z, y, x) indices, relative to ``box``, of the trusted tandem's first 20 mm above the os; None without one."""
-    if fit is None or not fit.found or fit.os_lps is None:
+    """(z, y, x) indices, relative to ``box``, of the tandem's first 20 mm above the os; None unless the fit has
+    full score (``MIN_ANCHOR_CONFIDENCE``)."""
+    if fit is None or not fit.found or fit.os_lps is None or fit.confidence < MIN_ANCHOR_CONFIDENCE:
         return None
     idx = np.round(geometry.physical_to_index(tandem_samples_lps(fit))).astype(int)[:, ::-1]
     return idx - np.array([sl.start for sl in box])
