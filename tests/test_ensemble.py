@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 
 import numpy as np
 import pytest
@@ -82,6 +83,7 @@ def test_weights_folder_round_trip(two_members, tmp_path):
     assert [m["tensors_sha256"] for m in raw["ensemble"]["members"]] == \
         [read_card(f).raw["tensors_sha256"] for f in two_members]
     assert raw["training"]["command"] == "mnetim ensemble a b" and "test" not in raw
+    assert raw["training"]["data"]["kind"].endswith("trained on: not recorded")  # make_weights records no data
     x = torch.rand(2, 5, 32, 32)
     with torch.no_grad():
         expected = torch.stack([load_weights(f)[0](x) - math.log(t / (1 - t))
@@ -170,3 +172,37 @@ def test_slicer_description_says_how_many_networks_vote(two_members, tmp_path):
 
     ens = export_ensemble(two_members, tmp_path / "ens", name="e", version="1")
     assert weightsDescription(read_card(ens)).startswith("e 1 (2 x Mnet_Im voting), threshold 0.50")
+
+
+def test_members_are_stored_as_their_own_files_and_checked(two_members, tmp_path):
+    """Each member file is its training's model.safetensors byte for byte; a changed or missing one is refused."""
+    from safetensors.torch import load_file
+
+    ens = export_ensemble(two_members, tmp_path / "ens", name="e", version="1")
+    assert sorted(p.name for p in ens.iterdir()) == ["member0.safetensors", "member1.safetensors", "model.json",
+                                                    TENSORS]
+    for i, member in enumerate(two_members):
+        assert (ens / f"member{i}.safetensors").read_bytes() == (member / TENSORS).read_bytes()
+    assert load_file(str(ens / TENSORS)) == {}  # no atlas here: the network tensors are in the member files
+    tampered = tmp_path / "tampered"
+    shutil.copytree(ens, tampered)
+    data = bytearray((tampered / "member1.safetensors").read_bytes())
+    data[-1] ^= 1
+    (tampered / "member1.safetensors").write_bytes(bytes(data))
+    with pytest.raises(WeightsError, match="member1.safetensors.*SHA-256 its model card records for member 2"):
+        load_weights(tampered)
+    (tampered / "member1.safetensors").unlink()
+    with pytest.raises(WeightsError, match="no member1.safetensors"):
+        load_weights(tampered)
+
+
+def test_ensemble_with_an_atlas_keeps_member_0s(tmp_path):
+    from MnetImSegmentLib.engine.applicator_prior import CtvAtlas
+
+    atlases = [CtvAtlas(np.full((4, 5, 6), v, np.float32), (-4.0, -5.0, -6.0), 2.0, 3) for v in (0.3, 0.6)]
+    members = [make_weights(tmp_path / f"m{i}", threshold=0.5, seed=i, applicator_prior="atlas", atlas=a)
+               for i, a in enumerate(atlases)]
+    ens = export_ensemble(members, tmp_path / "ens", name="e", version="1")
+    _, card = load_weights(ens)
+    np.testing.assert_array_equal(card.atlas.probability, atlases[0].probability)
+    assert read_card(ens).raw["ensemble"]["ctv_atlas"] == "member 0's"

@@ -229,6 +229,8 @@ _CONFIG_VALUE = {"type": "any", "min": 0.0, "max": 1e6, "line": True, "max_len":
 APPLICATOR_PRIOR_PATTERN = r"\A(none|tandem|atlas)\Z"  # engine.applicator_prior.APPLICATOR_PRIORS (core does not import the engine)
 METAL_REDUCTION_PATTERN = r"\A(none|linear|normalised)\Z"  # engine.metal_reduction.METAL_REDUCTIONS
 
+_SHA256 = {"type": "str", "pattern": r"^[0-9a-f]{64}$"}
+
 CARD_SCHEMA: dict = {
     "type": "object",
     "required": ["format_version", "name", "version", "architecture", "config", "input", "threshold",
@@ -281,14 +283,17 @@ CARD_SCHEMA: dict = {
         },
         "threshold": {"type": "number", "gt": 0.0, "lt": 1.0},
         # Several networks of the card's configuration (models.ensemble; MAX_MEMBERS there).
-        "ensemble": {"type": "object", "required": ["member_thresholds"],
+        "ensemble": {"type": "object", "required": ["member_thresholds", "members"],
                      "fields": {"member_thresholds": {"type": "list", "items": {"type": "number", "gt": 0.0, "lt": 1.0},
-                                                      "min_len": 2, "max_len": 8}},
+                                                      "min_len": 2, "max_len": 8},
+                                "members": {"type": "list", "min_len": 2, "max_len": 8,
+                                            "items": {"type": "object", "required": ["tensors_sha256"],
+                                                      "fields": {"tensors_sha256": _SHA256}, "extra": {"type": "any"}}}},
                      "extra": {"type": "any"}},
         "postprocessing": {"type": "object", "fields": {"largest_component": {"type": "bool"}},
                            "extra": {"type": "any"}},
         "intended_use": {"type": "str", "min_len": 1, "max_len": 4000, "text": True},
-        "tensors_sha256": {"type": "str", "pattern": r"^[0-9a-f]{64}$"},
+        "tensors_sha256": _SHA256,
     },
     "extra": {"type": "any"},  # training summary, metrics, paper...: bounded JSON
     "check": "channels_match_window",

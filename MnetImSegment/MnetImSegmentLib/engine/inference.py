@@ -27,7 +27,7 @@ from .applicator import locate_applicator
 from .device import resolve_device, resolve_precision
 from .applicator_prior import applicator_prior_map
 from .metal_reduction import prepare as prepare_metal_reduction
-from .quality import assess_result, check_scope, refuse, tandem_samples_lps
+from .quality import assess_result, check_scope, refuse
 from .roi import Roi, crop, locate_roi, paste_box
 from .weights import CARD, TENSORS, default_weights_dir, load_weights
 from .windows import make_windows, network_input
@@ -72,61 +72,18 @@ class SegmentationResult:
         return float(self.mask.array.sum()) * float(np.prod(self.mask.geometry.spacing)) / 1000.0
 
 
-# A piece near the applicator is kept over a larger one elsewhere only if it is at least this share of
-# the largest: a sliver on the tandem must not replace a plausible CTV (session 20, docs/generalisation.md).
-MIN_ANCHORED_SHARE = 0.5
-# ...and only after a full-score applicator fit: fits under it are off the tandem far more often
-# (docs/quality.md, the trust table); there the os may be 50 mm from the CTV, and its piece is not the CTV.
-MIN_ANCHOR_CONFIDENCE = 0.95
-
-
-def threshold_mask(probability: np.ndarray, threshold: float, largest_component: bool,
-                   anchor: Optional[np.ndarray] = None) -> np.ndarray:
-    """Binary CTV from a probability map; optionally keep one 3D connected component.
-
-    Args:
-        probability: The map.
-        threshold: Voxels at or above it are CTV.
-        largest_component: Keep one component: the largest, or with ``anchor`` the one that holds most
-            anchor points among those of at least ``MIN_ANCHORED_SHARE`` of the largest's size (ties,
-            and no anchor point inside any: the largest).
-        anchor: (n, 3) integer (z, y, x) indices into ``probability`` (points the CTV must hold: the
-            tandem just above the os); points outside the map are ignored.
-
-    Why the anchor: where the network draws two or three pieces of similar size, "largest" is a coin
-    flip (v6 540002: 9.3 and 9.0 ml, the wrong one kept by 0.3 ml); the CTV is the one around the tandem.
-    """
+def threshold_mask(probability: np.ndarray, threshold: float, largest_component: bool) -> np.ndarray:
+    """Binary CTV from a probability map; optionally keep the largest 3D connected component."""
     mask = (probability >= threshold).astype(np.uint8)
     if largest_component and mask.any():
         import SimpleITK as sitk
 
         # Components only within the mask's bounding box: the CTV is a few % of a 512^2 x 120 CT.
         nz = np.argwhere(mask)
-        lo, hi = nz.min(0), nz.max(0) + 1
-        box = tuple(slice(a, b) for a, b in zip(lo, hi))
+        box = tuple(slice(a, b + 1) for a, b in zip(nz.min(0), nz.max(0)))
         cc = sitk.RelabelComponent(sitk.ConnectedComponent(sitk.GetImageFromArray(mask[box])), sortByObjectSize=True)
-        labels = sitk.GetArrayViewFromImage(cc)
-        keep = 1
-        if anchor is not None and len(anchor) and labels.max() > 1:
-            pts = np.asarray(anchor, int) - lo
-            pts = pts[np.all((pts >= 0) & (pts < hi - lo), axis=1)]
-            sizes = np.bincount(labels.ravel())
-            hits = np.bincount(labels[tuple(pts.T)], minlength=len(sizes)) if len(pts) else np.zeros(len(sizes), int)
-            hits[0] = 0
-            hits[sizes < MIN_ANCHORED_SHARE * sizes[1]] = 0
-            if hits.max() > hits[1]:
-                keep = int(np.argmax(hits))  # the first of equals: labels are sorted by size
-        mask[box] = (labels == keep).astype(np.uint8)
+        mask[box] = (sitk.GetArrayViewFromImage(cc) == 1).astype(np.uint8)
     return mask
-
-
-def tandem_anchor(fit, geometry, box) -> Optional[np.ndarray]:
-    """(z, y, x) indices, relative to ``box``, of the tandem's first 20 mm above the os; None unless the fit has
-    full score (``MIN_ANCHOR_CONFIDENCE``)."""
-    if fit is None or not fit.found or fit.os_lps is None or fit.confidence < MIN_ANCHOR_CONFIDENCE:
-        return None
-    idx = np.round(geometry.physical_to_index(tandem_samples_lps(fit))).astype(int)[:, ::-1]
-    return idx - np.array([sl.start for sl in box])
 
 
 def fold_batchnorm(model):
@@ -274,8 +231,7 @@ class Segmenter:
         mask = np.zeros(volume.shape, np.uint8)
         prob = np.zeros(volume.shape, np.float32) if keep_probability else None
         if box is not None:
-            mask[box] = threshold_mask(prob_box, threshold, largest_component,
-                                       anchor=tandem_anchor(scope.fit, volume.geometry, box))
+            mask[box] = threshold_mask(prob_box, threshold, largest_component)
             if keep_probability:
                 prob[box] = prob_box
         t4 = time.perf_counter()
@@ -322,8 +278,7 @@ def reference_segment(model, card, volume: Volume) -> np.ndarray:
     box, prob_box = paste_box(cropped.with_array(prob), volume.geometry, volume.shape)
     mask = np.zeros(volume.shape, np.uint8)
     if box is not None:
-        mask[box] = threshold_mask(prob_box, card.threshold, card.largest_component,
-                                   anchor=tandem_anchor(fit, volume.geometry, box))
+        mask[box] = threshold_mask(prob_box, card.threshold, card.largest_component)
     return mask
 
 

@@ -215,12 +215,6 @@ def component_volumes_ml(mask: np.ndarray, voxel_ml: float) -> list[float]:
     return sorted((float(c) * voxel_ml for c in counts if c), reverse=True)
 
 
-def tandem_samples_lps(fit: ApplicatorFit) -> np.ndarray:
-    """Points (LPS mm) every 2 mm along the tandem's first 20 mm above the os: where the CTV must be."""
-    os_, axis = np.asarray(fit.os_lps, float), np.asarray(fit.axis_lps, float)
-    return os_ + np.outer(np.arange(0.0, min(20.0, fit.length_mm) + 1e-6, 2.0), axis)
-
-
 def tandem_relation(mask: Volume, fit: ApplicatorFit | None) -> dict:
     """Distance (mm) from the os to the nearest CTV voxel, and the share of the tandem's first 20 mm
     above the os that lies inside the CTV; empty when no applicator was located."""
@@ -228,7 +222,8 @@ def tandem_relation(mask: Volume, fit: ApplicatorFit | None) -> dict:
         return {}
     geom = mask.geometry
     os_ = np.asarray(fit.os_lps, float)
-    samples = tandem_samples_lps(fit)
+    axis = np.asarray(fit.axis_lps, float)
+    samples = os_ + np.outer(np.arange(0.0, min(20.0, fit.length_mm) + 1e-6, 2.0), axis)
     idx = np.round(geom.physical_to_index(samples)).astype(int)[:, ::-1]  # (z, y, x)
     inside = np.all((idx >= 0) & (idx < np.asarray(mask.shape)), axis=1)
     hits = np.zeros(len(samples), bool)
@@ -281,9 +276,8 @@ def result_warnings(ctv_ml: float, components_ml: list, tandem: dict, low_slices
             out.append(f"the CTV encloses only {100 * tandem['tandem_enclosed']:.0f} % of the tandem above the os")
     extra = [v for v in components_ml[1:] if v >= spec.max_second_component_ml]
     if extra:
-        sizes = ", ".join(f"{v:.1f}" for v in [components_ml[0]] + extra[:3])
-        out.append(f"the network found {len(extra) + 1} large separate pieces ({sizes} ml; the one around the "
-                   "applicator, else the largest, was kept)")
+        out.append(f"the network found {len(extra) + 1} large separate pieces (the largest was kept; others: "
+                   f"{', '.join(f'{v:.1f}' for v in extra[:3])} ml)")
     if len(low_slices) > spec.max_low_confidence_slices:
         out.append(f"{len(low_slices)} slices have low confidence (slices {_slice_list(low_slices)}): review them")
     if ctv_ml > 0.0 and agreement is not None and agreement < spec.min_atlas_agreement:  # see atlas_agreement

@@ -5,9 +5,11 @@ validates everything before a single tensor reaches the network: the card's sche
 architecture and its configuration, the SHA-256 of the tensor file, and every tensor's name and
 shape against the model the card describes.
 
-An ensemble card (``"ensemble": {"member_thresholds": [...], ...}``) describes several networks of the
-card's one architecture and configuration; their tensors are stored under ``members.<i>.`` and the
-model is a :class:`~MnetImSegmentLib.models.ensemble.OutputEnsemble`.
+An ensemble card (``"ensemble": {"member_thresholds": [...], "members": [...]}``) describes several
+networks of the card's one architecture and configuration: member i's tensors are the file
+``member<i>.safetensors`` beside the card (its trained ``model.safetensors``, byte for byte, checked
+against ``ensemble.members[i].tensors_sha256``), ``model.safetensors`` holds the input tensors only, and
+the model is a :class:`~MnetImSegmentLib.models.ensemble.OutputEnsemble`.
 
 Input-side tensors that are not network parameters (the CTV atlas of weights trained with
 ``--applicator-prior atlas``) live in the same file under the ``input_prior.`` prefix, so the card's
@@ -18,6 +20,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -177,12 +180,20 @@ def load_weights(folder, device: str = "cpu"):
                                               for _ in card.member_thresholds[1:]], card.member_thresholds)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"The model card in '{folder}' describes no buildable model ({exc}).") from None
-    try:
-        state = load_file(str(tensors_path), device="cpu")
-    except (SafetensorError, OSError, ValueError) as exc:
-        raise WeightsError(f"'{tensors_path}' is not a readable safetensors file ({exc}).") from None
+    def read(path: Path) -> dict:
+        try:
+            return load_file(str(path), device="cpu")
+        except (SafetensorError, OSError, ValueError) as exc:
+            raise WeightsError(f"'{path}' is not a readable safetensors file ({exc}).") from None
+
+    state = read(tensors_path)
     inputs = {k: state.pop(k) for k in [k for k in state if k.startswith(INPUT_TENSOR_PREFIX)]}
     card.atlas = _atlas(card, inputs, tensors_path)
+    for i, path in enumerate(_member_files(folder, card)):
+        member = read(path)
+        # A member file is its training's own model.safetensors, byte for byte: its input tensors (its own
+        # atlas) are not used; the ensemble's input is the card's.
+        state.update({f"members.{i}.{k}": v for k, v in member.items() if not k.startswith(INPUT_TENSOR_PREFIX)})
     expected = model.state_dict()
     missing = sorted(set(expected) - set(state))
     unexpected = sorted(set(state) - set(expected))
@@ -203,6 +214,29 @@ def load_weights(folder, device: str = "cpu"):
     return model.to(device), card
 
 
+MEMBER_FILE = "member{}.safetensors"  # an ensemble member's tensors, beside the card (models/ensemble.py)
+
+
+def _member_files(folder: Path, card: ModelCard) -> list:
+    """The member tensor files of an ensemble card, each checked against its recorded SHA-256; [] otherwise."""
+    if card.member_thresholds is None:
+        return []
+    members = card.raw["ensemble"].get("members")
+    if not isinstance(members, list) or len(members) != len(card.member_thresholds):
+        raise WeightsError(f"The model card in '{folder}' lists {len(card.member_thresholds)} member thresholds but "
+                           f"not one entry under ensemble.members for each.")
+    paths = []
+    for i, entry in enumerate(members):
+        path = folder / MEMBER_FILE.format(i)
+        if not path.is_file():
+            raise WeightsError(f"Weights folder '{folder}' has no {path.name} (ensemble member {i + 1}).")
+        if sha256_file(path) != entry.get("tensors_sha256"):
+            raise WeightsError(f"'{path}' does not match the SHA-256 its model card records for member {i + 1}: "
+                               "the file was changed or belongs to another card.")
+        paths.append(path)
+    return paths
+
+
 def _atlas(card: ModelCard, inputs: dict, tensors_path: Path) -> Optional[CtvAtlas]:
     """The CTV atlas of ``"atlas"`` weights, checked against the card; None for other weights."""
     prior = card.input_spec.applicator_prior
@@ -221,12 +255,16 @@ def _atlas(card: ModelCard, inputs: dict, tensors_path: Path) -> Optional[CtvAtl
         raise WeightsError(f"The CTV atlas in '{tensors_path.parent}' is unusable ({exc}).") from None
 
 
-def save_weights(model, folder, card: dict, atlas: Optional[CtvAtlas] = None) -> Path:
+def save_weights(model, folder, card: dict, atlas: Optional[CtvAtlas] = None, member_files=()) -> Path:
     """Write tensors and card through the commit path: a temporary folder, read back (the tensors'
     SHA-256 and the card's bytes), then created at ``folder``; nothing is left on failure.
 
     ``atlas``: the CTV atlas of weights with the ``"atlas"`` input prior; it is stored in the tensors
-    file and described in the card's ``input.ctv_atlas``."""
+    file and described in the card's ``input.ctv_atlas``.
+    ``member_files``: for an ensemble card, its members' tensor files, copied byte for byte as
+    ``member<i>.safetensors`` (each checked against the card's ``ensemble.members[i].tensors_sha256``);
+    ``model`` then contributes only the input tensors. Why separate files: a member stays the very
+    file it was trained into (its checksum proves it), and no file grows with the number of members."""
     from safetensors.torch import save_file
 
     folder = Path(folder)
@@ -238,7 +276,8 @@ def save_weights(model, folder, card: dict, atlas: Optional[CtvAtlas] = None) ->
             folder.rmdir()  # an empty folder made beforehand: the committed one takes its place
     except OSError as exc:
         raise output_error(folder, exc) from None
-    state = {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
+    member_files = [Path(f) for f in member_files]
+    state = {} if member_files else {k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()}
     card = dict(card)
     if atlas is not None:
         import torch
@@ -251,8 +290,13 @@ def save_weights(model, folder, card: dict, atlas: Optional[CtvAtlas] = None) ->
         save_file(state, str(tmp / TENSORS), metadata={"format": "pt"})
         card.setdefault("format_version", CARD_FORMAT)
         card["tensors_sha256"] = sha256_file(tmp / TENSORS)
+        hashes = {TENSORS: card["tensors_sha256"]}
+        for i, source in enumerate(member_files):
+            name = MEMBER_FILE.format(i)
+            shutil.copyfile(source, tmp / name)
+            hashes[name] = card["ensemble"]["members"][i]["tensors_sha256"]
         text = json.dumps(card, indent=2) + "\n"
         (tmp / CARD).write_text(text, encoding="utf-8")
-        t.verify(folder, check_tree_sha256({TENSORS: card["tensors_sha256"],
-                                            CARD: hashlib.sha256(text.encode("utf-8")).hexdigest()}))
+        hashes[CARD] = hashlib.sha256(text.encode("utf-8")).hexdigest()
+        t.verify(folder, check_tree_sha256(hashes))
     return folder

@@ -16,14 +16,14 @@ from typing import Optional
 import numpy as np
 
 from ... import __version__
-from ...core.errors import DatasetError
+from ...core.errors import DatasetError, WeightsError
 from ...core.files import write_text
 from ...engine.inference import Segmenter
 from ...engine.io import write_labelmap
 from ...engine.roi import RoiSpec
 from ...engine.weights import CARD, TENSORS, load_weights, read_card, save_weights
 from ...engine.windows import InputSpec
-from ..manifest import style_counts
+from ..manifest import read_manifest, style_counts
 from ..metrics import volumetric_dice
 from . import distributed as dist_
 from .data import ATLAS_FILE, read_atlas, read_volume_pair
@@ -335,6 +335,12 @@ def _member_entry(card: dict) -> dict:
     return entry
 
 
+def _data_kind(card: dict) -> str:
+    """A member's training data in one phrase (its card's ``training.data.kind``, else its manifest)."""
+    data = (card.get("training") or {}).get("data") or {}
+    return str(data.get("kind") or data.get("manifest") or "not recorded")
+
+
 def _same_input(a: dict, b: dict) -> bool:
     """Two cards' input specs agree apart from their CTV atlas (the ensemble feeds member 0's to all)."""
     strip = lambda spec: {k: v for k, v in spec.items() if k != "ctv_atlas"}  # noqa: E731
@@ -347,6 +353,7 @@ def export_ensemble(member_folders, weights_dir, name: str, version: str, intend
 
     The members must share the architecture, its configuration and the input spec (window, HU window,
     prior, metal reduction, ROI); with the ``"atlas"`` prior every member gets member 0's CTV atlas.
+    Each member's ``model.safetensors`` is copied unchanged as ``member<i>.safetensors``.
     The card keeps member 0's quality thresholds and postprocessing; each member's identity, threshold
     and training record go under ``ensemble.members``.
 
@@ -369,9 +376,7 @@ def export_ensemble(member_folders, weights_dir, name: str, version: str, intend
             member is itself an ensemble, or ``weights_dir`` already holds files.
         DatasetError: ``test_manifest`` is unreadable or empty.
     """
-    from ...core.errors import WeightsError
-    from ...models.ensemble import MAX_MEMBERS, OutputEnsemble
-    from ..manifest import read_manifest
+    from ...models.ensemble import MAX_MEMBERS, OutputEnsemble  # torch
 
     folders = [Path(f) for f in member_folders]
     if not 2 <= len(folders) <= MAX_MEMBERS:
@@ -413,19 +418,21 @@ def export_ensemble(member_folders, weights_dir, name: str, version: str, intend
                      "ctv_atlas": "member 0's" if loaded[0][1].atlas is not None else "none",
                      "members": [_member_entry(c) for c in cards]},
         "training": {"command": command or "mnetim ensemble " + " ".join(str(f) for f in folders),
-                     "data": {"kind": f"an ensemble of {len(cards)} trained networks; see ensemble.members",
+                     "data": {"kind": f"an ensemble of {len(cards)} trained networks (see ensemble.members) trained on: "
+                                      + "; ".join(dict.fromkeys(_data_kind(c) for c in cards)),
                               **({"styles": styles} if styles else {})}},
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "software": f"MnetImSegment {__version__}",
     })
     atlas = loaded[0][1].atlas
+    member_files = [f / TENSORS for f in folders]  # copied byte for byte (checked by load_weights above)
     if records is not None:
         # As train_and_export: the numbers in the card are those of the saved file, read back.
         with tempfile.TemporaryDirectory(prefix=".ensemble-", dir=weights_dir.parent) as tmp:
-            staging = save_weights(model, Path(tmp) / "weights", card, atlas=atlas)
+            staging = save_weights(model, Path(tmp) / "weights", card, atlas=atlas, member_files=member_files)
             rows = evaluate_scans(Segmenter(staging, device=device), records)
         card["test"] = card_test_section(rows)
         card["test"]["manifest"] = str(test_manifest)
-    save_weights(model, weights_dir, card, atlas=atlas)
+    save_weights(model, weights_dir, card, atlas=atlas, member_files=member_files)
     load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
     return weights_dir
