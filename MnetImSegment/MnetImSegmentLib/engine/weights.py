@@ -180,6 +180,7 @@ def load_weights(folder, device: str = "cpu"):
                                               for _ in card.member_thresholds[1:]], card.member_thresholds)
     except (TypeError, ValueError) as exc:
         raise WeightsError(f"The model card in '{folder}' describes no buildable model ({exc}).") from None
+
     def read(path: Path) -> dict:
         try:
             return load_file(str(path), device="cpu")
