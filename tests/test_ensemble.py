@@ -165,6 +165,9 @@ def test_cli_writes_the_folder_and_refuses_bad_input_in_one_line(two_members, tm
                             "--version", "1"], capsys)
     assert_refused(code, err, "does not exist")
     assert not (tmp_path / "e2").exists()
+    code, _, err = run_cli(["ensemble", *two_members, "-o", tmp_path / "e3", "--name", "e", "--version", "1 0"], capsys)
+    assert_refused(code, err, "version")
+    assert not (tmp_path / "e3").exists()  # refused before anything was written
 
 
 def test_slicer_description_says_how_many_networks_vote(two_members, tmp_path):

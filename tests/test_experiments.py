@@ -215,3 +215,6 @@ def test_export_command(dataset, tmp_path, capsys):
     assert code != 0 and "already holds files" in err
     code, _, err = mnetim(["export", tmp_path / "nothing", "-o", tmp_path / "w2"], capsys)
     assert code != 0 and "not a training run folder" in err
+    code, _, err = mnetim(["export", run, "-o", tmp_path / "w3", "--version", "1 0"], capsys)
+    assert code != 0 and "version" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "w3").exists()  # refused before anything was written

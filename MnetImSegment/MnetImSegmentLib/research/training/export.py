@@ -18,10 +18,11 @@ import numpy as np
 from ... import __version__
 from ...core.errors import DatasetError, WeightsError
 from ...core.files import write_text
+from ...core.validate import validate_card
 from ...engine.inference import Segmenter
 from ...engine.io import write_labelmap
 from ...engine.roi import RoiSpec
-from ...engine.weights import CARD, TENSORS, load_weights, read_card, save_weights
+from ...engine.weights import CARD, CARD_FORMAT, TENSORS, load_weights, read_card, save_weights
 from ...engine.windows import InputSpec
 from ..manifest import read_manifest, style_counts
 from ..metrics import volumetric_dice
@@ -291,10 +292,17 @@ def export_run(run_dir, weights_dir, name: Optional[str] = None, version: Option
     for key, value in (("name", name), ("version", version), ("intended_use", intended_use)):
         if value is not None:
             card[key] = value
+    # Checked before anything is written: a name or version the card cannot hold is refused, not saved.
+    _check_card(card, "the exported model card")
     atlas = read_atlas(run_dir / ATLAS_FILE) if InputSpec.from_dict(config.input).applicator_prior == "atlas" else None
     save_weights(model.eval(), weights_dir, card, atlas=atlas)
     load_weights(weights_dir)  # the folder must load exactly as segment and Slicer will load it
     return Path(weights_dir)
+
+
+def _check_card(card: dict, what: str) -> None:
+    """Raise WeightsError if ``card`` (before saving: no checksum yet) would not load, as JSON reads it back."""
+    validate_card(json.loads(json.dumps({**card, "format_version": CARD_FORMAT, "tensors_sha256": "0" * 64})), what)
 
 
 def _recorded_split(run_dir: Path) -> Optional[dict]:
@@ -424,6 +432,8 @@ def export_ensemble(member_folders, weights_dir, name: str, version: str, intend
         "created": _dt.datetime.now(_dt.timezone.utc).isoformat(timespec="seconds"),
         "software": f"MnetImSegment {__version__}",
     })
+    # Checked before anything is written: a name or version the card cannot hold is refused, not saved.
+    _check_card(card, "the ensemble's model card")
     atlas = loaded[0][1].atlas
     member_files = [f / TENSORS for f in folders]  # copied byte for byte (checked by load_weights above)
     if records is not None:
