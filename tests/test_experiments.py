@@ -218,3 +218,8 @@ def test_export_command(dataset, tmp_path, capsys):
     code, _, err = mnetim(["export", run, "-o", tmp_path / "w3", "--version", "1 0"], capsys)
     assert code != 0 and "version" in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "w3").exists()  # refused before anything was written
+    from helpers.cli import run_cli
+
+    code, _, err = run_cli(["train", dataset, "-o", tmp_path / "run2", "--version", "1 0", *FAST], capsys)
+    assert code != 0 and "version" in err and len(err.strip().splitlines()) == 1
+    assert not (tmp_path / "run2").exists()  # refused before training, not after it

@@ -459,6 +459,22 @@ def validate_card(raw, source="the model card", schema: dict = CARD_SCHEMA) -> d
     return raw
 
 
+def validate_card_fields(values: dict, source: str) -> None:
+    """Check top-level card fields given on a command line (name, version, intended use) before any work.
+
+    Why: a version with a space would otherwise be found only when the trained weights are read back,
+    after the whole training run.
+
+    Raises:
+        WeightsError: one sentence naming the field and the accepted values.
+    """
+    try:
+        for key, value in values.items():
+            _check(CARD_SCHEMA["fields"][key], value, key)
+    except _Invalid as problem:
+        raise WeightsError(f"The model card {source} would be invalid: {problem}.") from None
+
+
 def json_nesting_depth(text: str) -> int:
     """The deepest ``[``/``{`` nesting of a JSON text, found without parsing (strings skipped)."""
     depth = deepest = 0
@@ -593,5 +609,5 @@ def check_volume_geometry(geometry, source: str = "the image") -> None:
 
 __all__ = ["CARD_SCHEMA", "MAX_CARD_BYTES", "MAX_CARD_DEPTH", "check_finite_tensors", "check_geometry",
            "check_volume_geometry", "finite_number", "hu_window", "is_header_safe", "json_nesting_depth",
-           "load_card_json", "positive_int", "probability", "sanitize_header_text", "validate_card",
+           "load_card_json", "positive_int", "probability", "sanitize_header_text", "validate_card", "validate_card_fields",
            "validate_options", "validate_segment_options", "OPTION_RULES"]

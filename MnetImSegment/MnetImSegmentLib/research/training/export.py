@@ -18,7 +18,7 @@ import numpy as np
 from ... import __version__
 from ...core.errors import DatasetError, WeightsError
 from ...core.files import write_text
-from ...core.validate import validate_card
+from ...core.validate import validate_card, validate_card_fields
 from ...engine.inference import Segmenter
 from ...engine.io import write_labelmap
 from ...engine.roi import RoiSpec
@@ -162,6 +162,8 @@ def train_and_export(manifest, run_dir, config: TrainConfig, name: str, version:
     :func:`evaluate_scans`).
     """
 
+    validate_card_fields({"name": name, "version": version, "intended_use": intended_use},
+                         f"of '{Path(run_dir) / 'weights'}'")  # before training, not after it
     trainer = Trainer(manifest, run_dir, config, progress=progress, tensorboard=tensorboard)
     summary = trainer.run(resume=resume)
     ctx = dist_.setup(config.device)
