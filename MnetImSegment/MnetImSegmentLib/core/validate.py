@@ -609,5 +609,5 @@ def check_volume_geometry(geometry, source: str = "the image") -> None:
 
 __all__ = ["CARD_SCHEMA", "MAX_CARD_BYTES", "MAX_CARD_DEPTH", "check_finite_tensors", "check_geometry",
            "check_volume_geometry", "finite_number", "hu_window", "is_header_safe", "json_nesting_depth",
-           "load_card_json", "positive_int", "probability", "sanitize_header_text", "validate_card", "validate_card_fields",
-           "validate_options", "validate_segment_options", "OPTION_RULES"]
+           "load_card_json", "positive_int", "probability", "sanitize_header_text", "validate_card",
+           "validate_card_fields", "validate_options", "validate_segment_options", "OPTION_RULES"]
