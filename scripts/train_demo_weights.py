@@ -48,8 +48,7 @@ MIXES = {"mix_v5": ("phantoms_v5", "phantoms_v4mix"), "mix_v6": ("phantoms_v6", 
 COMMON = "--seed 0 --threads 2 --roi-size 80 --roi-spacing 1.6 --patience 50"
 FULL = COMMON + " --augment full"
 MIX_V6 = "--style-weights v6:1,v2:2,v4:0.5,v5:0.3"
-ATLAS_V12 = ("--applicator-prior atlas --prior-bias --metal-reduction normalised --ctv-camouflage 0.3"
-             " --style-weights v6:1,v2:2,v4:2,")
+ATLAS_V12 = "--applicator-prior atlas --prior-bias --metal-reduction normalised --ctv-camouflage 0.3"
 FULL_V12 = FULL + " --windows-per-epoch 2000"
 
 # (stage, training set, parent stage or None, version, options). Options as the cards recorded them.
@@ -84,11 +83,11 @@ STAGES = [
      " --style-weights v6:1,v2:2,v4:2,v5:0.3,v3:1.5 --epochs 12 --windows-per-epoch 2000 --lr 0.0001 --lr-milestones 8 11"
      " --max-minutes 32 " + FULL.replace("--seed 0", "--seed 7")),
     # Style v7 (quiet surroundings) in the mix, then lower learning rates (docs/generalisation.md, sessions 15-16).
-    ("v12a", "mix_v12", "v10a", "0.3.2", ATLAS_V12 + "v5:0.3,v3:1.5,v7:2 --epochs 12 --lr 0.0001 --lr-milestones 8 11"
-     " --max-minutes 22 " + FULL_V12.replace("--seed 0", "--seed 12")),
-    ("v12b", "mix_v12", "v12a", "0.3.2", ATLAS_V12.replace("v4:2,", "v4:2.5,") + "v5:0.6,v3:1.5,v7:2 --epochs 10"
+    ("v12a", "mix_v12", "v10a", "0.3.2", ATLAS_V12 + " --style-weights v6:1,v2:2,v4:2,v5:0.3,v3:1.5,v7:2 --epochs 12"
+     " --lr 0.0001 --lr-milestones 8 11 --max-minutes 22 " + FULL_V12.replace("--seed 0", "--seed 12")),
+    ("v12b", "mix_v12", "v12a", "0.3.2", ATLAS_V12 + " --style-weights v6:1,v2:2,v4:2.5,v5:0.6,v3:1.5,v7:2 --epochs 10"
      " --lr 0.00005 --lr-milestones 6 9 --max-minutes 30 " + FULL_V12.replace("--seed 0", "--seed 13")),
-    ("v12c", "mix_v12", "v12b", "0.3.2", ATLAS_V12.replace("v4:2,", "v4:2.5,") + "v5:1.5,v3:1.5,v7:2 --epochs 8"
+    ("v12c", "mix_v12", "v12b", "0.3.2", ATLAS_V12 + " --style-weights v6:1,v2:2,v4:2.5,v5:1.5,v3:1.5,v7:2 --epochs 8"
      " --lr 0.00005 --lr-milestones 5 7 --max-minutes 25 " + FULL_V12.replace("--seed 0", "--seed 14")),
 ]
 # The shipped weights: the networks of these stages voting (mnetim ensemble, session 20), measured on the test

@@ -59,11 +59,10 @@ class OutputEnsemble(SegmentationModel):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self.check_input(x)
-        total = None
+        votes = []
         for member, shift in zip(self.members, self.shifts):
             out = member(x)
             if isinstance(out, (list, tuple)):  # a member in training mode returns its deep-supervision maps
                 out = out[0]
-            voted = out.float() - shift
-            total = voted if total is None else total + voted
-        return (total / len(self.members)).to(out.dtype)
+            votes.append(out.float() - shift)  # summed in fp32 under autocast: the members' bf16 maps differ little
+        return torch.stack(votes).mean(0).to(out.dtype)
