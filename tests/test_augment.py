@@ -140,6 +140,70 @@ def test_ctv_camouflage_option_and_its_bad_values(capsys):
         assert exc.value.code != 0 and f"must be a share from 0 to 1, got '{bad}'" in capsys.readouterr().err
 
 
+def test_ctv_reveal_shifts_the_ctv_with_a_soft_edge_and_nothing_else():
+    """The CTV moves by the shift (either sign), its edge by part of it; far pixels, metal, air and the
+    caller's array stay; no CTV, nothing moves."""
+    from MnetImSegmentLib.research.training.data import reveal_ctv
+
+    rng = np.random.default_rng(6)
+    yy, xx = np.mgrid[:80, :80]
+    lab = ((((xx - 40) / 14.0) ** 2 + ((yy - 40) / 9.0) ** 2) < 1).astype(np.uint8)
+    win = (0.5 + rng.normal(0, 0.01, (5, 80, 80))).astype(np.float32)  # iso-dense: no contrast at all
+    win[:, 39:42, 39:42] = 1.0  # a tandem through the CTV: clipped bright, not tissue
+    win[:, :, :4] = 0.0  # air at the window's edge
+    masks = np.repeat(lab[None], 5, 0)
+    before = win.copy()
+    for shift in (0.12, -0.12):
+        out = reveal_ctv(win, masks, shift)
+        assert np.array_equal(win, before)  # not modified in place
+        core = np.zeros_like(masks, bool)
+        core[:, 36:45, 30:51] = True  # well inside the ellipse (half-axes 14 x 9 px)
+        core &= win < 0.99
+        assert np.allclose(out[core] - win[core], shift, atol=1e-6)
+        assert _contrast(out, lab) > 0.1 and _contrast(before, lab) < 0.02
+        edge = (masks > 0) & ~core & (win < 0.99)
+        moved = (out - win)[edge] / shift
+        assert moved.min() > 0.3 and moved.max() <= 1.0 + 1e-6  # partial volume on the edge, never beyond
+        far = np.ones((80, 80), bool)
+        far[28:53, 23:58] = False  # outside the ellipse and its 1 px fade
+        assert np.array_equal(out[:, far], win[:, far])
+        assert np.all(out[:, 39:42, 39:42] == 1.0) and np.all(out[:, :, :4] == 0.0)
+    assert np.array_equal(reveal_ctv(win, np.zeros_like(masks), 0.12), win)
+
+
+def test_sampler_reveal_is_off_by_default_and_keeps_the_random_stream():
+    """ctv_reveal=0 draws nothing extra (earlier runs stay reproducible); 1.0 gives iso-dense CTVs a contrast."""
+    from MnetImSegmentLib.research.training.trainer import TrainConfig
+
+    yy, xx = np.mgrid[:112, :112]
+    disc = (((xx - 56) ** 2 + (yy - 56) ** 2) < 15**2).astype(np.uint8)
+    mask = np.repeat(disc[None], 20, 0)
+    img = (0.5 + np.random.default_rng(4).normal(0, 0.02, mask.shape)).astype(np.float16)  # iso-dense CTV
+    scans = [PreparedScan("s", img, mask, None, (1.6, 1.6, 2.5))]
+    plain = WindowSampler(scans, (80, 80), 5, augment="basic").batch(np.random.default_rng(9), 8)
+    off = WindowSampler(scans, (80, 80), 5, augment="basic", ctv_reveal=0.0).batch(np.random.default_rng(9), 8)
+    assert np.array_equal(plain[0], off[0]) and np.array_equal(plain[1], off[1])
+    on = WindowSampler(scans, (80, 80), 5, augment="basic", ctv_reveal=1.0).batch(np.random.default_rng(9), 8)
+    contrast = [[_contrast(x[b], y[b, 0]) for b in range(8) if y[b, 0].sum() > 50] for x, y in (plain, on)]
+    assert max(contrast[0]) < 0.03 and min(contrast[1]) > 0.03  # 20-80 HU of a 500 HU window: 0.04-0.16
+    assert WindowSampler(scans, (80, 80), 5, augment="none", ctv_reveal=1.0).reveal == 0.0  # validation
+    assert "ctv_reveal" not in TrainConfig().to_dict()
+    assert TrainConfig.from_dict(TrainConfig(ctv_reveal=0.4).to_dict()).ctv_reveal == 0.4
+
+
+def test_ctv_reveal_option_and_its_bad_values(capsys):
+    from MnetImSegmentLib.cli import build_parser
+    from MnetImSegmentLib.cli.options import train_config_from_args
+
+    parser = build_parser()
+    assert train_config_from_args(parser.parse_args(["train", "m.csv", "-o", "run", "--ctv-reveal", "0.4"])).ctv_reveal == 0.4
+    assert train_config_from_args(parser.parse_args(["train", "m.csv", "-o", "run"])).ctv_reveal == 0.0
+    for bad in ("2", "-0.5", "inf"):
+        with pytest.raises(SystemExit) as exc:
+            parser.parse_args(["train", "m.csv", "-o", "run", "--ctv-reveal", bad])
+        assert exc.value.code != 0 and f"must be a share from 0 to 1, got '{bad}'" in capsys.readouterr().err
+
+
 def _fat_ringed(rng, hu_window=(-200.0, 300.0)):
     """5 slices (normalised): tissue 40 HU, a CTV disc (r 12 px) at 70 HU, fat (-100 HU) from r 16 to 24 px
     around it, a gas pocket (-900 HU) inside the fat, fat again from r 40 px out; and the CTV masks."""

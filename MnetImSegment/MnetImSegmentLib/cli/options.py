@@ -136,6 +136,9 @@ def add_train_options(p) -> None:
     g.add_argument("--ctv-camouflage", type=_share, default=0.0, metavar="P",
                    help="share of training windows (0-1) whose CTV is made iso-dense with the tissue around it, so "
                         "the network learns CTVs that CT barely shows (default: 0, off)")
+    g.add_argument("--ctv-reveal", type=_share, default=0.0, metavar="P",
+                   help="share of training windows (0-1) whose CTV is made 20-80 HU brighter or darker than it is, "
+                        "so the network learns to follow a CTV edge it can see (default: 0, off)")
     g.add_argument("--fat-fill", type=_share, default=0.0, metavar="P",
                    help="share of training windows (0-1) whose fat within 6-26 mm of the CTV is raised to the soft "
                         "tissue's level, so the network cannot take the nearest fat boundary for the CTV's edge "
@@ -169,4 +172,5 @@ def train_config_from_args(args, model: str = "Mnet_Im") -> TrainConfig:
                                        metal_reduction=getattr(args, "metal_reduction", "none")).to_dict(),
                        style_weights=getattr(args, "style_weights", None),
                        ctv_camouflage=getattr(args, "ctv_camouflage", 0.0),
-                       fat_fill=getattr(args, "fat_fill", 0.0))
+                       fat_fill=getattr(args, "fat_fill", 0.0),
+                       ctv_reveal=getattr(args, "ctv_reveal", 0.0))

@@ -21,6 +21,12 @@ partly or wholly iso-dense with the tissue around it (:func:`camouflage_ctv`). A
 often invisible on CT. The phantoms' CTVs are mostly visible, and the held-out style's are not
 (docs/generalisation.md: +50 HU lifts it from 0.51 to 0.71). So the network must also learn to
 draw the CTV from the context, the tandem and the prior, not from its edge alone.
+
+CTV reveal (``ctv_reveal``, off by default), the camouflage's counterpart: in that share of the
+windows the CTV is shifted by 20-80 HU, brighter or darker, with a partial-volume edge
+(:func:`reveal_ctv`). Measured on 0.3.2 (docs/generalisation.md, session 21): a CTV made 60 HU
+brighter than it was is segmented no better, because the phantoms give the CTV's own edge little to
+earn; a real enhancing CTV is exactly that case.
 """
 
 from __future__ import annotations
@@ -181,7 +187,7 @@ class WindowSampler:
     def __init__(self, scans: list[PreparedScan], size_px, slices_per_window: int = 5,
                  positive_fraction: float = 0.7, hu_window_width: float = 500.0, augment=True, seed: int = 0,
                  scan_weights: Optional[list] = None, ctv_camouflage: float = 0.0, fat_fill: float = 0.0,
-                 hu_window_low: float = -200.0):
+                 hu_window_low: float = -200.0, ctv_reveal: float = 0.0):
         if not scans:
             raise DatasetError("No training scans.")
         self.scans = scans
@@ -196,6 +202,7 @@ class WindowSampler:
         self.full = FullAugmentation(seed) if level == "full" else None
         self.camouflage = float(ctv_camouflage) if self.augment else 0.0
         self.fat_fill = float(fat_fill) if self.augment else 0.0
+        self.reveal = float(ctv_reveal) if self.augment else 0.0
         self.hu_window = (float(hu_window_low), float(hu_window_low) + float(hu_window_width))
         self.index_pos, self.index_neg = [], []
         for s_i, s in enumerate(scans):
@@ -240,6 +247,9 @@ class WindowSampler:
             # Drawn only when switched on, so runs without it keep their random stream.
             if self.camouflage and rng.random() < self.camouflage:
                 win = camouflage_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], rng.uniform(0.5, 1.0))
+            if self.reveal and rng.random() < self.reveal:
+                shift_hu = rng.uniform(*REVEAL_SHIFT_HU) * (1.0 if rng.random() < 0.5 else -1.0)
+                win = reveal_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], shift_hu * self.hu_unit)
             if self.fat_fill and rng.random() < self.fat_fill:
                 win = fill_fat_around_ctv(win, scan.mask[idx, oy:oy + h, ox:ox + w], int(rng.integers(*FAT_FILL_REACH_PX)),
                                           self.hu_window)
@@ -297,6 +307,37 @@ def camouflage_ctv(window: np.ndarray, masks: np.ndarray, strength: float) -> np
             continue
         shift = float(strength) * (np.median(window[k][around]) - np.median(window[k][inside]))
         out[k] = np.where(tissue, window[k] + shift * fade[k], window[k])
+    return out
+
+
+REVEAL_SHIFT_HU = (20.0, 80.0)  # how far the CTV is moved, brighter or darker (an enhancing or necrotic CTV)
+REVEAL_EDGE_PX = 3  # box filter of the mask: a ~1 px partial-volume edge, as a reconstructed CT has
+
+
+def reveal_ctv(window: np.ndarray, masks: np.ndarray, shift: float) -> np.ndarray:
+    """A copy of ``window`` whose CTV is shifted by ``shift`` (normalised units), slice by slice.
+
+    Args:
+        window: (slices, H, W) normalised window.
+        masks: (slices, H, W) CTV masks of the same slices.
+        shift: The HU shift divided by the HU window's width; the same in every slice.
+
+    Only tissue pixels move (not air, fat below the window, bone, contrast or metal above it:
+    ``CAMOUFLAGE_TISSUE``), and the shift fades over the CTV's edge, so the window gets a CTV edge of
+    known contrast and the truth's shape, which the network can only use by reading it.
+    """
+    import torch
+    import torch.nn.functional as F
+
+    out = np.array(window, np.float32, copy=True)
+    m = torch.from_numpy(np.ascontiguousarray(masks, np.float32))[:, None]
+    if not bool(m.any()):
+        return out
+    r = REVEAL_EDGE_PX
+    fade = F.avg_pool2d(m, r, stride=1, padding=r // 2, count_include_pad=False)[:, 0].numpy()
+    lo, hi = CAMOUFLAGE_TISSUE
+    tissue = (window > lo) & (window < hi)
+    out[tissue] = np.clip(window[tissue] + float(shift) * fade[tissue], 0.0, 1.0)
     return out
 
 

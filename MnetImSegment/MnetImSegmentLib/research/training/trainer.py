@@ -78,11 +78,12 @@ class TrainConfig:
     style_weights: Optional[dict] = None  # manifest style -> how often its scans are drawn (others: 1)
     ctv_camouflage: float = 0.0  # share of windows whose CTV is made iso-dense (data.camouflage_ctv)
     fat_fill: float = 0.0  # share of windows whose fat around the CTV is filled (data.fill_fat_around_ctv)
+    ctv_reveal: float = 0.0  # share of windows whose CTV is shifted by 20-80 HU (data.reveal_ctv)
 
     def to_dict(self) -> dict:
         d = asdict(self)
         d["lr_milestones"] = list(self.lr_milestones)
-        for option in ("ctv_camouflage", "fat_fill"):
+        for option in ("ctv_camouflage", "fat_fill", "ctv_reveal"):
             if not d[option]:  # off: configs and cards stay as before the option existed
                 del d[option]
         return d
@@ -369,7 +370,7 @@ class Trainer:
         sampler = WindowSampler(prepared["train"], roi_spec.size_px, input_spec.slices_per_window,
                                 cfg.positive_fraction, input_spec.hu_window[1] - input_spec.hu_window[0],
                                 augment=cfg.augment, seed=cfg.seed, scan_weights=scan_weights,
-                                ctv_camouflage=cfg.ctv_camouflage, fat_fill=cfg.fat_fill,
+                                ctv_camouflage=cfg.ctv_camouflage, fat_fill=cfg.fat_fill, ctv_reveal=cfg.ctv_reveal,
                                 hu_window_low=input_spec.hu_window[0])
         n_train_slices = sum(s.image.shape[0] for s in prepared["train"])
         windows_per_epoch = cfg.windows_per_epoch or n_train_slices
