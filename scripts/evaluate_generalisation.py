@@ -33,11 +33,15 @@ def main(argv=None) -> int:
     ap.add_argument("--device", default="cpu")
     ap.add_argument("--heldout-ablation", action="store_true",
                     help="instead: the held-out style as generated, without its streaks, with a visible CTV, and both")
+    ap.add_argument("--visible-ctv", action="store_true",
+                    help="instead: the training styles as made and with the CTV 60 HU brighter and darker "
+                         "(does the network follow a CTV it can see?)")
     ap.add_argument("--card-out", type=Path, help="write the card with a 'generalisation' entry here")
     args = ap.parse_args(argv)
-    if args.heldout_ablation:
-        results = gen.heldout_ablation(args.weights, n=args.n, matrix=args.matrix, device=args.device,
-                                       log=lambda s: print(s, flush=True))
+    if args.heldout_ablation or args.visible_ctv:
+        ablation = gen.heldout_ablation if args.heldout_ablation else gen.visible_ctv_ablation
+        results = ablation(args.weights, n=args.n, matrix=args.matrix, device=args.device,
+                           log=lambda s: print(s, flush=True))
         gen.write_results(results, args.out)
         print(gen.markdown_table(results))
         return 0

@@ -190,6 +190,30 @@ def test_heldout_ablation_switches_off_one_cause_at_a_time(tiny_weights):
     assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])
 
 
+def test_visible_ctv_shift_moves_the_ctv_and_nothing_else(tiny_weights):
+    """The CTV's interior moves by the shift, its edge partly, the rest of the CT and the labels not at all."""
+    from scipy import ndimage
+
+    base = gen.generate("v4", gen.SEED_BASE["v4"], 96, z_extent_mm=Z_MM)
+    ctv = base.labels.array == 1
+    assert gen.with_ctv_shift(base, 0.0) is base
+    for shift in (60.0, -60.0):
+        p = gen.with_ctv_shift(base, shift)
+        assert np.array_equal(p.labels.array, base.labels.array) and p.ct.geometry == base.ct.geometry
+        diff = p.ct.array.astype(np.int32) - base.ct.array
+        interior = ndimage.binary_erosion(ctv, np.ones((1, 5, 5), bool))
+        assert interior.sum() > 20 and abs(np.median(diff[interior]) - shift) <= 2
+        edge = ctv & ~interior
+        assert 0.2 * abs(shift) < abs(np.median(diff[edge])) <= abs(shift) + 1
+        near = ndimage.binary_dilation(ctv, np.ones((3, 7, 7), bool))
+        assert not diff[~near].any()
+        assert p.params["ctv_shift_hu"] == shift
+    results = gen.visible_ctv_ablation(tiny_weights, n=1, matrix=MATRIX, styles=("v4",), z_extent_mm=Z_MM)
+    assert [r["row"] for r in results["rows"]] == ["v4", "v4, CTV +60 HU", "v4, CTV -60 HU"]
+    assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])
+    assert len({r["seeds"][0] for r in results["rows"]}) == 1  # the same phantom in every row
+
+
 def test_rows_are_in_distribution_only_for_the_styles_the_weights_were_trained_on():
     v2_only = {"training": {"data": {"recipe": "mnetim phantom --count 100 --seed 1000 -o data/phantoms_v2"}}}
     mix = {"training": {"data": {"recipe": "mnetim phantom --count 150 --style v4:0.75,v2:0.25 --seed 2000 -o a; "
