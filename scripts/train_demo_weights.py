@@ -1,4 +1,4 @@
-"""Replay the training lineage of the shipped demo weights (Mnet_Im_phantom_demo 0.3.2) from nothing.
+"""Replay the training lineage of the shipped demo weights (Mnet_Im_phantom_demo 0.3.3) from nothing.
 
 The demo weights were not trained in one run: each candidate of issue 11 was fine-tuned from the one before
 (docs/generalisation.md), and the card records only the last command and its parent's checksum.
@@ -7,6 +7,7 @@ This script is that whole chain, phantoms to weights, with the commands the mode
     0.2.0 (v2) -> v3 -> v4 -> v5 -> v6 -> v6p (+ tandem prior) -> v6m (+ NMAR) -> v6n = 0.3.0
     -> v9a (+ CTV atlas, prior bias) -> v10a (+ style v3) = 0.3.1
     -> v12a (+ style v7) -> v12b -> v12c;  0.3.2 = the ensemble of v10a and v12c (mnetim ensemble)
+    -> v13a (+ CTV reveal);  0.3.3 = the ensemble of v10a and v13a
 
 Stages whose output exists are skipped, so an interrupted replay continues where it stopped.
 Most stages are bounded by ``--max-minutes``, so on another machine they end at another epoch: this
@@ -89,10 +90,13 @@ STAGES = [
      " --lr 0.00005 --lr-milestones 6 9 --max-minutes 30 " + FULL_V12.replace("--seed 0", "--seed 13")),
     ("v12c", "mix_v12", "v12b", "0.3.2", ATLAS_V12 + " --style-weights v6:1,v2:2,v4:2.5,v5:1.5,v3:1.5,v7:2 --epochs 8"
      " --lr 0.00005 --lr-milestones 5 7 --max-minutes 25 " + FULL_V12.replace("--seed 0", "--seed 14")),
+    # 0.3.3's second member: CTVs made plainly brighter or darker in 40 % of the windows (session 21).
+    ("v13a", "mix_v12", "v12c", "0.3.3", ATLAS_V12 + " --ctv-reveal 0.4 --style-weights v6:1,v2:2,v4:2.5,v5:1.5,v3:1.5,v7:2"
+     " --epochs 8 --lr 0.0001 --lr-milestones 5 7 --max-minutes 28 " + FULL_V12.replace("--seed 0", "--seed 21")),
 ]
 # The shipped weights: the networks of these stages voting (mnetim ensemble, session 20), measured on the test
 # split of this training set, which none of them trained or validated on (manifest split column).
-ENSEMBLE = (("v10a", "v12c"), "mix_v12", "0.3.2")
+ENSEMBLE = (("v10a", "v13a"), "mix_v12", "0.3.3")
 
 
 ENSEMBLE_STAGE = "ensemble"  # the last step of the recipe: --until accepts it like a training stage

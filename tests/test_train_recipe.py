@@ -54,7 +54,7 @@ def test_shipped_ensemble_members_are_the_recipes_stages(recipe, tmp_path, demo_
         for key in ("epochs", "windows_per_epoch", "lr", "lr_milestones", "style_weights", "augment", "max_minutes",
                     "seed"):
             assert plain(getattr(config, key)) == recorded[key], (name, key)
-        for key in ("ctv_camouflage", "fat_fill"):  # recorded only when on
+        for key in ("ctv_camouflage", "fat_fill", "ctv_reveal"):  # recorded only when on
             assert getattr(config, key) == recorded.get(key, 0.0), (name, key)
         assert plain(config.input) == recorded["input"] and plain(config.roi) == recorded["roi"], name
 
