@@ -209,7 +209,7 @@ def test_visible_ctv_shift_moves_the_ctv_and_nothing_else(tiny_weights):
         assert not diff[~near].any()
         assert p.params["ctv_shift_hu"] == shift
     results = gen.visible_ctv_ablation(tiny_weights, n=1, matrix=MATRIX, styles=("v4",), z_extent_mm=Z_MM)
-    assert [r["row"] for r in results["rows"]] == ["v4", "v4, CTV +60 HU", "v4, CTV -60 HU"]
+    assert [r["row"] for r in results["rows"]] == ["v4, CTV as made", "v4, CTV +60 HU", "v4, CTV -60 HU"]
     assert all(r["n"] == 1 and 0.0 <= r["mean"] <= 1.0 for r in results["rows"])
     assert len({r["seeds"][0] for r in results["rows"]}) == 1  # the same phantom in every row
 

@@ -482,7 +482,8 @@ def visible_ctv_ablation(weights, n: int = 8, matrix: int = 256, device: str = "
     rows = []
     for style in styles:
         seeds = [SEED_BASE[style] + i for i in range(n)]
-        by_shift = {d: RowResult(style if not d else f"{style}, CTV {d:+.0f} HU", "visible-CTV ablation", style, seeds)
+        # "as made" is named apart from the style row: the same phantoms, but another table (read_results merges by name).
+        by_shift = {d: RowResult(f"{style}, CTV {f'{d:+.0f} HU' if d else 'as made'}", "visible-CTV ablation", style, seeds)
                     for d in shifts}
         for s in seeds:
             ph = generate(style, s, matrix, z_extent_mm=z_extent_mm)
